@@ -1,0 +1,117 @@
+//! Guest-memory helpers shared by every host function, written once over [`Guest`].
+//!
+//! Every guest range is bounds-checked here; a bad range becomes `INVALID_MEMORY_ACCESS` for the
+//! guest, never a host panic.
+
+use crate::vm::Guest;
+use crate::{Error, Status};
+
+/// Why a host function stopped early: a raw status/errno for the guest, or a trap.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// A value returned to the guest as the function's result.
+    Raw(u32),
+    /// A trap that ends the whole callback.
+    Trap(Error),
+}
+
+impl From<Status> for Fail {
+    fn from(s: Status) -> Self {
+        Self::Raw(s as u32)
+    }
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Self::Trap(e)
+    }
+}
+
+/// Result of a host function implementation.
+pub(crate) type HostResult<T = Status> = Result<T, Fail>;
+
+/// Checks that `[ptr, ptr+len)` lies inside guest memory.
+pub(crate) fn check_range(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<(), Status> {
+    let end = ptr.checked_add(len).ok_or(Status::InvalidMemoryAccess)?;
+    if end > cx.memory_size() {
+        return Err(Status::InvalidMemoryAccess);
+    }
+    Ok(())
+}
+
+/// Reads a guest byte range. `(any, 0)` is the empty slice.
+pub(crate) fn read_bytes(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<Vec<u8>, Status> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    check_range(cx, ptr, len)?;
+    let len = usize::try_from(len).map_err(|_| Status::InvalidMemoryAccess)?;
+    let mut buf = vec![0; len];
+    cx.read(ptr, &mut buf).map_err(|_| Status::InvalidMemoryAccess)?;
+    Ok(buf)
+}
+
+/// Writes bytes into guest memory.
+pub(crate) fn write_bytes(cx: &mut dyn Guest, ptr: u64, data: &[u8]) -> Result<(), Status> {
+    cx.write(ptr, data).map_err(|_| Status::InvalidMemoryAccess)
+}
+
+/// Writes one native word (4 bytes on wasm32, 8 for native filters), little-endian.
+pub(crate) fn write_word(cx: &mut dyn Guest, ptr: u64, value: u64) -> Result<(), Status> {
+    if cx.word_size() == 8 {
+        write_bytes(cx, ptr, &value.to_le_bytes())
+    } else {
+        let v = u32::try_from(value).map_err(|_| Status::InvalidMemoryAccess)?;
+        write_bytes(cx, ptr, &v.to_le_bytes())
+    }
+}
+
+/// Writes a little-endian u32 (fixed 4 bytes regardless of word size).
+pub(crate) fn write_u32(cx: &mut dyn Guest, ptr: u64, value: u32) -> Result<(), Status> {
+    write_bytes(cx, ptr, &value.to_le_bytes())
+}
+
+/// Writes a little-endian u64.
+pub(crate) fn write_u64(cx: &mut dyn Guest, ptr: u64, value: u64) -> Result<(), Status> {
+    write_bytes(cx, ptr, &value.to_le_bytes())
+}
+
+/// Reads a UTF-8 string (lossy).
+pub(crate) fn read_string(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<String, Status> {
+    let b = read_bytes(cx, ptr, len)?;
+    Ok(String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+/// Calls the guest allocator for `size` bytes and checks the answer.
+///
+/// A missing allocator, a null pointer or a block that does not fit in memory is
+/// `INVALID_MEMORY_ACCESS`; a trap inside the allocator ends the callback.
+pub(crate) fn alloc(cx: &mut dyn Guest, size: u64) -> HostResult<u64> {
+    let Some(malloc) = cx.state().exports.allocator else {
+        return Err(Status::InvalidMemoryAccess.into());
+    };
+    let ptr = cx.call(malloc, &[size])?.unwrap_or(0);
+    if ptr == 0 {
+        return Err(Status::InvalidMemoryAccess.into());
+    }
+    check_range(cx, ptr, size)?;
+    Ok(ptr)
+}
+
+/// Hands a host buffer to the guest: allocate in the guest, copy, and write `(ptr, len)` into
+/// the two out-pointers. Empty data writes `(0, 0)` without calling the allocator.
+pub(crate) fn copy_out(cx: &mut dyn Guest, data: &[u8], out_ptr: u64, out_len: u64) -> HostResult {
+    let word = cx.word_size() as u64;
+    check_range(cx, out_ptr, word)?;
+    check_range(cx, out_len, word)?;
+    if data.is_empty() {
+        write_word(cx, out_ptr, 0)?;
+        write_word(cx, out_len, 0)?;
+        return Ok(Status::Ok);
+    }
+    let ptr = alloc(cx, data.len() as u64)?;
+    write_bytes(cx, ptr, data)?;
+    write_word(cx, out_ptr, ptr)?;
+    write_word(cx, out_len, data.len() as u64)?;
+    Ok(Status::Ok)
+}

@@ -1,0 +1,88 @@
+//! HTTP fields: the `proxy_*_header_map_*` functions.
+
+use crate::guest::{HostResult, copy_out, read_bytes, write_word};
+use crate::vm::Guest;
+use crate::{AbiVersion, HeaderMap, HostState, MapType, Status, pairs};
+
+/// The map a call addresses; NOT_FOUND when it does not exist for the effective context in this
+/// callback (a stream map from a root context, callout maps outside their callback).
+fn map(state: &mut HostState, raw: u64) -> Result<&mut HeaderMap, Status> {
+    let ty = u32::try_from(raw).ok().and_then(MapType::from_raw).ok_or(Status::BadArgument)?;
+    let m = match ty {
+        MapType::RequestHeaders => state.http().map(|h| &mut h.request_headers),
+        MapType::RequestTrailers => state.http().map(|h| &mut h.request_trailers),
+        MapType::ResponseHeaders => state.http().map(|h| &mut h.response_headers),
+        MapType::ResponseTrailers => state.http().map(|h| &mut h.response_trailers),
+        MapType::GrpcInitialMetadata => state.inputs.grpc_initial.as_mut(),
+        MapType::GrpcTrailingMetadata => state.inputs.grpc_trailing.as_mut(),
+        MapType::HttpCallResponseHeaders => state.inputs.call_headers.as_mut(),
+        MapType::HttpCallResponseTrailers => state.inputs.call_trailers.as_mut(),
+    };
+    m.ok_or(Status::NotFound)
+}
+
+/// `proxy_get_header_map_pairs(type, return_data**, return_size*)`: the whole map, serialized;
+/// an empty map is `(0, 0)`.
+pub(super) fn get_pairs(cx: &mut dyn Guest, ty: u64, out_ptr: u64, out_len: u64) -> HostResult {
+    let m = map(cx.state(), ty)?;
+    let bytes = if m.is_empty() { Vec::new() } else { pairs::encode(&m.to_pairs()) };
+    copy_out(cx, &bytes, out_ptr, out_len)
+}
+
+/// `proxy_set_header_map_pairs(type, data, len)`: replaces the whole map. A malformed or
+/// over-limit map is BAD_ARGUMENT and changes nothing.
+pub(super) fn set_pairs(cx: &mut dyn Guest, ty: u64, ptr: u64, len: u64) -> HostResult {
+    let bytes = read_bytes(cx, ptr, len)?;
+    let parsed = pairs::decode(&bytes).map_err(|_| Status::BadArgument)?;
+    let m = map(cx.state(), ty)?;
+    *m = HeaderMap::from_pairs(parsed);
+    Ok(Status::Ok)
+}
+
+/// `proxy_get_header_map_size(type, return_size*)`: the size of the serialized map.
+pub(super) fn get_size(cx: &mut dyn Guest, ty: u64, out: u64) -> HostResult {
+    let m = map(cx.state(), ty)?;
+    let size = if m.is_empty() { 0 } else { 4 + m.iter().map(|(k, v)| 10 + k.len() + v.len()).sum::<usize>() };
+    write_word(cx, out, size as u64)?;
+    Ok(Status::Ok)
+}
+
+/// `proxy_get_header_map_value(type, key, key_len, return_value**, return_size*)`: the first
+/// value. A missing key is OK with an empty value in 0.1.0 and NOT_FOUND from 0.2.0.
+pub(super) fn get_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, out_ptr: u64, out_len: u64) -> HostResult {
+    let key = read_bytes(cx, key, key_len)?;
+    let state = cx.state();
+    let abi = state.abi;
+    let m = map(state, ty)?;
+    match m.get(&key) {
+        Some(v) => {
+            let v = v.to_vec();
+            copy_out(cx, &v, out_ptr, out_len)
+        }
+        None if abi == AbiVersion::V0_1_0 => copy_out(cx, &[], out_ptr, out_len),
+        None => Ok(Status::NotFound),
+    }
+}
+
+/// `proxy_add_header_map_value(type, key, key_len, value, value_len)`: appends.
+pub(super) fn add_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, val: u64, val_len: u64) -> HostResult {
+    let key = read_bytes(cx, key, key_len)?;
+    let val = read_bytes(cx, val, val_len)?;
+    map(cx.state(), ty)?.add(&key, &val);
+    Ok(Status::Ok)
+}
+
+/// `proxy_replace_header_map_value(type, key, key_len, value, value_len)`: sets one value.
+pub(super) fn replace_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, val: u64, val_len: u64) -> HostResult {
+    let key = read_bytes(cx, key, key_len)?;
+    let val = read_bytes(cx, val, val_len)?;
+    map(cx.state(), ty)?.replace(&key, &val);
+    Ok(Status::Ok)
+}
+
+/// `proxy_remove_header_map_value(type, key, key_len)`: OK even when absent.
+pub(super) fn remove_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64) -> HostResult {
+    let key = read_bytes(cx, key, key_len)?;
+    map(cx.state(), ty)?.remove(&key);
+    Ok(Status::Ok)
+}

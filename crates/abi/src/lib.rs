@@ -1,0 +1,55 @@
+//! The proxy-wasm ABI, written once.
+//!
+//! This crate owns everything about proxy-wasm that does not depend on a wasm engine:
+//!
+//! - the [`WasmEngine`] → [`WasmModule`] → [`WasmInstance`] traits that every engine backend
+//!   implements, and the [`Guest`] view a backend gives host functions during a call;
+//! - every host function of ABI 0.1.0, 0.2.0 and 0.2.1, plus the WASI preview1 functions SDKs
+//!   import, in one data table ([`HOST_FUNCS`]); backends register it in one loop and never
+//!   implement an ABI function themselves;
+//! - load-time checks ([`check_module`]): ABI version detection from the export markers and
+//!   validation of every import and callback signature, reported in one error;
+//! - the driver ([`Vm`]): start-up, the context hierarchy (VM, root, HTTP and TCP streams),
+//!   callbacks with the right signature per version, result conversion, teardown order and
+//!   `proxy_done`;
+//! - the embedder capabilities ([`services`]): logging, clocks, properties, shared data,
+//!   shared queues, metrics, timers, callouts and foreign functions, each a small trait with a
+//!   real in-memory default.
+//!
+//! It does not own engines (see the `wasmux-*` backend crates), module caching, failure
+//! policy or engine selection (the `wasmux` facade).
+//!
+//! Two error layers stay apart: [`Status`] is what the guest gets back from a host function
+//! (`INVALID_MEMORY_ACCESS` for any bad pointer), and [`Error`] is what the embedder gets
+//! (which engine, which export, which trap kind). No guest input can make host code panic.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod driver;
+mod error;
+mod exports;
+mod guest;
+mod hostcalls;
+mod load;
+pub mod pairs;
+pub mod services;
+mod state;
+mod types;
+mod vm;
+
+pub use driver::{HttpCallResponse, Vm};
+pub use error::{Error, Incompatibility, Rejection, Result, Trap, TrapKind};
+pub use exports::Callback;
+pub use hostcalls::{HOST_FUNCS, HostFunc, ImportModule, find_host_func, proxy_funcs};
+pub use load::{ModuleInfo, check_module, detect_abi};
+pub use services::Services;
+pub use state::{
+    Body, CalloutKind, HeaderMap, HostState, HttpStreamState, LocalReply, PluginConfig, StreamControl, TcpStreamState,
+    VmEnv,
+};
+pub use types::{AbiSet, AbiVersion, Action, BufferType, LogLevel, MapType, MetricType, PeerType, Status, StreamType};
+pub use vm::{
+    ExportDesc, ExternType, FuncRef, FuncType, Guest, ImportDesc, Limits, OutOfBounds, ValType, WasmEngine, WasmInstance,
+    WasmModule,
+};

@@ -1,0 +1,393 @@
+//! Host state carried in every instance's store: contexts, stream data, in-flight callouts.
+//!
+//! The state is engine-neutral and travels in the engine's store (wasmtime and wasmi `Store`
+//! data, wasmer `FunctionEnv`, a V8 isolate slot), never in a thread-local.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::exports::Exports;
+use crate::services::Services;
+use crate::{AbiVersion, LogLevel};
+
+/// An ordered multi-map of header names to values, as proxies keep them.
+///
+/// Names are stored lower-cased (HTTP/2 style, as Envoy does) and compared case-insensitively.
+/// Values are raw bytes: the pairs format allows any byte in a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderMap {
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl HeaderMap {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a map from pairs, lower-casing names.
+    pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        let mut m = Self::new();
+        for (k, v) in pairs {
+            m.add(k.as_ref(), v.as_ref());
+        }
+        m
+    }
+
+    /// The entries in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
+    /// Number of entries (duplicates count separately).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Appends an entry (duplicates allowed).
+    pub fn add(&mut self, name: &[u8], value: &[u8]) {
+        self.entries.push((name.to_ascii_lowercase(), value.to_vec()));
+    }
+
+    /// Sets `name` to one value: the first entry is overwritten in place, later ones removed;
+    /// absent names are appended.
+    pub fn replace(&mut self, name: &[u8], value: &[u8]) {
+        let mut seen = false;
+        self.entries.retain_mut(|(k, v)| {
+            if !k.eq_ignore_ascii_case(name) {
+                return true;
+            }
+            if seen {
+                return false;
+            }
+            seen = true;
+            *v = value.to_vec();
+            true
+        });
+        if !seen {
+            self.add(name, value);
+        }
+    }
+
+    /// Removes every entry of `name`.
+    pub fn remove(&mut self, name: &[u8]) {
+        self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+
+    /// Sum of name and value lengths (what Envoy reports as the map's byte size).
+    pub fn byte_size(&self) -> usize {
+        self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
+    /// The entries as owned pairs.
+    pub fn to_pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.entries.clone()
+    }
+}
+
+/// A body (or TCP data) stream as the filter sees it.
+///
+/// Incoming chunks accumulate in `buffered`, which is what the filter reads and rewrites. When
+/// the filter lets data through (returns Continue, or resumes a paused stream) the buffered
+/// bytes move to `sent`, which is what the proxy forwards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Body {
+    /// Bytes held by the host and visible to the filter.
+    pub buffered: Vec<u8>,
+    /// Bytes released downstream, in order.
+    pub sent: Vec<u8>,
+    /// Whether the last chunk has arrived.
+    pub end_of_stream: bool,
+}
+
+impl Body {
+    /// Releases the buffered bytes.
+    pub fn release(&mut self) {
+        let b = std::mem::take(&mut self.buffered);
+        self.sent.extend_from_slice(&b);
+    }
+
+    /// Everything seen so far: sent then still-buffered bytes.
+    pub fn all(&self) -> Vec<u8> {
+        let mut v = self.sent.clone();
+        v.extend_from_slice(&self.buffered);
+        v
+    }
+}
+
+/// A local reply the filter sent with `proxy_send_local_response`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    /// HTTP status code.
+    pub status_code: u32,
+    /// Response code details.
+    pub details: String,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// Extra headers.
+    pub headers: HeaderMap,
+    /// gRPC status, or `None` for a plain HTTP reply (the guest passed -1).
+    pub grpc_status: Option<i32>,
+}
+
+/// A stream-control request from the filter, recorded in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamControl {
+    /// `proxy_continue_stream` / `proxy_continue_request` / `proxy_continue_response`.
+    Continue(crate::StreamType),
+    /// `proxy_close_stream`.
+    Close(crate::StreamType),
+    /// `proxy_clear_route_cache` (0.1.0).
+    ClearRouteCache,
+}
+
+/// The per-request state of an HTTP stream context.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpStreamState {
+    /// Request headers.
+    pub request_headers: HeaderMap,
+    /// Request body.
+    pub request_body: Body,
+    /// Request trailers.
+    pub request_trailers: HeaderMap,
+    /// Response headers.
+    pub response_headers: HeaderMap,
+    /// Response body.
+    pub response_body: Body,
+    /// Response trailers.
+    pub response_trailers: HeaderMap,
+    /// The local reply, if the filter sent one.
+    pub local_reply: Option<LocalReply>,
+    /// Continue/close requests, in order.
+    pub control: Vec<StreamControl>,
+    /// Properties the filter set on this stream (`proxy_set_property`), by NUL-joined path.
+    pub properties: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// The per-connection state of a TCP stream context.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcpStreamState {
+    /// Data from the client.
+    pub downstream: Body,
+    /// Data from the server.
+    pub upstream: Body,
+    /// Continue/close requests, in order.
+    pub control: Vec<StreamControl>,
+    /// Properties set on this connection.
+    pub properties: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// A plugin (root context) configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// Plugin name (property `plugin_name`).
+    pub name: String,
+    /// Root id: selects the root context in the guest (property `plugin_root_id`).
+    pub root_id: String,
+    /// Plugin configuration bytes, passed to `proxy_on_configure`.
+    pub configuration: Vec<u8>,
+}
+
+/// What the whole VM shares: its id, configuration, environment and services.
+#[derive(Debug, Clone)]
+pub struct VmEnv {
+    /// VM id; shared data and queues are partitioned by it.
+    pub vm_id: String,
+    /// VM configuration bytes, passed to `proxy_on_vm_start`.
+    pub vm_configuration: Vec<u8>,
+    /// Environment variables visible through WASI `environ_get`.
+    pub environment: Vec<(String, String)>,
+    /// The host log level: lower messages are dropped, and `proxy_get_log_level` returns it.
+    pub log_level: LogLevel,
+    /// Embedder services.
+    pub services: Services,
+}
+
+impl Default for VmEnv {
+    fn default() -> Self {
+        Self {
+            vm_id: String::new(),
+            vm_configuration: Vec::new(),
+            environment: Vec::new(),
+            log_level: LogLevel::Info,
+            services: Services::default(),
+        }
+    }
+}
+
+/// The root-context part of a context.
+#[derive(Debug, Clone)]
+pub(crate) struct RootState {
+    pub(crate) plugin: Arc<PluginConfig>,
+    pub(crate) tick_period_ms: u32,
+    pub(crate) properties: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// What a context is.
+#[derive(Debug, Clone)]
+pub(crate) enum ContextKind {
+    Root(RootState),
+    Http(Box<HttpStreamState>),
+    Tcp(Box<TcpStreamState>),
+}
+
+/// Where a context is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lifecycle {
+    Active,
+    /// `proxy_on_done` returned false; waiting for `proxy_done`.
+    DonePending,
+    /// `proxy_done` was called; log and delete run after the current call.
+    DoneReady,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub(crate) root: u32,
+    pub(crate) kind: ContextKind,
+    pub(crate) life: Lifecycle,
+}
+
+/// Data that exists only while one callback runs (callout responses, foreign arguments).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CallInputs {
+    pub(crate) call_headers: Option<HeaderMap>,
+    pub(crate) call_trailers: Option<HeaderMap>,
+    pub(crate) call_body: Option<Vec<u8>>,
+    pub(crate) grpc_initial: Option<HeaderMap>,
+    pub(crate) grpc_trailing: Option<HeaderMap>,
+    pub(crate) grpc_message: Option<Vec<u8>>,
+    pub(crate) foreign_args: Option<Vec<u8>>,
+}
+
+/// What kind of callout a token names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalloutKind {
+    /// `proxy_http_call`.
+    Http,
+    /// `proxy_grpc_call`.
+    GrpcCall,
+    /// `proxy_grpc_stream`.
+    GrpcStream,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Callout {
+    pub(crate) root: u32,
+    pub(crate) kind: CalloutKind,
+}
+
+static NEXT_VM_UID: AtomicU64 = AtomicU64::new(1);
+
+/// The ABI state of one instance. Backends store it and hand out `&mut` access; only this
+/// crate looks inside.
+#[derive(Debug)]
+pub struct HostState {
+    pub(crate) abi: AbiVersion,
+    pub(crate) env: Arc<VmEnv>,
+    pub(crate) exports: Exports,
+    pub(crate) contexts: HashMap<u32, Context>,
+    pub(crate) next_context: u32,
+    /// The context the host is calling into (0 = the VM itself, during start-up).
+    pub(crate) current: u32,
+    /// The context host calls act on (`proxy_set_effective_context`).
+    pub(crate) effective: u32,
+    /// A local reply was sent during this call: the callback's result is forced to Pause.
+    pub(crate) stop_iteration: bool,
+    /// The root context being configured (plugin configuration is readable).
+    pub(crate) configuring: Option<u32>,
+    pub(crate) inputs: CallInputs,
+    /// `proxy_get_status` answer: code and message.
+    pub(crate) status: (u32, Vec<u8>),
+    pub(crate) callouts: HashMap<u32, Callout>,
+    pub(crate) next_token: u32,
+    /// Bit i set when `HOST_FUNCS[i]` was called.
+    pub(crate) coverage: u128,
+    /// Unique id of this VM instance in the process (queue ownership).
+    pub(crate) uid: u64,
+}
+
+impl HostState {
+    /// Fresh state for a VM speaking `abi` in `env`.
+    pub fn new(abi: AbiVersion, env: Arc<VmEnv>) -> Self {
+        Self {
+            abi,
+            env,
+            exports: Exports::default(),
+            contexts: HashMap::new(),
+            next_context: 1,
+            current: 0,
+            effective: 0,
+            stop_iteration: false,
+            configuring: None,
+            inputs: CallInputs::default(),
+            status: (0, Vec::new()),
+            callouts: HashMap::new(),
+            next_token: 1,
+            coverage: 0,
+            uid: NEXT_VM_UID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// A state for backend unit tests: ABI 0.2.1, default environment.
+    #[doc(hidden)]
+    pub fn for_tests() -> Self {
+        Self::new(AbiVersion::V0_2_1, Arc::new(VmEnv::default()))
+    }
+
+    /// The ABI version the module declared.
+    pub fn abi(&self) -> AbiVersion {
+        self.abi
+    }
+
+    /// The VM environment.
+    pub fn env(&self) -> &Arc<VmEnv> {
+        &self.env
+    }
+
+    /// Unique id of this VM instance within the process.
+    pub fn uid(&self) -> u64 {
+        self.uid
+    }
+
+    /// Names of the host functions this instance has called so far.
+    pub fn coverage(&self) -> impl Iterator<Item = &'static str> + '_ {
+        crate::HOST_FUNCS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.coverage & (1u128 << i) != 0)
+            .map(|(_, f)| f.name)
+    }
+
+    pub(crate) fn effective_context(&mut self) -> Option<&mut Context> {
+        self.contexts.get_mut(&self.effective)
+    }
+
+    pub(crate) fn http(&mut self) -> Option<&mut HttpStreamState> {
+        match &mut self.effective_context()?.kind {
+            ContextKind::Http(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn tcp(&mut self) -> Option<&mut TcpStreamState> {
+        match &mut self.effective_context()?.kind {
+            ContextKind::Tcp(t) => Some(t),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The `WasmVm` traits: the whole contract between the ABI layer and an engine backend.
+//!
+//! Three objects, all object-safe: a [`WasmEngine`] compiles bytes into a [`WasmModule`]; a
+//! module is compiled code shared by every instance made from it (per-worker clones never
+//! recompile); a [`WasmInstance`] runs exports. While the guest calls a host function, the
+//! backend hands the ABI layer a [`Guest`]: bounds-checked memory access, the host state, and
+//! re-entrant calls into the guest (the allocator). Backends know nothing about proxy-wasm:
+//! they register [`HOST_FUNCS`](crate::HOST_FUNCS) in one loop and pass raw values through.
+//!
+//! Values cross this boundary as raw `u64` words: an `i32` parameter or result travels
+//! zero-extended (`v as u32 as u64`), an `i64` as its bits. Proxy-wasm uses no floats.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{HostState, Result};
+
+/// A wasm value type as proxy-wasm uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ValType {
+    /// `i32`.
+    I32,
+    /// `i64`.
+    I64,
+    /// `f32` (only seen in foreign modules; never in the proxy-wasm ABI).
+    F32,
+    /// `f64` (idem).
+    F64,
+    /// Reference or vector types, which no proxy-wasm import or callback uses.
+    Other,
+}
+
+impl fmt::Display for ValType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::I32 => "i32",
+            Self::I64 => "i64",
+            Self::F32 => "f32",
+            Self::F64 => "f64",
+            Self::Other => "ref",
+        })
+    }
+}
+
+/// A function signature.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FuncType {
+    /// Parameter types.
+    pub params: Vec<ValType>,
+    /// Result types.
+    pub results: Vec<ValType>,
+}
+
+impl FuncType {
+    /// Builds a signature from slices.
+    pub fn new(params: &[ValType], results: &[ValType]) -> Self {
+        Self { params: params.to_vec(), results: results.to_vec() }
+    }
+
+    /// Whether this signature is exactly `params -> results`.
+    pub fn is(&self, params: &[ValType], results: &[ValType]) -> bool {
+        self.params == params && self.results == results
+    }
+}
+
+impl fmt::Display for FuncType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join = |v: &[ValType]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+        write!(f, "({}) -> ({})", join(&self.params), join(&self.results))
+    }
+}
+
+/// The type of an import or export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExternType {
+    /// A function.
+    Func(FuncType),
+    /// A linear memory.
+    Memory,
+    /// A table.
+    Table,
+    /// A global.
+    Global,
+    /// Anything else (tags, ...).
+    Other,
+}
+
+impl ExternType {
+    /// A short kind name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Func(_) => "function",
+            Self::Memory => "memory",
+            Self::Table => "table",
+            Self::Global => "global",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// One import of a module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportDesc {
+    /// Import module, e.g. `env`.
+    pub module: String,
+    /// Import name, e.g. `proxy_log`.
+    pub name: String,
+    /// Its type.
+    pub ty: ExternType,
+}
+
+/// One export of a module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportDesc {
+    /// Export name.
+    pub name: String,
+    /// Its type.
+    pub ty: ExternType,
+}
+
+/// A guest export resolved by [`WasmInstance::lookup`]: an index into the instance's own table
+/// of resolved functions. Only meaningful for the instance that produced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FuncRef(pub u32);
+
+/// Resource limits applied to one instance. Every sandboxed engine enforces all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum linear memory in bytes. Growth beyond it fails (`memory.grow` returns -1).
+    pub max_memory_bytes: u64,
+    /// CPU deadline for one top-level callback, including the host calls it makes.
+    /// `None` disables it.
+    pub callback_deadline: Option<Duration>,
+    /// Maximum wasm stack in bytes (engines that count stack otherwise map it to an equivalent
+    /// depth).
+    pub max_stack_bytes: usize,
+}
+
+impl Limits {
+    /// Default memory cap: 256 MiB.
+    pub const DEFAULT_MAX_MEMORY: u64 = 256 << 20;
+    /// Default CPU deadline per callback: 1 s.
+    pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
+    /// Default stack: 1 MiB.
+    pub const DEFAULT_STACK: usize = 1 << 20;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_memory_bytes: Self::DEFAULT_MAX_MEMORY,
+            callback_deadline: Some(Self::DEFAULT_DEADLINE),
+            max_stack_bytes: Self::DEFAULT_STACK,
+        }
+    }
+}
+
+/// A guest memory range that lies outside linear memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfBounds;
+
+/// A compiler and runtime for wasm modules.
+pub trait WasmEngine: Send + Sync + fmt::Debug {
+    /// A stable engine name, e.g. `wasmtime`.
+    fn name(&self) -> &'static str;
+
+    /// Compiles (or, for lazy engines, validates) a module.
+    ///
+    /// # Errors
+    /// [`Error::Compile`](crate::Error::Compile) for malformed or unsupported bytes.
+    fn compile(&self, bytes: &[u8]) -> Result<Arc<dyn WasmModule>>;
+
+    /// Engine-specific fingerprint for cache keys: engine version and the settings that change
+    /// generated code.
+    fn fingerprint(&self) -> String {
+        self.name().to_string()
+    }
+
+    /// Serializes a compiled module to an engine artifact, if the engine supports it.
+    fn serialize(&self, _module: &dyn WasmModule) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Loads an artifact produced by [`Self::serialize`] on the same engine build.
+    ///
+    /// # Errors
+    /// An artifact from another engine build or a corrupt one is rejected.
+    fn deserialize(&self, _artifact: &[u8]) -> Result<Arc<dyn WasmModule>> {
+        Err(crate::Error::Engine { engine: self.name(), message: "serialization unsupported".into() })
+    }
+}
+
+/// Compiled code, shared by every instance made from it.
+pub trait WasmModule: Send + Sync + fmt::Debug {
+    /// Downcasting support for the engine that made the module.
+    fn as_any(&self) -> &dyn std::any::Any;
+
+    /// The module's imports, in declaration order.
+    fn imports(&self) -> &[ImportDesc];
+
+    /// The module's exports, in declaration order.
+    fn exports(&self) -> &[ExportDesc];
+
+    /// Creates a fresh instance with its own memory and `state`, with every import linked to
+    /// [`HOST_FUNCS`](crate::HOST_FUNCS). Runs no guest code (no start-up exports).
+    ///
+    /// # Errors
+    /// Link or instantiation failures (the ABI layer validates imports before calling this).
+    fn instantiate(&self, state: HostState, limits: &Limits) -> Result<Box<dyn WasmInstance>>;
+}
+
+/// A running instance, driven by the ABI layer from outside the guest.
+pub trait WasmInstance: Send {
+    /// The engine name.
+    fn engine(&self) -> &'static str;
+
+    /// The host state stored with the instance.
+    fn state(&mut self) -> &mut HostState;
+
+    /// Resolves a function export by name. `None` when absent or not a function.
+    fn lookup(&mut self, name: &str) -> Option<FuncRef>;
+
+    /// Calls a resolved export as a top-level call: the CPU deadline starts afresh.
+    ///
+    /// # Errors
+    /// [`Error::Trap`](crate::Error::Trap) when the guest traps or a limit stops it.
+    fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>>;
+
+    /// Current linear memory size in bytes.
+    fn memory_size(&mut self) -> u64;
+
+    /// Reads guest memory.
+    ///
+    /// # Errors
+    /// [`OutOfBounds`] when the range is not inside linear memory.
+    fn read(&mut self, ptr: u64, out: &mut [u8]) -> Result<(), OutOfBounds>;
+
+    /// A handle that interrupts the running call from another thread; the call traps with
+    /// [`TrapKind::Deadline`](crate::TrapKind::Deadline).
+    fn interrupt_handle(&self) -> Arc<dyn Fn() + Send + Sync>;
+}
+
+/// The guest as seen from inside a host function.
+pub trait Guest {
+    /// The host state of the calling instance.
+    fn state(&mut self) -> &mut HostState;
+
+    /// Size of a native word in guest memory: 4 for wasm32, 8 for native (null) filters.
+    fn word_size(&self) -> usize {
+        4
+    }
+
+    /// Current linear memory size in bytes.
+    fn memory_size(&mut self) -> u64;
+
+    /// Reads `out.len()` bytes at `ptr`.
+    ///
+    /// # Errors
+    /// [`OutOfBounds`] when the range is not inside linear memory.
+    fn read(&mut self, ptr: u64, out: &mut [u8]) -> Result<(), OutOfBounds>;
+
+    /// Writes `data` at `ptr`.
+    ///
+    /// # Errors
+    /// [`OutOfBounds`] when the range is not inside linear memory.
+    fn write(&mut self, ptr: u64, data: &[u8]) -> Result<(), OutOfBounds>;
+
+    /// Calls back into the guest (re-entrant), e.g. its allocator.
+    ///
+    /// # Errors
+    /// Traps propagate and end the outer call too.
+    fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>>;
+}
