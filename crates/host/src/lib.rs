@@ -1,0 +1,46 @@
+//! wasmux: run proxy-wasm filters from Rust, on the engine of your choice.
+//!
+//! A proxy (or a test, or the `wasmux` CLI) loads a filter built with any proxy-wasm SDK and
+//! drives it through the ABI: create streams, feed headers, bodies and trailers, deliver
+//! callout responses and ticks, and read back the action and the mutated state.
+//!
+//! ```no_run
+//! use wasmux::{PluginOptions, Runtime};
+//!
+//! let bytes = std::fs::read("filter.wasm")?;
+//! let compiled = Runtime::default().load(&bytes, PluginOptions::default())?;
+//! let mut plugin = compiled.instantiate()?; // one per worker thread; cheap
+//! let id = plugin.http_stream()?;
+//! let action = plugin.request_headers(id, wasmux::HeaderMap::from_pairs([(":path", "/")]), true)?;
+//! # let _ = action;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Engines
+//!
+//! | feature | engine | notes |
+//! |---|---|---|
+//! | `wasmtime` (default) | wasmtime 48, cranelift | epoch deadlines, memory limits |
+//! | `all-engines` | every engine above | for CI and docs |
+//!
+//! [`Runtime`] lists the engines compiled in; naming one that is not compiled in is an error
+//! that says which feature to enable.
+//!
+//! # Layers
+//!
+//! This crate owns engine selection, loading (compile once, check at load), per-worker
+//! instances and the failure policy. The ABI itself lives in `wasmux-abi` and each engine in
+//! its own backend crate; both are re-exported where an embedder needs them.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod plugin;
+mod runtime;
+
+pub use plugin::{CompiledPlugin, FailurePolicy, Plugin, PluginOptions, PluginStats};
+pub use runtime::{Runtime, UnknownRuntime};
+pub use wasmux_abi as abi;
+pub use wasmux_abi::{
+    AbiVersion, Action, Error, HeaderMap, HttpCallResponse, Limits, LogLevel, PeerType, Result, Services, TrapKind,
+};

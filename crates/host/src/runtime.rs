@@ -1,0 +1,104 @@
+//! Engine selection.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use wasmux_abi::{Error, Result, WasmEngine};
+
+/// An engine compiled into this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Runtime {
+    /// wasmtime with cranelift (feature `wasmtime`).
+    #[cfg(feature = "wasmtime")]
+    Wasmtime,
+}
+
+/// Every engine name wasmux knows, with the Cargo feature that compiles it in.
+const KNOWN: &[(&str, &str)] = &[
+    ("wasmtime", "wasmtime"),
+    ("wasmer", "wasmer"),
+    ("wasmer-singlepass", "wasmer"),
+    ("wasmi", "wasmi"),
+    ("v8", "v8"),
+    ("null", "null"),
+];
+
+impl Runtime {
+    /// The engines compiled into this build.
+    pub fn available() -> &'static [Self] {
+        &[
+            #[cfg(feature = "wasmtime")]
+            Self::Wasmtime,
+        ]
+    }
+
+    /// The engine's name, as accepted by [`FromStr`] and `--engine`.
+    pub fn name(self) -> &'static str {
+        match self {
+            #[cfg(feature = "wasmtime")]
+            Self::Wasmtime => "wasmtime",
+        }
+    }
+
+    /// Creates the engine with default settings.
+    ///
+    /// # Errors
+    /// Engine start-up failures.
+    pub fn engine(self) -> Result<Arc<dyn WasmEngine>> {
+        match self {
+            #[cfg(feature = "wasmtime")]
+            Self::Wasmtime => Ok(Arc::new(wasmux_wasmtime::WasmtimeEngine::new(Default::default())?)),
+        }
+    }
+}
+
+impl Default for Runtime {
+    /// The first engine compiled in (wasmtime in default builds).
+    fn default() -> Self {
+        Self::available()[0]
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An engine name that is unknown or not compiled in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnknownRuntime {
+    /// wasmux knows the engine, but this build does not include it.
+    #[error("engine `{name}` is not compiled in: enable the `{feature}` feature of the `wasmux` crate")]
+    NotCompiled {
+        /// The name asked for.
+        name: String,
+        /// The feature that adds it.
+        feature: &'static str,
+    },
+    /// No engine has that name.
+    #[error("unknown engine `{0}` (known: wasmtime, wasmer, wasmer-singlepass, wasmi, v8, null)")]
+    Unknown(String),
+}
+
+impl FromStr for Runtime {
+    type Err = UnknownRuntime;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        if let Some(rt) = Self::available().iter().find(|r| r.name() == s) {
+            return Ok(*rt);
+        }
+        match KNOWN.iter().find(|(n, _)| *n == s) {
+            Some((_, feature)) => Err(UnknownRuntime::NotCompiled { name: s.into(), feature }),
+            None => Err(UnknownRuntime::Unknown(s.into())),
+        }
+    }
+}
+
+impl From<UnknownRuntime> for Error {
+    fn from(e: UnknownRuntime) -> Self {
+        Self::Engine { engine: "wasmux", message: e.to_string() }
+    }
+}
