@@ -227,6 +227,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 mod tests {
     #[test]
     fn error_stays_small() {
-        assert!(std::mem::size_of::<super::Error>() <= 40);
+        assert!(size_of::<super::Error>() <= 48);
     }
 }

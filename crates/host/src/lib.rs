@@ -37,6 +37,8 @@
 
 mod plugin;
 mod runtime;
+#[cfg(feature = "scenario")]
+pub mod scenario;
 
 pub use plugin::{CompiledPlugin, FailurePolicy, Plugin, PluginOptions, PluginStats};
 pub use runtime::{Runtime, UnknownRuntime};

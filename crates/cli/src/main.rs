@@ -1,0 +1,159 @@
+//! The `wasmux` command: inspect a proxy-wasm filter, and run it through a scenario on any
+//! engine compiled in.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wasmux::abi::{self, ExternType, Incompatibility, find_host_func};
+use wasmux::{Runtime, scenario};
+
+#[derive(Parser, Debug)]
+#[command(name = "wasmux", version, about = "Run and inspect proxy-wasm filters on any engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a module's ABI version, imports, exports and whether this host can run it.
+    /// Exits 1 when it cannot, naming every missing or mistyped import.
+    Inspect {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// Engine used to parse the module.
+        #[arg(long, default_value_t = Runtime::default().name().to_string())]
+        engine: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drive a filter through a scenario and print the observable outcome as JSON.
+    Run {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// Engine to run on.
+        #[arg(long, default_value_t = Runtime::default().name().to_string())]
+        engine: String,
+        /// Scenario file (JSON); see README.md.
+        #[arg(long)]
+        scenario: PathBuf,
+    },
+    /// List the engines compiled into this binary.
+    Engines,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WASMUX_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints to stdout; a closed pipe (`wasmux run ... | head`) is not an error.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+type AnyError = Box<dyn std::error::Error>;
+
+fn read(file: &PathBuf) -> Result<Vec<u8>, AnyError> {
+    std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()).into())
+}
+
+fn run(cmd: Command) -> Result<ExitCode, AnyError> {
+    match cmd {
+        Command::Engines => {
+            for r in Runtime::available() {
+                println!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { file, engine, json } => inspect(&read(&file)?, engine.parse()?, json),
+        Command::Run { file, engine, scenario: path } => {
+            let wasm = read(&file)?;
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let sc = scenario::Scenario::from_json(&text)?;
+            let record = scenario::run(engine.parse()?, &wasm, &sc)?;
+            print_out(&serde_json::to_string_pretty(&record)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn inspect(wasm: &[u8], runtime: Runtime, json: bool) -> Result<ExitCode, AnyError> {
+    let engine = runtime.engine()?;
+    let module = engine.compile(wasm)?;
+    let abi = abi::detect_abi(&*module);
+    let check = abi::check_module(&*module);
+    let problems: Vec<Incompatibility> = match &check {
+        Ok(_) => Vec::new(),
+        Err(abi::Error::Incompatible(p)) => p.clone(),
+        Err(e) => return Err(e.to_string().into()),
+    };
+    let imports: Vec<serde_json::Value> = module
+        .imports()
+        .iter()
+        .map(|i| {
+            let ty = match &i.ty {
+                ExternType::Func(f) => f.to_string(),
+                other => other.kind().to_string(),
+            };
+            let provided = find_host_func(&i.module, &i.name).is_some();
+            serde_json::json!({"module": i.module, "name": i.name, "type": ty, "provided": provided})
+        })
+        .collect();
+    let exports: Vec<serde_json::Value> = module
+        .exports()
+        .iter()
+        .map(|e| serde_json::json!({"name": e.name, "kind": e.ty.kind()}))
+        .collect();
+    let version = abi.as_ref().ok().map(|v| v.as_str());
+    if json {
+        let out = serde_json::json!({
+            "abi_version": version,
+            "compatible": problems.is_empty(),
+            "problems": problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "imports": imports,
+            "exports": exports,
+        });
+        print_out(&serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("ABI version: {}", version.unwrap_or("unknown"));
+        println!("imports ({}):", imports.len());
+        for i in module.imports() {
+            let ty = match &i.ty {
+                ExternType::Func(f) => f.to_string(),
+                other => other.kind().to_string(),
+            };
+            println!("  {}.{} {ty}", i.module, i.name);
+        }
+        println!("exports ({}):", exports.len());
+        for e in module.exports() {
+            println!("  {} ({})", e.name, e.ty.kind());
+        }
+        if problems.is_empty() {
+            println!("compatible: yes ({})", runtime);
+        } else {
+            println!("compatible: no");
+            for p in &problems {
+                println!("  - {p}");
+            }
+        }
+    }
+    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

@@ -1,0 +1,245 @@
+//! A running instance: its store, resolved exports, deadlines and memory access.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::{AsContext, AsContextMut, Func, Memory, ResourceLimiter, Store, UpdateDeadline, Val};
+use wasmux_abi::{FuncRef, HostState, Limits, OutOfBounds, Result, ValType, WasmInstance};
+
+use crate::error::{self, Stopped};
+use crate::imports::{from_wasmtime, raw_to_val, val_to_raw};
+use crate::{ENGINE_NAME, INTERRUPT_CHECK};
+
+/// The most parameters or results an export may have to be callable through [`FuncRef`].
+const MAX_VALUES: usize = 16;
+
+/// What each wasmtime store carries.
+pub(crate) struct StoreData {
+    /// The ABI state of the instance.
+    pub(crate) host: HostState,
+    /// Exports resolved by [`WasmInstance::lookup`]; `FuncRef.0` indexes this table.
+    pub(crate) funcs: Vec<Export>,
+    /// The `memory` export, if any.
+    pub(crate) memory: Option<Memory>,
+    /// Memory growth policy and what it refused.
+    pub(crate) limiter: Limiter,
+    /// Deadline bookkeeping of the current top-level call.
+    pub(crate) clock: Clock,
+}
+
+/// A resolved function export.
+pub(crate) struct Export {
+    name: Box<str>,
+    func: Func,
+    params: Box<[ValType]>,
+    results: Box<[ValType]>,
+}
+
+/// The deadline of the running top-level call and the interrupt flag.
+pub(crate) struct Clock {
+    started: Instant,
+    deadline: Option<Duration>,
+    tick: Duration,
+    interrupt: Arc<AtomicBool>,
+}
+
+impl Clock {
+    /// Ticks until the next check: the rest of the deadline, capped by [`INTERRUPT_CHECK`].
+    fn next_check(&self) -> u64 {
+        let rest = match self.deadline {
+            Some(deadline) => deadline.saturating_sub(self.started.elapsed()).min(INTERRUPT_CHECK),
+            None => INTERRUPT_CHECK,
+        };
+        (rest.as_nanos().div_ceil(self.tick.as_nanos()) as u64).max(1)
+    }
+
+    /// The epoch callback: trap when interrupted or past the deadline, otherwise re-arm.
+    fn on_epoch(&self) -> wasmtime::Result<UpdateDeadline> {
+        if self.interrupt.swap(false, Ordering::AcqRel) {
+            return Err(wasmtime::Error::new(Stopped::Interrupted));
+        }
+        if let Some(deadline) = self.deadline
+            && self.started.elapsed() >= deadline
+        {
+            return Err(wasmtime::Error::new(Stopped::Deadline(deadline)));
+        }
+        Ok(UpdateDeadline::Continue(self.next_check()))
+    }
+}
+
+/// Refuses memory growth beyond the configured limit and remembers that it did.
+pub(crate) struct Limiter {
+    max_memory: usize,
+    /// Growth was refused during the current top-level call.
+    pub(crate) denied: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.denied = true;
+            return Ok(false);
+        }
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20 && maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        16
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+/// A [`WasmInstance`] on wasmtime.
+pub struct WasmtimeInstance {
+    store: Store<StoreData>,
+    instance: wasmtime::Instance,
+    interrupt: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for WasmtimeInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmtimeInstance").finish_non_exhaustive()
+    }
+}
+
+impl WasmtimeInstance {
+    /// Creates the store and instantiates `pre` in it.
+    pub(crate) fn new(
+        pre: &wasmtime::InstancePre<StoreData>,
+        host: HostState,
+        limits: &Limits,
+        tick: Duration,
+    ) -> Result<Self> {
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let data = StoreData {
+            host,
+            funcs: Vec::new(),
+            memory: None,
+            limiter: Limiter {
+                max_memory: usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX),
+                denied: false,
+            },
+            clock: Clock {
+                started: Instant::now(),
+                deadline: limits.callback_deadline,
+                tick,
+                interrupt: interrupt.clone(),
+            },
+        };
+        let mut store = Store::new(pre.module().engine(), data);
+        store.limiter(|data| &mut data.limiter);
+        store.epoch_deadline_callback(|cx| cx.data().clock.on_epoch());
+        // Start-up (data segments, a `start` function) runs under the callback deadline too.
+        let check = store.data().clock.next_check();
+        store.set_epoch_deadline(check);
+        let instance = pre.instantiate(&mut store).map_err(|e| {
+            let denied = store.data().limiter.denied;
+            error::from_instantiate(e, denied)
+        })?;
+        let memory = instance.get_memory(&mut store, "memory");
+        store.data_mut().memory = memory;
+        Ok(Self { store, instance, interrupt })
+    }
+}
+
+impl WasmInstance for WasmtimeInstance {
+    fn engine(&self) -> &'static str {
+        ENGINE_NAME
+    }
+
+    fn state(&mut self) -> &mut HostState {
+        &mut self.store.data_mut().host
+    }
+
+    fn lookup(&mut self, name: &str) -> Option<FuncRef> {
+        if let Some(i) = self.store.data().funcs.iter().position(|f| &*f.name == name) {
+            return Some(FuncRef(i as u32));
+        }
+        let func = self.instance.get_func(&mut self.store, name)?;
+        let ty = func.ty(&self.store);
+        let export = Export {
+            name: name.into(),
+            func,
+            params: ty.params().map(|t| from_wasmtime(&t)).collect(),
+            results: ty.results().map(|t| from_wasmtime(&t)).collect(),
+        };
+        let funcs = &mut self.store.data_mut().funcs;
+        funcs.push(export);
+        Some(FuncRef(u32::try_from(funcs.len() - 1).ok()?))
+    }
+
+    fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
+        let data = self.store.data_mut();
+        data.limiter.denied = false;
+        data.clock.interrupt.store(false, Ordering::Release);
+        data.clock.started = Instant::now();
+        let check = data.clock.next_check();
+        self.store.set_epoch_deadline(check);
+        call(&mut self.store, func, args)
+    }
+
+    fn memory_size(&mut self) -> u64 {
+        self.store.data().memory.map_or(0, |m| m.data_size(&self.store) as u64)
+    }
+
+    fn read(&mut self, ptr: u64, out: &mut [u8]) -> Result<(), OutOfBounds> {
+        read(&self.store, ptr, out)
+    }
+
+    fn interrupt_handle(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let flag = self.interrupt.clone();
+        Arc::new(move || flag.store(true, Ordering::Release))
+    }
+}
+
+/// Reads guest memory through any store context.
+pub(crate) fn read(cx: impl AsContext<Data = StoreData>, ptr: u64, out: &mut [u8]) -> Result<(), OutOfBounds> {
+    let memory = cx.as_context().data().memory.ok_or(OutOfBounds)?;
+    let offset = usize::try_from(ptr).map_err(|_| OutOfBounds)?;
+    memory.read(&cx, offset, out).map_err(|_| OutOfBounds)
+}
+
+/// Calls a resolved export with raw arguments; used for top-level and re-entrant calls alike
+/// (neither touches the deadline here).
+pub(crate) fn call(mut cx: impl AsContextMut<Data = StoreData>, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
+    let mut store = cx.as_context_mut();
+    let mut params = [Val::I32(0); MAX_VALUES];
+    let mut results = [Val::I32(0); MAX_VALUES];
+    let (f, n_params, n_results, result_ty) = {
+        let Some(export) = store.data().funcs.get(func.0 as usize) else {
+            return Err(error::engine_msg(format!("unknown function reference {}", func.0)));
+        };
+        if args.len() != export.params.len() || args.len() > MAX_VALUES || export.results.len() > MAX_VALUES {
+            return Err(error::engine_msg(format!(
+                "`{}` takes {} arguments and returns {} results, called with {}",
+                export.name,
+                export.params.len(),
+                export.results.len(),
+                args.len()
+            )));
+        }
+        for ((slot, &raw), &ty) in params.iter_mut().zip(args).zip(export.params.iter()) {
+            *slot = raw_to_val(raw, ty);
+        }
+        (export.func, args.len(), export.results.len(), export.results.first().copied())
+    };
+    match f.call(&mut store, &params[..n_params], &mut results[..n_results]) {
+        Ok(()) => Ok(result_ty.map(|_| val_to_raw(&results[0]))),
+        Err(e) => {
+            let denied = store.data().limiter.denied;
+            Err(error::from_call(e, denied))
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The wasmux `WasmVm` traits implemented on [wasmtime] (cranelift).
+//!
+//! This crate knows nothing about proxy-wasm. It compiles modules, links every entry of
+//! [`HOST_FUNCS`](wasmux_abi::HOST_FUNCS) in one loop, instantiates, calls exports and exposes
+//! linear memory; the ABI itself lives in `wasmux-abi`.
+//!
+//! # Design
+//!
+//! - **One engine, one linker.** [`WasmtimeEngine`] owns a `wasmtime::Engine` and a single
+//!   `Linker` holding every host function under every import module name. A compiled module
+//!   keeps a `wasmtime::InstancePre`, so a per-worker instance is one store plus one
+//!   pre-resolved instantiation: compiled code is shared, never recompiled.
+//! - **Host state in the store.** Each instance has its own `Store` whose data holds the
+//!   [`HostState`](wasmux_abi::HostState), the resolved exports (indexed by
+//!   [`FuncRef`](wasmux_abi::FuncRef)), the `memory` export and the per-call limits. Host
+//!   functions reach it through the `Caller`; there are no thread-locals.
+//! - **Raw values.** Host functions are registered with `Linker::func_new` and see raw `u64`
+//!   words (`i32` zero-extended, `i64` as its bits); the conversion lives in one small
+//!   function per direction so that a typed fast path can replace it later.
+//! - **Deadlines and interrupts.** The engine runs with epoch interruption. One background
+//!   thread per engine advances the epoch every tick (1 ms by default) and stops when the
+//!   engine is dropped. A top-level call arms the store's epoch deadline; the epoch callback
+//!   checks the wall-clock deadline of the callback and an "interrupt requested" flag, then
+//!   either traps or re-arms for at most [`INTERRUPT_CHECK`] more. Re-entrant calls from
+//!   host functions (the guest allocator) run under the deadline of the outer call.
+//! - **Memory limit.** A store resource limiter refuses growth beyond
+//!   [`Limits::max_memory_bytes`](wasmux_abi::Limits): `memory.grow` returns -1. A trap that
+//!   follows a refused growth within the same call is reported as
+//!   [`TrapKind::MemoryLimit`](wasmux_abi::TrapKind).
+//! - **Errors.** Wasmtime traps are normalized into [`wasmux_abi::Trap`] with a backtrace from
+//!   the name section. An [`wasmux_abi::Error`] raised by a host function travels through
+//!   wasmtime untouched and comes back out unchanged.
+//!
+//! The stack limit is an engine setting in wasmtime ([`WasmtimeConfig::max_stack_bytes`]);
+//! `Limits::max_stack_bytes` given to `instantiate` is not applied per instance.
+//! Module serialization is not offered: loading an artifact is `unsafe` in wasmtime and this
+//! crate forbids `unsafe`.
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod imports;
+mod instance;
+mod module;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmux_abi::{Error, Limits, Result, WasmEngine, WasmModule};
+
+pub use instance::WasmtimeInstance;
+pub use module::WasmtimeModule;
+
+/// The engine name reported in errors and traps.
+pub const ENGINE_NAME: &str = "wasmtime";
+
+/// The wasmtime version this crate is pinned to.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+/// The longest a running call goes without checking for an interrupt request, whatever its
+/// deadline.
+pub const INTERRUPT_CHECK: Duration = Duration::from_millis(10);
+
+/// The most wasm frames a trap's backtrace records.
+const BACKTRACE_FRAMES: usize = 32;
+
+/// Settings of a [`WasmtimeEngine`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmtimeConfig {
+    max_stack_bytes: usize,
+    tick: Duration,
+    optimize: bool,
+}
+
+impl Default for WasmtimeConfig {
+    fn default() -> Self {
+        Self { max_stack_bytes: Limits::DEFAULT_STACK, tick: Duration::from_millis(1), optimize: true }
+    }
+}
+
+impl WasmtimeConfig {
+    /// Sets the maximum wasm stack in bytes for every instance of the engine (default
+    /// [`Limits::DEFAULT_STACK`]).
+    #[must_use]
+    pub fn max_stack_bytes(mut self, bytes: usize) -> Self {
+        self.max_stack_bytes = bytes;
+        self
+    }
+
+    /// Sets the epoch tick: the granularity of callback deadlines (default 1 ms, at least
+    /// 100 µs).
+    #[must_use]
+    pub fn epoch_tick(mut self, tick: Duration) -> Self {
+        self.tick = tick.max(Duration::from_micros(100));
+        self
+    }
+
+    /// Chooses cranelift's `speed` optimizations (default) or none (faster compiles).
+    #[must_use]
+    pub fn optimize(mut self, optimize: bool) -> Self {
+        self.optimize = optimize;
+        self
+    }
+}
+
+/// The state every module and instance of an engine shares.
+pub(crate) struct Shared {
+    pub(crate) engine: wasmtime::Engine,
+    pub(crate) linker: wasmtime::Linker<instance::StoreData>,
+    pub(crate) config: WasmtimeConfig,
+}
+
+/// A [`WasmEngine`] on wasmtime with cranelift.
+///
+/// Cheap to clone; clones share the compiler, the host-function linker and the epoch thread.
+#[derive(Clone)]
+pub struct WasmtimeEngine {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for WasmtimeEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WasmtimeEngine").field("config", &self.shared.config).finish_non_exhaustive()
+    }
+}
+
+impl WasmtimeEngine {
+    /// Creates an engine, links every host function and starts its epoch thread.
+    ///
+    /// # Errors
+    /// [`Error::Engine`] when wasmtime rejects the configuration or a host function.
+    pub fn new(config: WasmtimeConfig) -> Result<Self> {
+        let mut wt = wasmtime::Config::new();
+        wt.strategy(wasmtime::Strategy::Cranelift)
+            .cranelift_opt_level(if config.optimize { wasmtime::OptLevel::Speed } else { wasmtime::OptLevel::None })
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_stack_bytes)
+            .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(BACKTRACE_FRAMES));
+        let engine = wasmtime::Engine::new(&wt).map_err(error::engine)?;
+        let linker = imports::linker(&engine)?;
+        spawn_ticker(&engine, config.tick)?;
+        Ok(Self { shared: Arc::new(Shared { engine, linker, config }) })
+    }
+
+    /// The underlying wasmtime engine.
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.shared.engine
+    }
+}
+
+/// Advances the engine's epoch every `tick` until the engine is dropped.
+fn spawn_ticker(engine: &wasmtime::Engine, tick: Duration) -> Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasmux-wasmtime-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| Error::Engine { engine: ENGINE_NAME, message: format!("cannot start the epoch thread: {e}") })
+}
+
+impl WasmEngine for WasmtimeEngine {
+    fn name(&self) -> &'static str {
+        ENGINE_NAME
+    }
+
+    fn compile(&self, bytes: &[u8]) -> Result<Arc<dyn WasmModule>> {
+        Ok(Arc::new(WasmtimeModule::new(self.shared.clone(), bytes)?))
+    }
+
+    fn fingerprint(&self) -> String {
+        let c = &self.shared.config;
+        let settings = format!(
+            "stack={};opt={};target={}-{}",
+            c.max_stack_bytes,
+            if c.optimize { "speed" } else { "none" },
+            std::env::consts::ARCH,
+            std::env::consts::OS,
+        );
+        format!("{ENGINE_NAME}-{WASMTIME_VERSION}-{:016x}", fnv1a(settings.as_bytes()))
+    }
+}
+
+/// FNV-1a, 64 bits: a hash that never changes between Rust releases.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}

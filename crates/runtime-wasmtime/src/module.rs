@@ -1,0 +1,86 @@
+//! A compiled module, its import/export descriptions and its pre-linked instantiation.
+
+use std::fmt;
+use std::sync::Arc;
+
+use wasmux_abi::{ExportDesc, ExternType, FuncType, HostState, ImportDesc, Limits, Result, WasmInstance, WasmModule};
+
+use crate::imports::from_wasmtime;
+use crate::instance::{StoreData, WasmtimeInstance};
+use crate::{Shared, error};
+
+/// A [`WasmModule`] on wasmtime: compiled code shared by all its instances.
+pub struct WasmtimeModule {
+    shared: Arc<Shared>,
+    module: wasmtime::Module,
+    /// The module linked against the host functions once, or why that failed.
+    pre: Result<wasmtime::InstancePre<StoreData>, String>,
+    imports: Vec<ImportDesc>,
+    exports: Vec<ExportDesc>,
+}
+
+impl fmt::Debug for WasmtimeModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WasmtimeModule")
+            .field("name", &self.module.name())
+            .field("imports", &self.imports.len())
+            .field("exports", &self.exports.len())
+            .field("linked", &self.pre.is_ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasmtimeModule {
+    /// Compiles `bytes` and links the result against the engine's host functions.
+    pub(crate) fn new(shared: Arc<Shared>, bytes: &[u8]) -> Result<Self> {
+        let module = wasmtime::Module::new(&shared.engine, bytes).map_err(|e| error::compile(&e))?;
+        let imports = module
+            .imports()
+            .map(|i| ImportDesc { module: i.module().to_owned(), name: i.name().to_owned(), ty: extern_type(&i.ty()) })
+            .collect();
+        let exports =
+            module.exports().map(|e| ExportDesc { name: e.name().to_owned(), ty: extern_type(&e.ty()) }).collect();
+        // Unsatisfiable imports are reported by the ABI layer before it instantiates; keep
+        // wasmtime's reason for anyone who instantiates regardless.
+        let pre = shared.linker.instantiate_pre(&module).map_err(|e| e.root_cause().to_string());
+        Ok(Self { shared, module, pre, imports, exports })
+    }
+
+    /// The underlying wasmtime module.
+    pub fn wasmtime(&self) -> &wasmtime::Module {
+        &self.module
+    }
+}
+
+/// Describes a wasmtime extern type.
+fn extern_type(ty: &wasmtime::ExternType) -> ExternType {
+    match ty {
+        wasmtime::ExternType::Func(f) => ExternType::Func(FuncType {
+            params: f.params().map(|t| from_wasmtime(&t)).collect(),
+            results: f.results().map(|t| from_wasmtime(&t)).collect(),
+        }),
+        wasmtime::ExternType::Memory(_) => ExternType::Memory,
+        wasmtime::ExternType::Table(_) => ExternType::Table,
+        wasmtime::ExternType::Global(_) => ExternType::Global,
+        _ => ExternType::Other,
+    }
+}
+
+impl WasmModule for WasmtimeModule {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn imports(&self) -> &[ImportDesc] {
+        &self.imports
+    }
+
+    fn exports(&self) -> &[ExportDesc] {
+        &self.exports
+    }
+
+    fn instantiate(&self, state: HostState, limits: &Limits) -> Result<Box<dyn WasmInstance>> {
+        let pre = self.pre.as_ref().map_err(|reason| error::engine_msg(format!("cannot link module: {reason}")))?;
+        Ok(Box::new(WasmtimeInstance::new(pre, state, limits, self.shared.config.tick)?))
+    }
+}
