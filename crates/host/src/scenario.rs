@@ -487,6 +487,9 @@ impl Runner<'_> {
         }
         let mut body = record_common(self.rec, Some(&mut self.plugin), &self.names, scenario);
         body["events"] = Value::Array(self.events);
+        let mut coverage = self.plugin.vm().coverage();
+        coverage.sort_unstable();
+        body["coverage"] = json!(coverage);
         let mut streams = serde_json::Map::new();
         for (name, id) in &self.names {
             let mut st = stream_json(self.plugin.vm(), *id)
