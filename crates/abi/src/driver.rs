@@ -125,12 +125,8 @@ impl Vm {
     fn settle(&mut self) -> Result<()> {
         loop {
             let state = self.inst.state();
-            let ready: Vec<u32> = state
-                .contexts
-                .iter()
-                .filter(|(_, c)| c.life == Lifecycle::DoneReady)
-                .map(|(id, _)| *id)
-                .collect();
+            let ready: Vec<u32> =
+                state.contexts.iter().filter(|(_, c)| c.life == Lifecycle::DoneReady).map(|(id, _)| *id).collect();
             let queued = state.env.services.queues.take_ready(state.uid);
             if ready.is_empty() && queued.is_empty() {
                 return Ok(());
@@ -173,7 +169,10 @@ impl Vm {
     pub fn start_plugin(&mut self, plugin: Arc<PluginConfig>) -> Result<u32> {
         self.event(|vm| {
             let cfg_len = plugin.configuration.len() as u64;
-            let id = vm.new_context(0, ContextKind::Root(RootState { plugin, tick_period_ms: 0, properties: Default::default() }));
+            let id = vm.new_context(
+                0,
+                ContextKind::Root(RootState { plugin, tick_period_ms: 0, properties: Default::default() }),
+            );
             vm.call(Callback::OnContextCreate, id, &[u64::from(id), 0])?;
             let vm_cfg = vm.inst.state().env.vm_configuration.len() as u64;
             if vm.call(Callback::OnVmStart, id, &[u64::from(id), vm_cfg])? == Some(0) {
@@ -301,10 +300,10 @@ impl Vm {
         self.event(|vm| {
             let r = vm.call(cb, id, &[u64::from(id), size, u64::from(eos)])?;
             let action = vm.action(r);
-            if action == Action::Continue {
-                if let Some(b) = vm.inst.state().contexts.get_mut(&id).and_then(|c| body(&mut c.kind)) {
-                    b.release();
-                }
+            if action == Action::Continue
+                && let Some(b) = vm.inst.state().contexts.get_mut(&id).and_then(|c| body(&mut c.kind))
+            {
+                b.release();
             }
             Ok(action)
         })
@@ -451,7 +450,9 @@ impl Vm {
     /// The tick period a root context asked for, if any.
     pub fn tick_period(&mut self, root: u32) -> Option<Duration> {
         match self.inst.state().contexts.get(&root).map(|c| &c.kind) {
-            Some(ContextKind::Root(r)) if r.tick_period_ms > 0 => Some(Duration::from_millis(u64::from(r.tick_period_ms))),
+            Some(ContextKind::Root(r)) if r.tick_period_ms > 0 => {
+                Some(Duration::from_millis(u64::from(r.tick_period_ms)))
+            }
             _ => None,
         }
     }
@@ -483,7 +484,12 @@ impl Vm {
         self.inst.state().callouts.get(&token).map(|c| c.root).ok_or(ctx_err(token, "unknown callout token"))
     }
 
-    fn with_inputs<T>(&mut self, inputs: CallInputs, status: (u32, Vec<u8>), f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+    fn with_inputs<T>(
+        &mut self,
+        inputs: CallInputs,
+        status: (u32, Vec<u8>),
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
         let state = self.inst.state();
         state.inputs = inputs;
         state.status = status;
@@ -513,7 +519,9 @@ impl Vm {
                 };
                 (inputs, (0, Vec::new()), counts)
             }
-            None => (CallInputs::default(), (crate::Status::InternalFailure as u32, b"callout failed".to_vec()), [0; 3]),
+            None => {
+                (CallInputs::default(), (crate::Status::InternalFailure as u32, b"callout failed".to_vec()), [0; 3])
+            }
         };
         self.event(|vm| {
             vm.with_inputs(inputs, status, |vm| {
@@ -563,7 +571,8 @@ impl Vm {
         let inputs = CallInputs { grpc_trailing: Some(metadata), ..Default::default() };
         self.event(|vm| {
             vm.with_inputs(inputs, (0, Vec::new()), |vm| {
-                vm.call(Callback::OnGrpcReceiveTrailingMetadata, root, &[u64::from(root), u64::from(token), n]).map(drop)
+                vm.call(Callback::OnGrpcReceiveTrailingMetadata, root, &[u64::from(root), u64::from(token), n])
+                    .map(drop)
             })
         })
     }
@@ -579,7 +588,8 @@ impl Vm {
         let st = (status as u32, message.as_bytes().to_vec());
         self.event(|vm| {
             vm.with_inputs(CallInputs::default(), st, |vm| {
-                vm.call(Callback::OnGrpcClose, root, &[u64::from(root), u64::from(token), status as u32 as u64]).map(drop)
+                vm.call(Callback::OnGrpcClose, root, &[u64::from(root), u64::from(token), status as u32 as u64])
+                    .map(drop)
             })
         })
     }

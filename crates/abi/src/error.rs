@@ -115,9 +115,7 @@ pub enum Incompatibility {
 impl fmt::Display for Incompatibility {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::MissingAbiMarker => {
-                f.write_str("missing ABI version marker (no `proxy_abi_version_*` export)")
-            }
+            Self::MissingAbiMarker => f.write_str("missing ABI version marker (no `proxy_abi_version_*` export)"),
             Self::UnknownAbiMarker(m) => write!(f, "unknown ABI version marker `{m}`"),
             Self::ConflictingAbiMarkers(m) => {
                 write!(f, "conflicting ABI version markers: {}", m.join(", "))
@@ -125,14 +123,12 @@ impl fmt::Display for Incompatibility {
             Self::UnknownImport { module, name } => {
                 write!(f, "missing import `{module}.{name}`: the host does not provide it")
             }
-            Self::ImportNotInVersion { module, name, version } => write!(
-                f,
-                "missing import `{module}.{name}`: not part of proxy-wasm ABI {version}"
-            ),
-            Self::ImportSignature { module, name, expected, found } => write!(
-                f,
-                "mistyped import `{module}.{name}`: the host provides {expected}, the module expects {found}"
-            ),
+            Self::ImportNotInVersion { module, name, version } => {
+                write!(f, "missing import `{module}.{name}`: not part of proxy-wasm ABI {version}")
+            }
+            Self::ImportSignature { module, name, expected, found } => {
+                write!(f, "mistyped import `{module}.{name}`: the host provides {expected}, the module expects {found}")
+            }
             Self::UnsupportedImport { module, name, kind } => {
                 write!(f, "unsupported import `{module}.{name}` of kind {kind}")
             }
@@ -210,13 +206,7 @@ impl Error {
 
     /// A trap error.
     pub fn new_trap(engine: &'static str, kind: TrapKind, message: impl Into<String>) -> Self {
-        Self::Trap(Box::new(Trap {
-            engine,
-            export: None,
-            kind,
-            message: message.into(),
-            backtrace: Vec::new(),
-        }))
+        Self::Trap(Box::new(Trap { engine, export: None, kind, message: message.into(), backtrace: Vec::new() }))
     }
 }
 

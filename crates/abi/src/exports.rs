@@ -75,7 +75,6 @@ callbacks! {
     Malloc = "malloc", ALL, (I32) -> (I32);
 }
 
-
 /// Callbacks resolved once per instance; absent exports are `None`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Exports {

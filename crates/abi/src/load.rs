@@ -43,9 +43,9 @@ pub fn detect_abi(module: &dyn WasmModule) -> Result<AbiVersion, Vec<Incompatibi
         [v] => Ok(*v),
         [] if unknown.is_empty() => Err(vec![Incompatibility::MissingAbiMarker]),
         [] => Err(unknown.into_iter().map(Incompatibility::UnknownAbiMarker).collect()),
-        many => Err(vec![Incompatibility::ConflictingAbiMarkers(
-            many.iter().map(|v| v.marker().to_string()).collect(),
-        )]),
+        many => {
+            Err(vec![Incompatibility::ConflictingAbiMarkers(many.iter().map(|v| v.marker().to_string()).collect())])
+        }
     }
 }
 

@@ -34,6 +34,9 @@ pub enum PairsError {
     TrailingBytes,
 }
 
+/// One decoded key/value pair.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// Serializes pairs. An empty map is `N = 0` (4 bytes).
 pub fn encode<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
     let size = 4 + pairs.iter().map(|(k, v)| 10 + k.as_ref().len() + v.as_ref().len()).sum::<usize>();
@@ -56,7 +59,7 @@ pub fn encode<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
 ///
 /// # Errors
 /// Any structural problem or a limit; the input is never partially accepted.
-pub fn decode(buf: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, PairsError> {
+pub fn decode(buf: &[u8]) -> Result<Vec<Pair>, PairsError> {
     if buf.len() > MAX_PAIRS_BYTES {
         return Err(PairsError::TooLarge);
     }

@@ -199,10 +199,13 @@ pub trait SharedData: Send + Sync + fmt::Debug {
     fn entries(&self, vm_id: &str) -> Vec<(Vec<u8>, Vec<u8>, u32)>;
 }
 
+/// `(vm_id, key)`.
+type SharedKey = (String, Vec<u8>);
+
 /// The in-memory store: one lock, one global CAS counter.
 #[derive(Debug, Default)]
 pub struct InMemorySharedData {
-    map: Mutex<HashMap<(String, Vec<u8>), (Vec<u8>, u32)>>,
+    map: Mutex<HashMap<SharedKey, (Vec<u8>, u32)>>,
     cas: AtomicU32,
 }
 
@@ -666,11 +669,7 @@ impl ForeignFunctions {
     }
 
     /// Adds or replaces a function.
-    pub fn register(
-        &mut self,
-        name: &str,
-        f: impl Fn(&[u8]) -> Result<Vec<u8>, Status> + Send + Sync + 'static,
-    ) {
+    pub fn register(&mut self, name: &str, f: impl Fn(&[u8]) -> Result<Vec<u8>, Status> + Send + Sync + 'static) {
         self.fns.insert(name.to_string(), Arc::new(f));
     }
 

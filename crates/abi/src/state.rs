@@ -52,10 +52,7 @@ impl HeaderMap {
 
     /// The first value of `name`.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.entries.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
     /// Appends an entry (duplicates allowed).
@@ -366,11 +363,7 @@ impl HostState {
 
     /// Names of the host functions this instance has called so far.
     pub fn coverage(&self) -> impl Iterator<Item = &'static str> + '_ {
-        crate::HOST_FUNCS
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.coverage & (1u128 << i) != 0)
-            .map(|(_, f)| f.name)
+        crate::HOST_FUNCS.iter().enumerate().filter(|(i, _)| self.coverage & (1u128 << i) != 0).map(|(_, f)| f.name)
     }
 
     pub(crate) fn effective_context(&mut self) -> Option<&mut Context> {

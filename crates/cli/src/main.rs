@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+mod conformance;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -44,13 +46,24 @@ enum Command {
     },
     /// List the engines compiled into this binary.
     Engines,
+    /// Run the conformance suite: prints the engine x case matrix and the host-function
+    /// coverage table; exits 1 on any failure.
+    Conformance {
+        /// Engine to run on (repeatable; default: every engine compiled in).
+        #[arg(long = "engine")]
+        engines: Vec<String>,
+        /// Directory of case files (default: the suite's own `conformance/cases`).
+        #[arg(long)]
+        cases: Option<PathBuf>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WASMUX_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WASMUX_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -83,6 +96,7 @@ fn run(cmd: Command) -> Result<ExitCode, AnyError> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Conformance { engines, cases, json } => conformance::run(&engines, cases, json),
         Command::Inspect { file, engine, json } => inspect(&read(&file)?, engine.parse()?, json),
         Command::Run { file, engine, scenario: path } => {
             let wasm = read(&file)?;
@@ -117,11 +131,8 @@ fn inspect(wasm: &[u8], runtime: Runtime, json: bool) -> Result<ExitCode, AnyErr
             serde_json::json!({"module": i.module, "name": i.name, "type": ty, "provided": provided})
         })
         .collect();
-    let exports: Vec<serde_json::Value> = module
-        .exports()
-        .iter()
-        .map(|e| serde_json::json!({"name": e.name, "kind": e.ty.kind()}))
-        .collect();
+    let exports: Vec<serde_json::Value> =
+        module.exports().iter().map(|e| serde_json::json!({"name": e.name, "kind": e.ty.kind()})).collect();
     let version = abi.as_ref().ok().map(|v| v.as_str());
     if json {
         let out = serde_json::json!({

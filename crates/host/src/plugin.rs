@@ -111,7 +111,11 @@ impl CompiledPlugin {
     ///
     /// # Errors
     /// [`Error::Incompatible`].
-    pub fn from_module(engine: Arc<dyn WasmEngine>, module: Arc<dyn WasmModule>, options: PluginOptions) -> Result<Arc<Self>> {
+    pub fn from_module(
+        engine: Arc<dyn WasmEngine>,
+        module: Arc<dyn WasmModule>,
+        options: PluginOptions,
+    ) -> Result<Arc<Self>> {
         let info = check_module(&*module)?;
         let env = Arc::new(VmEnv {
             vm_id: options.vm_id.clone(),

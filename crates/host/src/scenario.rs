@@ -395,8 +395,13 @@ pub fn run(runtime: Runtime, wasm: &[u8], scenario: &Scenario) -> Result<Value, 
     for (k, v) in &scenario.properties {
         props.insert(k, v.to_vec().map_err(invalid)?);
     }
-    let services =
-        Services { log: log.clone(), callouts: callouts.clone(), clock: clock.clone(), properties: props, ..Default::default() };
+    let services = Services {
+        log: log.clone(),
+        callouts: callouts.clone(),
+        clock: clock.clone(),
+        properties: props,
+        ..Default::default()
+    };
     let rec = Recorder { log, callouts, clock, services: services.clone() };
     let level = scenario.log_level.as_deref().unwrap_or("trace");
     let mut limits = wasmux_abi::Limits::default();
@@ -424,8 +429,15 @@ pub fn run(runtime: Runtime, wasm: &[u8], scenario: &Scenario) -> Result<Value, 
     match compiled.instantiate() {
         Ok(plugin) => {
             out["start"] = json!("ok");
-            let body = Runner { plugin, rec: &rec, names: BTreeMap::new(), events: Vec::new(), finished: BTreeMap::new(), snapshots: BTreeMap::new() }
-                .run(scenario, &compiled)?;
+            let body = Runner {
+                plugin,
+                rec: &rec,
+                names: BTreeMap::new(),
+                events: Vec::new(),
+                finished: BTreeMap::new(),
+                snapshots: BTreeMap::new(),
+            }
+            .run(scenario, &compiled)?;
             merge(&mut out, body);
         }
         Err(e) => {
@@ -703,7 +715,12 @@ impl Runner<'_> {
 }
 
 /// Logs, callouts, metrics, shared data and the tick period.
-fn record_common(rec: &Recorder, plugin: Option<&mut Plugin>, names: &BTreeMap<String, u32>, scenario: &Scenario) -> Value {
+fn record_common(
+    rec: &Recorder,
+    plugin: Option<&mut Plugin>,
+    names: &BTreeMap<String, u32>,
+    scenario: &Scenario,
+) -> Value {
     let mut ctx_names: BTreeMap<u32, String> = names.iter().map(|(n, id)| (*id, n.clone())).collect();
     let mut tick = Value::Null;
     if let Some(p) = plugin {

@@ -27,7 +27,9 @@ fn plugin_configuration(state: &HostState) -> Option<&[u8]> {
 fn read_buffer(state: &mut HostState, ty: BufferType) -> Result<(&[u8], bool), Status> {
     let found = match ty {
         BufferType::RequestBody => state.http().map(|h| (&h.request_body.buffered[..], h.request_body.end_of_stream)),
-        BufferType::ResponseBody => state.http().map(|h| (&h.response_body.buffered[..], h.response_body.end_of_stream)),
+        BufferType::ResponseBody => {
+            state.http().map(|h| (&h.response_body.buffered[..], h.response_body.end_of_stream))
+        }
         BufferType::DownstreamData => state.tcp().map(|t| (&t.downstream.buffered[..], t.downstream.end_of_stream)),
         BufferType::UpstreamData => state.tcp().map(|t| (&t.upstream.buffered[..], t.upstream.end_of_stream)),
         BufferType::HttpCallResponseBody => state.inputs.call_body.as_deref().map(|b| (b, true)),
@@ -42,7 +44,14 @@ fn read_buffer(state: &mut HostState, ty: BufferType) -> Result<(&[u8], bool), S
 /// `proxy_get_buffer_bytes(type, start, max_size, return_data**, return_size*)`: copies up to
 /// `max_size` bytes from `start`; ranges past the end are clamped, and an empty result is
 /// `(0, 0)`.
-pub(super) fn get_buffer_bytes(cx: &mut dyn Guest, ty: u64, start: u64, max: u64, out_ptr: u64, out_len: u64) -> HostResult {
+pub(super) fn get_buffer_bytes(
+    cx: &mut dyn Guest,
+    ty: u64,
+    start: u64,
+    max: u64,
+    out_ptr: u64,
+    out_len: u64,
+) -> HostResult {
     let state = cx.state();
     let ty = buffer_type(state, ty)?;
     if start.checked_add(max).is_none() {

@@ -145,7 +145,15 @@ pub(super) fn grpc_stream(
     md_len: u64,
     out: u64,
 ) -> HostResult {
-    grpc_open(cx, true, [(up, up_len), (svc, svc_len), (method, method_len)], (md, md_len), Vec::new(), Duration::ZERO, out)
+    grpc_open(
+        cx,
+        true,
+        [(up, up_len), (svc, svc_len), (method, method_len)],
+        (md, md_len),
+        Vec::new(),
+        Duration::ZERO,
+        out,
+    )
 }
 
 fn grpc_act(state: &mut HostState, token: u64, action: GrpcAction) -> HostResult {

@@ -1,9 +1,9 @@
 //! Contexts: `proxy_set_effective_context`, `proxy_done`.
 
+use crate::Status;
 use crate::guest::HostResult;
 use crate::state::Lifecycle;
 use crate::vm::Guest;
-use crate::Status;
 
 /// `proxy_set_effective_context(context_id)`: later host calls in this callback act on that
 /// context. BAD_ARGUMENT for an unknown id.

@@ -37,11 +37,5 @@ pub(crate) fn emit(state: &HostState, level: LogLevel, message: String) {
             _ => None,
         })
         .unwrap_or_default();
-    state.env.services.log.log(LogRecord {
-        vm_id: state.env.vm_id.clone(),
-        root_id,
-        context_id: id,
-        level,
-        message,
-    });
+    state.env.services.log.log(LogRecord { vm_id: state.env.vm_id.clone(), root_id, context_id: id, level, message });
 }

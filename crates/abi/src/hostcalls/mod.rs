@@ -28,7 +28,6 @@ mod stream;
 mod time;
 mod wasi;
 
-
 /// Import modules a host function can be registered under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ImportModule {
@@ -278,16 +277,12 @@ host_funcs! {
 
 /// Looks up a host function by import module and name.
 pub fn find_host_func(module: &str, name: &str) -> Option<&'static HostFunc> {
-    HOST_FUNCS
-        .iter()
-        .find(|f| f.name == name && f.module.names().contains(&module))
+    HOST_FUNCS.iter().find(|f| f.name == name && f.module.names().contains(&module))
 }
 
 /// The `proxy_*` host functions of one ABI version.
 pub fn proxy_funcs(version: AbiVersion) -> impl Iterator<Item = &'static HostFunc> {
-    HOST_FUNCS
-        .iter()
-        .filter(move |f| f.is_proxy() && f.versions.contains(version))
+    HOST_FUNCS.iter().filter(move |f| f.is_proxy() && f.versions.contains(version))
 }
 
 #[cfg(test)]

@@ -27,10 +27,10 @@ fn request_property(h: &HttpStreamState, path: &[&[u8]]) -> Option<Vec<u8>> {
     let req = &h.request_headers;
     let (name, rest) = path.split_first()?;
     let full_path = || header(req, ":path");
-    let v = match (&name[..], rest) {
-        (b"headers", rest) => return map_value(req, rest),
-        (b"trailers", rest) => return map_value(&h.request_trailers, rest),
-        (_, [_, ..]) => return None,
+    match (&name[..], rest) {
+        (b"headers", rest) => map_value(req, rest),
+        (b"trailers", rest) => map_value(&h.request_trailers, rest),
+        (_, [_, ..]) => None,
         (b"path", []) => full_path(),
         (b"url_path", []) => full_path().map(|p| p.split(|b| *b == b'?').next().unwrap_or_default().to_vec()),
         (b"query", []) => full_path().map(|p| p.splitn(2, |b| *b == b'?').nth(1).unwrap_or_default().to_vec()),
@@ -43,8 +43,7 @@ fn request_property(h: &HttpStreamState, path: &[&[u8]]) -> Option<Vec<u8>> {
         (b"headers_bytes", []) => Some((req.byte_size() as i64).to_le_bytes().to_vec()),
         (b"size", []) => Some((h.request_body.all().len() as i64).to_le_bytes().to_vec()),
         _ => None,
-    };
-    v
+    }
 }
 
 fn response_property(h: &HttpStreamState, path: &[&[u8]]) -> Option<Vec<u8>> {
@@ -78,9 +77,8 @@ fn lookup(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
         segs = dotted;
     }
     let ctx = state.contexts.get(&state.effective)?;
-    let root = match &state.contexts.get(&ctx.root)?.kind {
-        ContextKind::Root(r) => r,
-        _ => return None,
+    let ContextKind::Root(root) = &state.contexts.get(&ctx.root)?.kind else {
+        return None;
     };
     let overlay = match &ctx.kind {
         ContextKind::Http(h) => h.properties.get(raw),

@@ -1,12 +1,19 @@
 //! Shared key-value store and shared queues (process-wide, partitioned by VM id).
 
+use crate::Status;
 use crate::guest::{HostResult, check_range, copy_out, read_bytes, read_string, write_u32};
 use crate::services::QueueOwner;
 use crate::vm::Guest;
-use crate::Status;
 
 /// `proxy_get_shared_data(key, key_len, return_value**, return_size*, return_cas*)`.
-pub(super) fn get_shared_data(cx: &mut dyn Guest, key: u64, key_len: u64, out_ptr: u64, out_len: u64, out_cas: u64) -> HostResult {
+pub(super) fn get_shared_data(
+    cx: &mut dyn Guest,
+    key: u64,
+    key_len: u64,
+    out_ptr: u64,
+    out_len: u64,
+    out_cas: u64,
+) -> HostResult {
     let key = read_bytes(cx, key, key_len)?;
     let state = cx.state();
     let Some((value, cas)) = state.env.services.shared_data.get(&state.env.vm_id, &key) else {
@@ -20,7 +27,14 @@ pub(super) fn get_shared_data(cx: &mut dyn Guest, key: u64, key_len: u64, out_pt
 
 /// `proxy_set_shared_data(key, key_len, value, value_len, cas)`: a non-zero `cas` must match,
 /// else CAS_MISMATCH. An empty value is stored as empty (the Rust SDK's delete).
-pub(super) fn set_shared_data(cx: &mut dyn Guest, key: u64, key_len: u64, val: u64, val_len: u64, cas: u64) -> HostResult {
+pub(super) fn set_shared_data(
+    cx: &mut dyn Guest,
+    key: u64,
+    key_len: u64,
+    val: u64,
+    val_len: u64,
+    cas: u64,
+) -> HostResult {
     let key = read_bytes(cx, key, key_len)?;
     let value = read_bytes(cx, val, val_len)?;
     let state = cx.state();
@@ -47,7 +61,14 @@ pub(super) fn register_queue(cx: &mut dyn Guest, name: u64, name_len: u64, out: 
 
 /// `proxy_resolve_shared_queue(vm_id, vm_id_len, name, name_len, return_id*)`: an empty VM id
 /// means this VM. NOT_FOUND when absent.
-pub(super) fn resolve_queue(cx: &mut dyn Guest, vm: u64, vm_len: u64, name: u64, name_len: u64, out: u64) -> HostResult {
+pub(super) fn resolve_queue(
+    cx: &mut dyn Guest,
+    vm: u64,
+    vm_len: u64,
+    name: u64,
+    name_len: u64,
+    out: u64,
+) -> HostResult {
     let vm = read_string(cx, vm, vm_len)?;
     let name = read_bytes(cx, name, name_len)?;
     let state = cx.state();

@@ -90,13 +90,8 @@ pub(super) fn send_local_response(
     let grpc = grpc as u32 as i32;
     let state = cx.state();
     let http = state.http().ok_or(Status::NotFound)?;
-    http.local_reply = Some(LocalReply {
-        status_code: code as u32,
-        details,
-        body,
-        headers,
-        grpc_status: (grpc >= 0).then_some(grpc),
-    });
+    http.local_reply =
+        Some(LocalReply { status_code: code as u32, details, body, headers, grpc_status: (grpc >= 0).then_some(grpc) });
     state.stop_iteration = true;
     Ok(Status::Ok)
 }

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use crate::Status;
 use crate::guest::{HostResult, write_u64};
 use crate::state::ContextKind;
 use crate::vm::Guest;
-use crate::Status;
 
 /// `proxy_get_current_time_nanoseconds(return_time*)`: wall clock, u64 nanoseconds.
 pub(super) fn get_current_time(cx: &mut dyn Guest, out: u64) -> HostResult {

@@ -6,10 +6,10 @@
 //! configuration, and everything else answers with the errno a sandbox without a filesystem
 //! would give.
 
+use crate::LogLevel;
 use crate::guest::{HostResult, check_range, read_bytes, write_bytes, write_u32, write_u64};
 use crate::hostcalls::logging::emit;
 use crate::vm::Guest;
-use crate::LogLevel;
 
 /// WASI errno values used here.
 pub(crate) struct Errno;
@@ -64,7 +64,14 @@ pub(super) fn fd_write(cx: &mut dyn Guest, fd: u64, iovs: u64, iovs_len: u64, nw
 }
 
 /// `fd_pwrite`: as `fd_write`; the offset is ignored.
-pub(super) fn fd_pwrite(cx: &mut dyn Guest, fd: u64, iovs: u64, iovs_len: u64, _offset: u64, nwritten: u64) -> HostResult<u32> {
+pub(super) fn fd_pwrite(
+    cx: &mut dyn Guest,
+    fd: u64,
+    iovs: u64,
+    iovs_len: u64,
+    _offset: u64,
+    nwritten: u64,
+) -> HostResult<u32> {
     fd_write(cx, fd, iovs, iovs_len, nwritten)
 }
 
@@ -98,7 +105,14 @@ pub(super) fn fd_fdstat_get(cx: &mut dyn Guest, fd: u64, out: u64) -> HostResult
 }
 
 /// `fd_readdir`: no directories.
-pub(super) fn fd_readdir(cx: &mut dyn Guest, _fd: u64, _buf: u64, _len: u64, _cookie: u64, out: u64) -> HostResult<u32> {
+pub(super) fn fd_readdir(
+    cx: &mut dyn Guest,
+    _fd: u64,
+    _buf: u64,
+    _len: u64,
+    _cookie: u64,
+    out: u64,
+) -> HostResult<u32> {
     let _ = write_u32(cx, out, 0);
     Ok(Errno::BADF)
 }
@@ -110,7 +124,18 @@ pub(super) fn fd_renumber(_: &mut dyn Guest, _: u64, _: u64) -> HostResult<u32> 
 
 /// `path_open`: there is no filesystem.
 #[allow(clippy::too_many_arguments, reason = "mirrors the WASI signature")]
-pub(super) fn path_open(cx: &mut dyn Guest, _: u64, _: u64, _: u64, _: u64, _: u64, _: u64, _: u64, _: u64, out: u64) -> HostResult<u32> {
+pub(super) fn path_open(
+    cx: &mut dyn Guest,
+    _: u64,
+    _: u64,
+    _: u64,
+    _: u64,
+    _: u64,
+    _: u64,
+    _: u64,
+    _: u64,
+    out: u64,
+) -> HostResult<u32> {
     let _ = write_u32(cx, out, 0);
     Ok(Errno::NOENT)
 }
@@ -128,7 +153,15 @@ pub(super) fn sock_accept(cx: &mut dyn Guest, _: u64, _: u64, out: u64) -> HostR
 }
 
 /// `sock_recv`: no sockets.
-pub(super) fn sock_recv(cx: &mut dyn Guest, _: u64, _: u64, _: u64, _: u64, out_len: u64, out_flags: u64) -> HostResult<u32> {
+pub(super) fn sock_recv(
+    cx: &mut dyn Guest,
+    _: u64,
+    _: u64,
+    _: u64,
+    _: u64,
+    out_len: u64,
+    out_flags: u64,
+) -> HostResult<u32> {
     let _ = write_u32(cx, out_len, 0);
     let _ = write_u32(cx, out_flags, 0);
     Ok(Errno::NOTSUP)
@@ -258,6 +291,7 @@ pub(super) fn pthread_equal(_: &mut dyn Guest, a: u64, b: u64) -> HostResult<u32
 macro_rules! fixed {
     ($($name:ident($($a:ident),*) => $v:expr;)*) => {$(
         #[doc = concat!("A stub answering `", stringify!($v), "`.")]
+        #[allow(clippy::too_many_arguments, reason = "mirrors WASI signatures")]
         pub(super) fn $name(_: &mut dyn Guest, $($a: u64),*) -> HostResult<u32> {
             $(let _ = $a;)*
             $v
@@ -282,4 +316,3 @@ fixed! {
     notsup6(a, b, c, d, e, f) => Ok(Errno::NOTSUP);
     notsup7(a, b, c, d, e, f, g) => Ok(Errno::NOTSUP);
 }
-
