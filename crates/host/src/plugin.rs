@@ -284,14 +284,21 @@ impl Plugin {
                 self.fail_stream(id);
                 Ok(Action::Pause)
             }
-            FailurePolicy::Reload { base_backoff, .. } => {
+            FailurePolicy::Reload { .. } => {
                 self.fail_stream(id);
-                if self.next_reload.is_none() {
-                    self.backoff = base_backoff;
-                    self.next_reload = Some(Instant::now() + base_backoff);
-                }
+                self.schedule_reload();
                 Ok(Action::Pause)
             }
+        }
+    }
+
+    /// Under the reload policy, plans a reload after the base backoff (once per failure spell).
+    fn schedule_reload(&mut self) {
+        if let FailurePolicy::Reload { base_backoff, .. } = self.compiled.options.failure_policy
+            && self.next_reload.is_none()
+        {
+            self.backoff = base_backoff;
+            self.next_reload = Some(Instant::now() + base_backoff);
         }
     }
 
@@ -457,12 +464,7 @@ impl Plugin {
     fn absorb(&mut self, r: Result<()>) -> Result<()> {
         if let Err(Error::Trap(_) | Error::Failed(_)) = &r {
             self.stats.failures += 1;
-            if let FailurePolicy::Reload { base_backoff, .. } = self.compiled.options.failure_policy {
-                if self.next_reload.is_none() {
-                    self.backoff = base_backoff;
-                    self.next_reload = Some(Instant::now() + base_backoff);
-                }
-            }
+            self.schedule_reload();
         }
         r
     }
