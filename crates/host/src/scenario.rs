@@ -33,9 +33,8 @@ pub enum Bytes {
         /// Lower- or upper-case hex digits.
         hex: String,
     },
-    /// Nothing.
+    /// Nothing (`null`, or the field left out).
     #[default]
-    #[serde(skip)]
     Empty,
 }
 
@@ -727,6 +726,8 @@ fn record_common(
         ctx_names.insert(p.root_context(), "root".into());
         tick = json!(p.tick_period().map(|d| d.as_millis() as u64));
     }
+    // The first context is always the plugin's root context, also when start-up failed.
+    ctx_names.entry(1).or_insert_with(|| "root".into());
     ctx_names.insert(0, "vm".into());
     let logs: Vec<Value> = rec
         .log
