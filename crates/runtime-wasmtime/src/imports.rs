@@ -1,11 +1,12 @@
-//! The host-function linker: every entry of [`HOST_FUNCS`] under every module name, and the
+//! The host-function linker: every entry of [`HOST_FUNCS`] under every module name (typed
+//! trampolines where the signature allows, `func_new` otherwise), and the
 //! [`Guest`] view a host function gets of the calling instance.
 
 use wasmtime::{Caller, Linker, Val};
-use wasmux_abi::{Error, FuncRef, Guest, HOST_FUNCS, HostState, OutOfBounds, Result, ValType};
+use wasmux_abi::{Error, FuncRef, Guest, HOST_FUNCS, HostFunc, HostState, OutOfBounds, Result, ValType};
 
-use crate::error;
 use crate::instance::{self, StoreData};
+use crate::{error, typed};
 
 /// The most parameters a host function may take (proxy-wasm's widest takes 12).
 const MAX_ARGS: usize = 16;
@@ -25,6 +26,9 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<StoreData>> {
         );
         let result = ty.results.first().copied();
         for module in func.module_names() {
+            if typed::link_host(&mut linker, module, func).map_err(error::engine)? {
+                continue;
+            }
             linker
                 .func_new(module, func.name, wasm_ty.clone(), move |caller, params, results| {
                     let mut raw = [0u64; MAX_ARGS];
@@ -32,7 +36,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<StoreData>> {
                     for (slot, val) in args.iter_mut().zip(params) {
                         *slot = val_to_raw(val);
                     }
-                    let ret = func.invoke(&mut Cx { caller }, args).map_err(wasmtime::Error::new)?;
+                    let ret = invoke(caller, func, args)?;
                     if let (Some(slot), Some(ty)) = (results.first_mut(), result) {
                         *slot = raw_to_val(ret, ty);
                     }
@@ -42,6 +46,11 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<StoreData>> {
         }
     }
     Ok(linker)
+}
+
+/// Runs a host function for the guest; an [`Error`] travels through wasmtime as is.
+pub(crate) fn invoke(caller: Caller<'_, StoreData>, func: &HostFunc, args: &[u64]) -> wasmtime::Result<u64> {
+    func.invoke(&mut Cx { caller }, args).map_err(wasmtime::Error::new)
 }
 
 /// Converts a proxy-wasm value type to wasmtime's.

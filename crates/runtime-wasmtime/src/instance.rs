@@ -1,15 +1,16 @@
 //! A running instance: its store, resolved exports, deadlines and memory access.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use wasmtime::{AsContext, AsContextMut, Func, Memory, ResourceLimiter, Store, UpdateDeadline, Val};
 use wasmux_abi::{FuncRef, HostState, Limits, OutOfBounds, Result, ValType, WasmInstance};
 
 use crate::error::{self, Stopped};
 use crate::imports::{from_wasmtime, raw_to_val, val_to_raw};
-use crate::{ENGINE_NAME, INTERRUPT_CHECK};
+use crate::typed::TypedExport;
+use crate::{ENGINE_NAME, INTERRUPT_CHECK, Shared};
 
 /// The most parameters or results an export may have to be callable through [`FuncRef`].
 const MAX_VALUES: usize = 16;
@@ -38,20 +39,39 @@ pub(crate) struct Export {
 
 /// The deadline of the running top-level call and the interrupt flag.
 pub(crate) struct Clock {
-    started: Instant,
-    deadline: Option<Duration>,
-    tick: Duration,
+    /// The engine's coarse clock, in ticks.
+    now: Arc<AtomicU64>,
+    /// When the current top-level call started, in ticks.
+    started: u64,
+    /// The callback deadline, in ticks (rounded up), and as configured (for messages).
+    deadline: Option<(u64, Duration)>,
+    /// [`INTERRUPT_CHECK`] in ticks.
+    check: u64,
     interrupt: Arc<AtomicBool>,
 }
 
 impl Clock {
+    fn new(now: Arc<AtomicU64>, tick: Duration, deadline: Option<Duration>, interrupt: Arc<AtomicBool>) -> Self {
+        let ticks = |d: Duration| u64::try_from(d.as_nanos().div_ceil(tick.as_nanos())).unwrap_or(u64::MAX).max(1);
+        Self { started: 0, deadline: deadline.map(|d| (ticks(d), d)), check: ticks(INTERRUPT_CHECK), now, interrupt }
+    }
+
+    fn elapsed(&self) -> u64 {
+        self.now.load(Ordering::Acquire).saturating_sub(self.started)
+    }
+
+    /// Starts a top-level call: a fresh deadline, and interrupt requests made before the call
+    /// are dropped (the handle stops the running call only). Returns the ticks to arm.
+    fn start(&mut self) -> u64 {
+        self.started = self.now.load(Ordering::Acquire);
+        self.interrupt.store(false, Ordering::Release);
+        self.next_check()
+    }
+
     /// Ticks until the next check: the rest of the deadline, capped by [`INTERRUPT_CHECK`].
     fn next_check(&self) -> u64 {
-        let rest = match self.deadline {
-            Some(deadline) => deadline.saturating_sub(self.started.elapsed()).min(INTERRUPT_CHECK),
-            None => INTERRUPT_CHECK,
-        };
-        (rest.as_nanos().div_ceil(self.tick.as_nanos()) as u64).max(1)
+        let rest = self.deadline.map_or(u64::MAX, |(ticks, _)| ticks.saturating_sub(self.elapsed()));
+        rest.min(self.check).max(1)
     }
 
     /// The epoch callback: trap when interrupted or past the deadline, otherwise re-arm.
@@ -59,8 +79,8 @@ impl Clock {
         if self.interrupt.swap(false, Ordering::AcqRel) {
             return Err(wasmtime::Error::new(Stopped::Interrupted));
         }
-        if let Some(deadline) = self.deadline
-            && self.started.elapsed() >= deadline
+        if let Some((ticks, deadline)) = self.deadline
+            && self.elapsed() >= ticks
         {
             return Err(wasmtime::Error::new(Stopped::Deadline(deadline)));
         }
@@ -106,6 +126,8 @@ pub struct WasmtimeInstance {
     store: Store<StoreData>,
     instance: wasmtime::Instance,
     interrupt: Arc<AtomicBool>,
+    /// Typed handles of the resolved exports, by `FuncRef` (top-level calls only).
+    typed: Vec<Option<TypedExport>>,
 }
 
 impl std::fmt::Debug for WasmtimeInstance {
@@ -120,7 +142,7 @@ impl WasmtimeInstance {
         pre: &wasmtime::InstancePre<StoreData>,
         host: HostState,
         limits: &Limits,
-        tick: Duration,
+        shared: &Shared,
     ) -> Result<Self> {
         let interrupt = Arc::new(AtomicBool::new(false));
         let data = StoreData {
@@ -131,18 +153,13 @@ impl WasmtimeInstance {
                 max_memory: usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX),
                 denied: false,
             },
-            clock: Clock {
-                started: Instant::now(),
-                deadline: limits.callback_deadline,
-                tick,
-                interrupt: interrupt.clone(),
-            },
+            clock: Clock::new(shared.now.clone(), shared.config.tick, limits.callback_deadline, interrupt.clone()),
         };
         let mut store = Store::new(pre.module().engine(), data);
         store.limiter(|data| &mut data.limiter);
         store.epoch_deadline_callback(|cx| cx.data().clock.on_epoch());
         // Start-up (data segments, a `start` function) runs under the callback deadline too.
-        let check = store.data().clock.next_check();
+        let check = store.data_mut().clock.start();
         store.set_epoch_deadline(check);
         let instance = pre.instantiate(&mut store).map_err(|e| {
             let denied = store.data().limiter.denied;
@@ -150,7 +167,7 @@ impl WasmtimeInstance {
         })?;
         let memory = instance.get_memory(&mut store, "memory");
         store.data_mut().memory = memory;
-        Ok(Self { store, instance, interrupt })
+        Ok(Self { store, instance, interrupt, typed: Vec::new() })
     }
 }
 
@@ -175,6 +192,7 @@ impl WasmInstance for WasmtimeInstance {
             params: ty.params().map(|t| from_wasmtime(&t)).collect(),
             results: ty.results().map(|t| from_wasmtime(&t)).collect(),
         };
+        self.typed.push(TypedExport::new(&self.store, func, &export.params, &export.results));
         let funcs = &mut self.store.data_mut().funcs;
         funcs.push(export);
         Some(FuncRef(u32::try_from(funcs.len() - 1).ok()?))
@@ -183,10 +201,16 @@ impl WasmInstance for WasmtimeInstance {
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
         let data = self.store.data_mut();
         data.limiter.denied = false;
-        data.clock.interrupt.store(false, Ordering::Release);
-        data.clock.started = Instant::now();
-        let check = data.clock.next_check();
+        let check = data.clock.start();
         self.store.set_epoch_deadline(check);
+        if let Some(Some(typed)) = self.typed.get(func.0 as usize)
+            && arity_matches(&self.store, func, args)
+        {
+            return typed.call(&mut self.store, args).map_err(|e| {
+                let denied = self.store.data().limiter.denied;
+                error::from_call(e, denied)
+            });
+        }
         call(&mut self.store, func, args)
     }
 
@@ -202,6 +226,11 @@ impl WasmInstance for WasmtimeInstance {
         let flag = self.interrupt.clone();
         Arc::new(move || flag.store(true, Ordering::Release))
     }
+}
+
+/// Whether `args` has as many words as `func` takes.
+fn arity_matches(store: &Store<StoreData>, func: FuncRef, args: &[u64]) -> bool {
+    store.data().funcs.get(func.0 as usize).is_some_and(|f| f.params.len() == args.len())
 }
 
 /// Reads guest memory through any store context.

@@ -14,14 +14,18 @@
 //!   [`HostState`](wasmux_abi::HostState), the resolved exports (indexed by
 //!   [`FuncRef`](wasmux_abi::FuncRef)), the `memory` export and the per-call limits. Host
 //!   functions reach it through the `Caller`; there are no thread-locals.
-//! - **Raw values.** Host functions are registered with `Linker::func_new` and see raw `u64`
-//!   words (`i32` zero-extended, `i64` as its bits); the conversion lives in one small
-//!   function per direction so that a typed fast path can replace it later.
+//! - **Raw values.** Host functions and exports see raw `u64` words (`i32` zero-extended,
+//!   `i64` as its bits). Signatures made only of `i32`s, which is nearly all of proxy-wasm, go
+//!   through typed trampolines (`Linker::func_wrap`, `TypedFunc`); anything else through
+//!   wasmtime's dynamic `Val` path (`Linker::func_new`, `Func::call`), converted in one small
+//!   function per direction.
 //! - **Deadlines and interrupts.** The engine runs with epoch interruption. One background
-//!   thread per engine advances the epoch every tick (1 ms by default) and stops when the
-//!   engine is dropped. A top-level call arms the store's epoch deadline; the epoch callback
-//!   checks the wall-clock deadline of the callback and an "interrupt requested" flag, then
-//!   either traps or re-arms for at most [`INTERRUPT_CHECK`] more. Re-entrant calls from
+//!   thread per engine advances the epoch every tick (1 ms by default), publishes a coarse
+//!   wall clock in ticks (one atomic load to read, much cheaper than `Instant::now`), and stops
+//!   when the engine is dropped. A top-level call notes the coarse time and arms the store's
+//!   epoch deadline; the epoch callback checks the callback deadline against the coarse clock
+//!   and an "interrupt requested" flag, then either traps or re-arms for at most
+//!   [`INTERRUPT_CHECK`] more. Deadlines are thus precise to about one tick. Re-entrant calls from
 //!   host functions (the guest allocator) run under the deadline of the outer call.
 //! - **Memory limit.** A store resource limiter refuses growth beyond
 //!   [`Limits::max_memory_bytes`](wasmux_abi::Limits): `memory.grow` returns -1. A trap that
@@ -42,10 +46,12 @@ mod error;
 mod imports;
 mod instance;
 mod module;
+mod typed;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use wasmux_abi::{Error, Limits, Result, WasmEngine, WasmModule};
 
@@ -107,6 +113,8 @@ impl WasmtimeConfig {
 /// The state every module and instance of an engine shares.
 pub(crate) struct Shared {
     pub(crate) engine: wasmtime::Engine,
+    /// Ticks since the engine started, kept by the epoch thread.
+    pub(crate) now: Arc<AtomicU64>,
     pub(crate) linker: wasmtime::Linker<instance::StoreData>,
     pub(crate) config: WasmtimeConfig,
 }
@@ -139,8 +147,9 @@ impl WasmtimeEngine {
             .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(BACKTRACE_FRAMES));
         let engine = wasmtime::Engine::new(&wt).map_err(error::engine)?;
         let linker = imports::linker(&engine)?;
-        spawn_ticker(&engine, config.tick)?;
-        Ok(Self { shared: Arc::new(Shared { engine, linker, config }) })
+        let now = Arc::new(AtomicU64::new(0));
+        spawn_ticker(&engine, config.tick, now.clone())?;
+        Ok(Self { shared: Arc::new(Shared { engine, now, linker, config }) })
     }
 
     /// The underlying wasmtime engine.
@@ -149,16 +158,22 @@ impl WasmtimeEngine {
     }
 }
 
-/// Advances the engine's epoch every `tick` until the engine is dropped.
-fn spawn_ticker(engine: &wasmtime::Engine, tick: Duration) -> Result<()> {
+/// Advances the engine's epoch and the coarse clock `now` every `tick` until the engine is
+/// dropped. `now` counts wall-clock ticks, so an oversleeping thread does not slow it down.
+fn spawn_ticker(engine: &wasmtime::Engine, tick: Duration, now: Arc<AtomicU64>) -> Result<()> {
     let weak = engine.weak();
+    let start = Instant::now();
     std::thread::Builder::new()
         .name("wasmux-wasmtime-epoch".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(tick);
                 match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
+                    Some(engine) => {
+                        let ticks = start.elapsed().as_nanos() / tick.as_nanos();
+                        now.store(u64::try_from(ticks).unwrap_or(u64::MAX), Ordering::Release);
+                        engine.increment_epoch();
+                    }
                     None => break,
                 }
             }

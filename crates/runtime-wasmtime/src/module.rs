@@ -81,6 +81,6 @@ impl WasmModule for WasmtimeModule {
 
     fn instantiate(&self, state: HostState, limits: &Limits) -> Result<Box<dyn WasmInstance>> {
         let pre = self.pre.as_ref().map_err(|reason| error::engine_msg(format!("cannot link module: {reason}")))?;
-        Ok(Box::new(WasmtimeInstance::new(pre, state, limits, self.shared.config.tick)?))
+        Ok(Box::new(WasmtimeInstance::new(pre, state, limits, &self.shared)?))
     }
 }

@@ -297,3 +297,26 @@ fn deadline_covers_reentrant_calls() {
     let Err(Error::Trap(trap)) = root else { panic!("expected a trap, got {root:?}") };
     assert_eq!(trap.kind, TrapKind::Deadline, "{trap}");
 }
+
+#[test]
+fn dynamic_host_function_path() {
+    // `clock_time_get` takes an i64, so it is linked through `func_new` rather than a typed
+    // trampoline; also reachable under the `wasi_unstable` name.
+    let wat = |module: &str| {
+        format!(
+            r#"(module
+          (import "{module}" "clock_time_get" (func $now (param i32 i64 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "now") (param i32) (result i32) (call $now (i32.const 0) (i64.const 1) (local.get 0))))"#
+        )
+    };
+    for module in ["wasi_snapshot_preview1", "wasi_unstable"] {
+        let mut vm = instance(&wat(module));
+        assert_eq!(call(&mut *vm, "now", &[8]).unwrap(), Some(0));
+        let mut out = [0u8; 8];
+        vm.read(8, &mut out).unwrap();
+        assert_ne!(u64::from_le_bytes(out), 0);
+        // A bad pointer is the guest's problem (EFAULT), not a trap.
+        assert_ne!(call(&mut *vm, "now", &[u64::from(u32::MAX)]).unwrap(), Some(0));
+    }
+}
