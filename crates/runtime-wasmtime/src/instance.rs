@@ -35,6 +35,8 @@ pub(crate) struct Export {
     func: Func,
     params: Box<[ValType]>,
     results: Box<[ValType]>,
+    /// A typed handle for the common all-`i32` signatures.
+    typed: Option<TypedExport>,
 }
 
 /// The deadline of the running top-level call and the interrupt flag.
@@ -126,8 +128,6 @@ pub struct WasmtimeInstance {
     store: Store<StoreData>,
     instance: wasmtime::Instance,
     interrupt: Arc<AtomicBool>,
-    /// Typed handles of the resolved exports, by `FuncRef` (top-level calls only).
-    typed: Vec<Option<TypedExport>>,
 }
 
 impl std::fmt::Debug for WasmtimeInstance {
@@ -167,7 +167,7 @@ impl WasmtimeInstance {
         })?;
         let memory = instance.get_memory(&mut store, "memory");
         store.data_mut().memory = memory;
-        Ok(Self { store, instance, interrupt, typed: Vec::new() })
+        Ok(Self { store, instance, interrupt })
     }
 }
 
@@ -191,8 +191,10 @@ impl WasmInstance for WasmtimeInstance {
             func,
             params: ty.params().map(|t| from_wasmtime(&t)).collect(),
             results: ty.results().map(|t| from_wasmtime(&t)).collect(),
+            typed: None,
         };
-        self.typed.push(TypedExport::new(&self.store, func, &export.params, &export.results));
+        let typed = TypedExport::new(&self.store, func, &export.params, &export.results);
+        let export = Export { typed, ..export };
         let funcs = &mut self.store.data_mut().funcs;
         funcs.push(export);
         Some(FuncRef(u32::try_from(funcs.len() - 1).ok()?))
@@ -203,14 +205,6 @@ impl WasmInstance for WasmtimeInstance {
         data.limiter.denied = false;
         let check = data.clock.start();
         self.store.set_epoch_deadline(check);
-        if let Some(Some(typed)) = self.typed.get(func.0 as usize)
-            && arity_matches(&self.store, func, args)
-        {
-            return typed.call(&mut self.store, args).map_err(|e| {
-                let denied = self.store.data().limiter.denied;
-                error::from_call(e, denied)
-            });
-        }
         call(&mut self.store, func, args)
     }
 
@@ -228,11 +222,6 @@ impl WasmInstance for WasmtimeInstance {
     }
 }
 
-/// Whether `args` has as many words as `func` takes.
-fn arity_matches(store: &Store<StoreData>, func: FuncRef, args: &[u64]) -> bool {
-    store.data().funcs.get(func.0 as usize).is_some_and(|f| f.params.len() == args.len())
-}
-
 /// Reads guest memory through any store context.
 pub(crate) fn read(cx: impl AsContext<Data = StoreData>, ptr: u64, out: &mut [u8]) -> Result<(), OutOfBounds> {
     let memory = cx.as_context().data().memory.ok_or(OutOfBounds)?;
@@ -244,6 +233,16 @@ pub(crate) fn read(cx: impl AsContext<Data = StoreData>, ptr: u64, out: &mut [u8
 /// (neither touches the deadline here).
 pub(crate) fn call(mut cx: impl AsContextMut<Data = StoreData>, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
     let mut store = cx.as_context_mut();
+    // Fast path: a cached typed handle (also for re-entrant calls such as the allocator).
+    if let Some(export) = store.data().funcs.get(func.0 as usize)
+        && export.params.len() == args.len()
+        && let Some(typed) = export.typed.clone()
+    {
+        return typed.call(&mut store, args).map_err(|e| {
+            let denied = store.data().limiter.denied;
+            error::from_call(e, denied)
+        });
+    }
     let mut params = [Val::I32(0); MAX_VALUES];
     let mut results = [Val::I32(0); MAX_VALUES];
     let (f, n_params, n_results, result_ty) = {

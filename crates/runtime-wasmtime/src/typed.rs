@@ -52,6 +52,7 @@ macro_rules! export_arities {
     ($($ret:ident $unit:ident $n:literal ($($a:ident)*);)*) => {
         /// A guest export taking `i32`s and returning one `i32` or nothing, with its typed
         /// handle.
+        #[derive(Clone)]
         pub(crate) enum TypedExport {
             $(
                 $ret(TypedFunc<($(i32_of!($a),)*), i32>),
