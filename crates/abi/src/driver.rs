@@ -418,15 +418,15 @@ impl Vm {
             None => return Err(ctx_err(id, "unknown context")),
         }
         self.event(|vm| {
+            // Pending from here on, so a `proxy_done` inside `proxy_on_done` is accepted.
+            if let Some(c) = vm.inst.state().contexts.get_mut(&id) {
+                c.life = Lifecycle::DonePending;
+            }
             if vm.call(Callback::OnDone, id, &[u64::from(id)])? == Some(0) {
-                if let Some(c) = vm.inst.state().contexts.get_mut(&id) {
-                    // `proxy_done` may already have been called inside on_done.
-                    if c.life == Lifecycle::Active {
-                        c.life = Lifecycle::DonePending;
-                        return Ok(false);
-                    }
-                }
-                return Ok(true);
+                // Deferred, unless `proxy_done` already came inside on_done (then `settle`
+                // runs log and delete right after this call).
+                let ready = vm.inst.state().contexts.get(&id).is_some_and(|c| c.life == Lifecycle::DoneReady);
+                return Ok(ready);
             }
             vm.log_and_delete(id)?;
             Ok(true)

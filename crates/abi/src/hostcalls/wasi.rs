@@ -50,6 +50,10 @@ fn write_stdio(cx: &mut dyn Guest, fd: u64, iovs: u64, iovs_len: u64, nwritten: 
     }
     let n = text.len() as u32;
     write_u32(cx, nwritten, n).map_err(|_| Errno::FAULT)?;
+    if text.is_empty() {
+        // Nothing was written: no log line (a lone "\n" still logs an empty line).
+        return Ok(Errno::SUCCESS);
+    }
     if text.last() == Some(&b'\n') {
         text.pop();
     }
