@@ -51,6 +51,55 @@ pub(crate) fn read_bytes(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<Vec<u
     Ok(buf)
 }
 
+/// Bytes copied out of guest memory or host state: inline when small (most header names and
+/// values), so the hot host functions do not allocate.
+pub(crate) enum Scratch {
+    Inline { buf: [u8; Self::INLINE], len: usize },
+    Heap(Vec<u8>),
+}
+
+impl Scratch {
+    const INLINE: usize = 64;
+
+    pub(crate) fn from_slice(data: &[u8]) -> Self {
+        if data.len() <= Self::INLINE {
+            let mut buf = [0; Self::INLINE];
+            buf[..data.len()].copy_from_slice(data);
+            Self::Inline { buf, len: data.len() }
+        } else {
+            Self::Heap(data.to_vec())
+        }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Inline { buf, len } => &buf[..*len],
+            Self::Heap(v) => v,
+        }
+    }
+}
+
+/// Reads a guest byte range into a [`Scratch`] (no allocation for small ranges).
+pub(crate) fn read_scratch(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<Scratch, Status> {
+    if len > Scratch::INLINE as u64 {
+        return read_bytes(cx, ptr, len).map(Scratch::Heap);
+    }
+    let len = len as usize;
+    let mut buf = [0; Scratch::INLINE];
+    if len > 0 {
+        check_range(cx, ptr, len as u64)?;
+        let start = ptr as usize;
+        match cx.memory() {
+            Some(mem) => buf[..len].copy_from_slice(mem.get(start..start + len).ok_or(Status::InvalidMemoryAccess)?),
+            None => cx.read(ptr, &mut buf[..len]).map_err(|_| Status::InvalidMemoryAccess)?,
+        }
+    }
+    Ok(Scratch::Inline { buf, len })
+}
+
 /// Writes bytes into guest memory.
 pub(crate) fn write_bytes(cx: &mut dyn Guest, ptr: u64, data: &[u8]) -> Result<(), Status> {
     cx.write(ptr, data).map_err(|_| Status::InvalidMemoryAccess)
@@ -82,10 +131,11 @@ pub(crate) fn read_string(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<Stri
     Ok(String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
-/// Calls the guest allocator for `size` bytes and checks the answer.
+/// Calls the guest allocator for `size` bytes.
 ///
-/// A missing allocator, a null pointer or a block that does not fit in memory is
-/// `INVALID_MEMORY_ACCESS`; a trap inside the allocator ends the callback.
+/// A missing allocator or a null pointer is `INVALID_MEMORY_ACCESS` (and so is a block that
+/// does not fit in memory, when the caller writes it); a trap inside the allocator ends the
+/// callback.
 pub(crate) fn alloc(cx: &mut dyn Guest, size: u64) -> HostResult<u64> {
     let Some(malloc) = cx.state().exports.allocator else {
         return Err(Status::InvalidMemoryAccess.into());
@@ -94,7 +144,7 @@ pub(crate) fn alloc(cx: &mut dyn Guest, size: u64) -> HostResult<u64> {
     if ptr == 0 {
         return Err(Status::InvalidMemoryAccess.into());
     }
-    check_range(cx, ptr, size)?;
+    // The block's range is checked by the write that fills it.
     Ok(ptr)
 }
 
@@ -110,8 +160,31 @@ pub(crate) fn copy_out(cx: &mut dyn Guest, data: &[u8], out_ptr: u64, out_len: u
         return Ok(Status::Ok);
     }
     let ptr = alloc(cx, data.len() as u64)?;
+    if word == 4
+        && let Some(mem) = cx.memory()
+        && let Some(()) = put_out(mem, data, ptr, out_ptr, out_len)
+    {
+        return Ok(Status::Ok);
+    }
     write_bytes(cx, ptr, data)?;
     write_word(cx, out_ptr, ptr)?;
     write_word(cx, out_len, data.len() as u64)?;
     Ok(Status::Ok)
+}
+
+/// One-slice version of the end of [`copy_out`] for wasm32: the data, then the two words.
+/// `None` when a range is out of bounds (the caller falls back to the checked path).
+fn put_out(mem: &mut [u8], data: &[u8], ptr: u64, out_ptr: u64, out_len: u64) -> Option<()> {
+    let range = |at: u64, len: usize| {
+        let start = usize::try_from(at).ok()?;
+        Some(start..start.checked_add(len)?)
+    };
+    let (d, p, l) = (range(ptr, data.len())?, range(out_ptr, 4)?, range(out_len, 4)?);
+    if d.end > mem.len() || p.end > mem.len() || l.end > mem.len() {
+        return None;
+    }
+    mem[d].copy_from_slice(data);
+    mem[p].copy_from_slice(&u32::try_from(ptr).ok()?.to_le_bytes());
+    mem[l].copy_from_slice(&u32::try_from(data.len()).ok()?.to_le_bytes());
+    Some(())
 }

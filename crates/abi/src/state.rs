@@ -288,6 +288,27 @@ pub(crate) struct Callout {
     pub(crate) kind: CalloutKind,
 }
 
+/// Hashes context ids (small, dense integers) with one multiplication instead of SipHash.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Map from context id to context.
+pub(crate) type ContextMap = HashMap<u32, Context, std::hash::BuildHasherDefault<IdHasher>>;
+
 static NEXT_VM_UID: AtomicU64 = AtomicU64::new(1);
 
 /// The ABI state of one instance. Backends store it and hand out `&mut` access; only this
@@ -297,7 +318,7 @@ pub struct HostState {
     pub(crate) abi: AbiVersion,
     pub(crate) env: Arc<VmEnv>,
     pub(crate) exports: Exports,
-    pub(crate) contexts: HashMap<u32, Context>,
+    pub(crate) contexts: ContextMap,
     pub(crate) next_context: u32,
     /// The context the host is calling into (0 = the VM itself, during start-up).
     pub(crate) current: u32,
@@ -325,7 +346,7 @@ impl HostState {
             abi,
             env,
             exports: Exports::default(),
-            contexts: HashMap::new(),
+            contexts: ContextMap::default(),
             next_context: 1,
             current: 0,
             effective: 0,

@@ -266,6 +266,13 @@ pub trait Guest {
     /// [`OutOfBounds`] when the range is not inside linear memory.
     fn write(&mut self, ptr: u64, data: &[u8]) -> Result<(), OutOfBounds>;
 
+    /// The whole linear memory as one slice, when the engine can lend it: a fast path for
+    /// helpers that touch several ranges at once. Valid until the next [`Self::call`]; native
+    /// (null) filters have no bounded memory and return `None`, as may any engine.
+    fn memory(&mut self) -> Option<&mut [u8]> {
+        None
+    }
+
     /// Calls back into the guest (re-entrant), e.g. its allocator.
     ///
     /// # Errors

@@ -50,7 +50,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<StoreData>> {
 
 /// Runs a host function for the guest; an [`Error`] travels through wasmtime as is.
 pub(crate) fn invoke(caller: Caller<'_, StoreData>, func: &HostFunc, args: &[u64]) -> wasmtime::Result<u64> {
-    func.invoke(&mut Cx { caller }, args).map_err(wasmtime::Error::new)
+    func.invoke(&mut Cx { caller, memory_size: None }, args).map_err(wasmtime::Error::new)
 }
 
 /// Converts a proxy-wasm value type to wasmtime's.
@@ -99,6 +99,9 @@ pub(crate) fn raw_to_val(raw: u64, ty: ValType) -> Val {
 /// The calling instance, as the ABI layer sees it from inside a host function.
 struct Cx<'a> {
     caller: Caller<'a, StoreData>,
+    /// Memory size, cached for the duration of the host call; only guest code can grow memory,
+    /// so it is forgotten after every re-entrant call.
+    memory_size: Option<u64>,
 }
 
 impl Guest for Cx<'_> {
@@ -107,7 +110,12 @@ impl Guest for Cx<'_> {
     }
 
     fn memory_size(&mut self) -> u64 {
-        self.caller.data().memory.map_or(0, |m| m.data_size(&self.caller) as u64)
+        if let Some(size) = self.memory_size {
+            return size;
+        }
+        let size = self.caller.data().memory.map_or(0, |m| m.data_size(&self.caller) as u64);
+        self.memory_size = Some(size);
+        size
     }
 
     fn read(&mut self, ptr: u64, out: &mut [u8]) -> Result<(), OutOfBounds> {
@@ -120,7 +128,15 @@ impl Guest for Cx<'_> {
         memory.write(&mut self.caller, offset, data).map_err(|_| OutOfBounds)
     }
 
+    fn memory(&mut self) -> Option<&mut [u8]> {
+        let memory = self.caller.data().memory?;
+        let data = memory.data_mut(&mut self.caller);
+        self.memory_size = Some(data.len() as u64);
+        Some(data)
+    }
+
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>, Error> {
+        self.memory_size = None;
         instance::call(&mut self.caller, func, args)
     }
 }

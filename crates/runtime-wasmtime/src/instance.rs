@@ -233,12 +233,18 @@ pub(crate) fn read(cx: impl AsContext<Data = StoreData>, ptr: u64, out: &mut [u8
 /// (neither touches the deadline here).
 pub(crate) fn call(mut cx: impl AsContextMut<Data = StoreData>, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
     let mut store = cx.as_context_mut();
-    // Fast path: a cached typed handle (also for re-entrant calls such as the allocator).
-    if let Some(export) = store.data().funcs.get(func.0 as usize)
+    // Fast path: a cached typed handle (also for re-entrant calls such as the allocator). The
+    // handle is moved out for the call and put back after it: cloning it costs more than the
+    // call itself. A recursive re-entry of the same export finds it absent and takes the
+    // dynamic path below.
+    let slot = func.0 as usize;
+    if let Some(export) = store.data_mut().funcs.get_mut(slot)
         && export.params.len() == args.len()
-        && let Some(typed) = export.typed.clone()
+        && let Some(typed) = export.typed.take()
     {
-        return typed.call(&mut store, args).map_err(|e| {
+        let r = typed.call(&mut store, args);
+        store.data_mut().funcs[slot].typed = Some(typed);
+        return r.map_err(|e| {
             let denied = store.data().limiter.denied;
             error::from_call(e, denied)
         });

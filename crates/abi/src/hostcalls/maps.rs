@@ -1,6 +1,6 @@
 //! HTTP fields: the `proxy_*_header_map_*` functions.
 
-use crate::guest::{HostResult, copy_out, read_bytes, write_word};
+use crate::guest::{HostResult, Scratch, copy_out, read_bytes, read_scratch, write_word};
 use crate::vm::Guest;
 use crate::{AbiVersion, HeaderMap, HostState, MapType, Status, pairs};
 
@@ -50,13 +50,13 @@ pub(super) fn get_size(cx: &mut dyn Guest, ty: u64, out: u64) -> HostResult {
 /// `proxy_get_header_map_value(type, key, key_len, return_value**, return_size*)`: the first
 /// value. A missing key is OK with an empty value in 0.1.0 and NOT_FOUND from 0.2.0.
 pub(super) fn get_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, out_ptr: u64, out_len: u64) -> HostResult {
-    let key = read_bytes(cx, key, key_len)?;
+    let key = read_scratch(cx, key, key_len)?;
     let state = cx.state();
     let abi = state.abi;
     let m = map(state, ty)?;
     match m.get(&key) {
         Some(v) => {
-            let v = v.to_vec();
+            let v = Scratch::from_slice(v);
             copy_out(cx, &v, out_ptr, out_len)
         }
         None if abi == AbiVersion::V0_1_0 => copy_out(cx, &[], out_ptr, out_len),

@@ -104,13 +104,12 @@ impl HostFunc {
         if args.len() != self.params.len() {
             return Ok(Status::BadArgument as u64);
         }
-        if tracing::enabled!(tracing::Level::TRACE) {
-            tracing::trace!(target: "wasmux::strace", "[vm->host] {}({:?})", self.name, args);
+        if !tracing::enabled!(target: "wasmux::strace", tracing::Level::TRACE) {
+            return (self.imp)(cx, args);
         }
+        tracing::trace!(target: "wasmux::strace", "[vm->host] {}({:?})", self.name, args);
         let ret = (self.imp)(cx, args);
-        if tracing::enabled!(tracing::Level::TRACE) {
-            tracing::trace!(target: "wasmux::strace", "[vm<-host] {} return: {:?}", self.name, ret.as_ref().ok());
-        }
+        tracing::trace!(target: "wasmux::strace", "[vm<-host] {} return: {:?}", self.name, ret.as_ref().ok());
         ret
     }
 }
