@@ -13,3 +13,6 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --all-features
+
+echo "== stress test, release build"
+cargo test --release -p wasmux --test stress

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::exports::{Callback, Exports};
-use crate::state::{Body, CallInputs, Context, ContextKind, HttpStreamState, Lifecycle, RootState, TcpStreamState};
+use crate::state::{
+    Body, CallInputs, CalloutKind, Context, ContextKind, HttpStreamState, Lifecycle, RootState, TcpStreamState,
+};
 use crate::vm::{Limits, WasmInstance, WasmModule};
 use crate::{AbiVersion, Action, Error, HeaderMap, HostState, PeerType, PluginConfig, Rejection, Result, VmEnv};
 
@@ -529,6 +531,29 @@ impl Vm {
                 vm.call(Callback::OnHttpCallResponse, root, &args).map(drop)
             })
         })
+    }
+
+    /// Fails every callout whose timeout has passed on the monotonic clock: an HTTP call gets
+    /// a failed response (no headers), a unary gRPC call is closed with `DEADLINE_EXCEEDED`
+    /// (4). Returns the expired tokens. Call it periodically (the facade's `Plugin::poll`
+    /// does).
+    ///
+    /// # Errors
+    /// Traps in the response callbacks.
+    pub fn expire_callouts(&mut self) -> Result<Vec<u32>> {
+        let state = self.inst.state();
+        let now = state.env.services.clock.monotonic_nanos();
+        let mut expired: Vec<(u32, CalloutKind)> =
+            state.callouts.iter().filter(|(_, c)| c.deadline_ns <= now).map(|(t, c)| (*t, c.kind)).collect();
+        expired.sort_unstable_by_key(|(t, _)| *t);
+        for (token, kind) in &expired {
+            match kind {
+                CalloutKind::Http => self.on_http_call_response(*token, None)?,
+                CalloutKind::GrpcCall => self.on_grpc_close(*token, 4, "deadline exceeded")?,
+                CalloutKind::GrpcStream => {}
+            }
+        }
+        Ok(expired.into_iter().map(|(t, _)| t).collect())
     }
 
     /// Delivers gRPC initial metadata.

@@ -212,6 +212,14 @@ pub struct VmEnv {
     pub log_level: LogLevel,
     /// Embedder services.
     pub services: Services,
+    /// Longest time an HTTP call or unary gRPC call may stay unanswered; a filter asking for
+    /// more (or for 0, "no timeout") gets this. gRPC streams are long-lived and exempt.
+    pub max_callout_timeout: std::time::Duration,
+}
+
+impl VmEnv {
+    /// Default [`Self::max_callout_timeout`]: 60 s.
+    pub const DEFAULT_MAX_CALLOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 }
 
 impl Default for VmEnv {
@@ -222,6 +230,7 @@ impl Default for VmEnv {
             environment: Vec::new(),
             log_level: LogLevel::Info,
             services: Services::default(),
+            max_callout_timeout: Self::DEFAULT_MAX_CALLOUT_TIMEOUT,
         }
     }
 }
@@ -286,6 +295,8 @@ pub enum CalloutKind {
 pub(crate) struct Callout {
     pub(crate) root: u32,
     pub(crate) kind: CalloutKind,
+    /// Monotonic-clock nanoseconds after which the host fails the callout (`u64::MAX`: never).
+    pub(crate) deadline_ns: u64,
 }
 
 /// Hashes context ids (small, dense integers) with one multiplication instead of SipHash.

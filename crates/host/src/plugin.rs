@@ -54,6 +54,8 @@ pub struct PluginOptions {
     pub failure_policy: FailurePolicy,
     /// Embedder services; clones share state (give every plugin of a VM id the same one).
     pub services: Services,
+    /// Cap on every HTTP call and unary gRPC call timeout (see [`Plugin::poll`]).
+    pub max_callout_timeout: Duration,
 }
 
 impl Default for PluginOptions {
@@ -69,6 +71,7 @@ impl Default for PluginOptions {
             limits: Limits::default(),
             failure_policy: FailurePolicy::default(),
             services: Services::default(),
+            max_callout_timeout: VmEnv::DEFAULT_MAX_CALLOUT_TIMEOUT,
         }
     }
 }
@@ -123,6 +126,7 @@ impl CompiledPlugin {
             environment: options.environment.clone(),
             log_level: options.log_level,
             services: options.services.clone(),
+            max_callout_timeout: options.max_callout_timeout,
         });
         let plugin = Arc::new(PluginConfig {
             name: options.name.clone(),
@@ -443,6 +447,20 @@ impl Plugin {
         self.absorb(r)
     }
 
+    /// Housekeeping to run when the worker is idle or on a timer: fails callouts whose timeout
+    /// has passed and delivers pending shared-queue notifications. Returns the expired callout
+    /// tokens.
+    ///
+    /// # Errors
+    /// Traps in the callbacks it runs.
+    pub fn poll(&mut self) -> Result<Vec<u32>> {
+        let expired = self.vm.expire_callouts();
+        let expired = self.absorb(expired)?;
+        let r = self.vm.poll();
+        self.absorb(r)?;
+        Ok(expired)
+    }
+
     /// Fires the tick timer.
     ///
     /// # Errors
@@ -461,7 +479,7 @@ impl Plugin {
 
     /// Counts a failure from a root-context callback and schedules a reload under the reload
     /// policy; the error is still returned (there is no stream to answer).
-    fn absorb(&mut self, r: Result<()>) -> Result<()> {
+    fn absorb<T>(&mut self, r: Result<T>) -> Result<T> {
         if let Err(Error::Trap(_) | Error::Failed(_)) = &r {
             self.stats.failures += 1;
             self.schedule_reload();

@@ -95,6 +95,8 @@ pub struct ScenarioLimits {
     pub max_memory_bytes: Option<u64>,
     /// CPU deadline per callback in milliseconds (0 disables it).
     pub deadline_ms: Option<u64>,
+    /// Cap on HTTP and unary gRPC callout timeouts in milliseconds (default 60 000).
+    pub max_callout_timeout_ms: Option<u64>,
 }
 
 /// A whole scenario.
@@ -421,6 +423,10 @@ pub fn run(runtime: Runtime, wasm: &[u8], scenario: &Scenario) -> Result<Value, 
         limits,
         failure_policy: FailurePolicy::FailClosed,
         services,
+        max_callout_timeout: scenario
+            .limits
+            .max_callout_timeout_ms
+            .map_or(wasmux_abi::VmEnv::DEFAULT_MAX_CALLOUT_TIMEOUT, Duration::from_millis),
     };
     let compiled = runtime.load(wasm, options)?;
     let abi = compiled.info().abi;
@@ -468,6 +474,19 @@ struct Runner<'a> {
 impl Runner<'_> {
     fn id(&self, name: &str) -> Result<u32, ScenarioError> {
         self.names.get(name).copied().ok_or_else(|| invalid(format!("unknown stream `{name}`")))
+    }
+
+    fn call_index(&self, token: u32) -> Option<usize> {
+        self.rec
+            .callouts
+            .events()
+            .iter()
+            .filter_map(|e| match e {
+                CalloutEvent::Http(h) => Some(h.token),
+                CalloutEvent::GrpcOpen(g) => Some(g.token),
+                CalloutEvent::Grpc { .. } => None,
+            })
+            .position(|t| t == token)
     }
 
     fn token(&self, call: usize) -> Result<u32, ScenarioError> {
@@ -684,8 +703,18 @@ impl Runner<'_> {
             }
             Event::Tick => unit(self.plugin.tick()),
             Event::AdvanceClock { ms } => {
+                // Moving time expires callouts whose timeout has passed.
                 self.rec.clock.advance(Duration::from_millis(*ms));
-                Ok(None)
+                match self.plugin.poll() {
+                    Ok(tokens) => {
+                        let calls: Vec<usize> = tokens.iter().filter_map(|t| self.call_index(*t)).collect();
+                        if !calls.is_empty() {
+                            entry["expired_calls"] = json!(calls);
+                        }
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Event::ForeignFunction { function_id, args } => {
                 let root = self.plugin.root_context();

@@ -21,11 +21,21 @@ fn owner(state: &HostState) -> Result<u32, Status> {
     state.contexts.get(&state.effective).map(|c| c.root).ok_or(Status::BadArgument)
 }
 
-fn new_token(state: &mut HostState, kind: CalloutKind) -> Result<u32, Status> {
+/// Registers a callout owned by the effective context's root. `timeout` is what the filter
+/// asked for; the host caps it (and turns "no timeout" into the cap) except for gRPC streams.
+fn new_token(state: &mut HostState, kind: CalloutKind, timeout: Duration) -> Result<u32, Status> {
     let root = owner(state)?;
     let token = state.next_token;
     state.next_token = state.next_token.checked_add(1).unwrap_or(1);
-    state.callouts.insert(token, Callout { root, kind });
+    let deadline_ns = if kind == CalloutKind::GrpcStream {
+        u64::MAX
+    } else {
+        let max = state.env.max_callout_timeout;
+        let t = if timeout.is_zero() { max } else { timeout.min(max) };
+        let now = state.env.services.clock.monotonic_nanos();
+        now.saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
+    };
+    state.callouts.insert(token, Callout { root, kind, deadline_ns });
     Ok(token)
 }
 
@@ -64,15 +74,9 @@ pub(super) fn http_call(
         return Ok(Status::BadArgument);
     }
     let state = cx.state();
-    let token = new_token(state, CalloutKind::Http)?;
-    let call = HttpCallout {
-        token,
-        upstream,
-        headers,
-        body,
-        trailers,
-        timeout: Duration::from_millis(u64::from(timeout as u32)),
-    };
+    let timeout = Duration::from_millis(u64::from(timeout as u32));
+    let token = new_token(state, CalloutKind::Http, timeout)?;
+    let call = HttpCallout { token, upstream, headers, body, trailers, timeout };
     if let Err(s) = state.env.services.callouts.http_call(&call) {
         state.callouts.remove(&token);
         return Ok(s);
@@ -98,7 +102,7 @@ fn grpc_open(
     check_range(cx, out, 4)?;
     let state = cx.state();
     let kind = if stream { CalloutKind::GrpcStream } else { CalloutKind::GrpcCall };
-    let token = new_token(state, kind)?;
+    let token = new_token(state, kind, timeout)?;
     let call = GrpcCallout { token, stream, upstream, service, method, initial_metadata, message, timeout };
     if let Err(s) = state.env.services.callouts.grpc_open(&call) {
         state.callouts.remove(&token);
