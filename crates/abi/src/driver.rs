@@ -202,8 +202,13 @@ impl Vm {
     /// Unknown root; traps.
     pub fn create_http_stream(&mut self, root: u32) -> Result<u32> {
         self.check_root(root)?;
+        let id = self.new_context(root, ContextKind::Http(Box::default()));
+        if self.failed.is_some() {
+            // A failed VM runs no guest code: the stream exists host-side only, and every event
+            // on it returns `Error::Failed`, for the embedder's failure policy to answer.
+            return Ok(id);
+        }
         self.event(|vm| {
-            let id = vm.new_context(root, ContextKind::Http(Box::default()));
             vm.call(Callback::OnContextCreate, id, &[u64::from(id), u64::from(root)])?;
             Ok(id)
         })
@@ -418,6 +423,11 @@ impl Vm {
             Some(c) if c.life == Lifecycle::Active => {}
             Some(_) => return Err(ctx_err(id, "already finishing")),
             None => return Err(ctx_err(id, "unknown context")),
+        }
+        if self.failed.is_some() {
+            // No guest code runs on a failed VM; the host side of the context is dropped.
+            self.inst.state().contexts.remove(&id);
+            return Ok(true);
         }
         self.event(|vm| {
             // Pending from here on, so a `proxy_done` inside `proxy_on_done` is accepted.

@@ -197,7 +197,7 @@ pub struct PluginStats {
     pub reloads: u64,
     /// Reload attempts that failed.
     pub reload_failures: u64,
-    /// Streams answered by the failure policy instead of the filter.
+    /// Streams answered by the failure policy instead of the filter (each counted once).
     pub failed_streams: u64,
 }
 
@@ -273,7 +273,6 @@ impl Plugin {
             Err(e) => return Err(e),
         };
         self.stats.failures += 1;
-        self.stats.failed_streams += 1;
         let name = &self.compiled.options.name;
         match &err {
             Error::Trap(t) => tracing::error!(
@@ -283,7 +282,10 @@ impl Plugin {
             other => tracing::warn!(target: "wasmux::plugin", plugin = %name, "stream failed: {other}"),
         }
         match self.compiled.options.failure_policy {
-            FailurePolicy::FailOpen => Ok(Action::Continue),
+            FailurePolicy::FailOpen => {
+                self.stats.failed_streams += 1;
+                Ok(Action::Continue)
+            }
             FailurePolicy::FailClosed => {
                 self.fail_stream(id);
                 Ok(Action::Pause)
@@ -306,11 +308,23 @@ impl Plugin {
         }
     }
 
+    /// Answers a stream for the failure policy, once: a 503 local reply (HTTP) or a close
+    /// (TCP). Counted in [`PluginStats::failed_streams`].
     fn fail_stream(&mut self, id: u32) {
-        if let Ok(h) = self.vm.http(id) {
-            h.local_reply = Some(fail_reply());
+        let close = wasmux_abi::StreamControl::Close(wasmux_abi::StreamType::Downstream);
+        let newly = if let Ok(h) = self.vm.http(id) {
+            h.local_reply.replace(fail_reply()).is_none_or(|r| r != fail_reply())
         } else if let Ok(t) = self.vm.tcp(id) {
-            t.control.push(wasmux_abi::StreamControl::Close(wasmux_abi::StreamType::Downstream));
+            let first = !t.control.contains(&close);
+            if first {
+                t.control.push(close);
+            }
+            first
+        } else {
+            false
+        };
+        if newly {
+            self.stats.failed_streams += 1;
         }
     }
 

@@ -1,0 +1,173 @@
+//! Sandbox limits and failure policy, on every sandboxed engine compiled in.
+//!
+//! - a CPU deadline stops an infinite loop with `TrapKind::Deadline` (the elapsed time is
+//!   printed, never asserted: `cargo test -- --nocapture` shows it);
+//! - a memory cap makes `memory.grow` fail, and the trap that follows is `MemoryLimit`;
+//! - deep recursion is `StackOverflow`;
+//! - after each, the host keeps running: the same compiled plugin gives fresh, working
+//!   instances, and another plugin in the process is not disturbed;
+//! - the failure policies: fail closed (503), fail open (continue), reload (a fresh VM after
+//!   the backoff, counted in the stats).
+
+use std::time::{Duration, Instant};
+
+use wasmux::abi::Limits;
+use wasmux::{Action, Error, FailurePolicy, HeaderMap, PluginOptions, Runtime, TrapKind};
+
+/// A filter whose request-headers callback misbehaves according to the `:path` length:
+/// 1 byte loops forever, 2 bytes grows memory until it fails and then traps, 3 bytes recurses
+/// without end, anything else continues.
+const FILTER: &str = r#"
+(module
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) ":path")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func $recurse (param i32) (result i32) (i32.add (call $recurse (i32.add (local.get 0) (i32.const 1))) (i32.const 1)))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (local $len i32)
+    (drop (call $get (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 64) (i32.const 68)))
+    (local.set $len (i32.load (i32.const 68)))
+    (if (i32.eq (local.get $len) (i32.const 1)) (then (loop $forever (br $forever))))
+    (if (i32.eq (local.get $len) (i32.const 2))
+      (then
+        (loop $grow
+          (br_if $grow (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+        unreachable))
+    (if (i32.eq (local.get $len) (i32.const 3)) (then (drop (call $recurse (i32.const 0)))))
+    (i32.const 0))
+)
+"#;
+
+fn sandboxed() -> impl Iterator<Item = Runtime> {
+    Runtime::available().iter().copied().filter(|r| r.name() != "null")
+}
+
+fn options(policy: FailurePolicy) -> PluginOptions {
+    PluginOptions {
+        limits: Limits {
+            max_memory_bytes: 4 << 20,
+            callback_deadline: Some(Duration::from_millis(100)),
+            ..Limits::default()
+        },
+        failure_policy: policy,
+        ..PluginOptions::default()
+    }
+}
+
+fn headers(path: &str) -> HeaderMap {
+    HeaderMap::from_pairs([(":path", path)])
+}
+
+/// Runs one request straight on the VM (no policy) and returns the trap kind.
+fn trap_kind(rt: Runtime, path: &str) -> (TrapKind, Duration) {
+    let wasm = wat::parse_str(FILTER).expect("wat");
+    let compiled = rt.load(&wasm, options(FailurePolicy::FailClosed)).expect("load");
+    let mut plugin = compiled.instantiate().expect("instantiate");
+    let id = plugin.http_stream().expect("stream");
+    let start = Instant::now();
+    let err = plugin.vm().on_request_headers(id, headers(path), true).expect_err("must trap");
+    let elapsed = start.elapsed();
+    let Error::Trap(t) = err else { panic!("{rt}: expected a trap, got {err}") };
+    assert_eq!(t.export.as_deref(), Some("proxy_on_request_headers"), "{rt}");
+    // The VM is failed; a fresh instance of the same compiled plugin works.
+    assert!(plugin.vm().failure().is_some());
+    let mut fresh = compiled.instantiate().expect("fresh instance");
+    let id = fresh.http_stream().expect("stream");
+    assert_eq!(fresh.request_headers(id, headers("/okay"), true).expect("ok"), Action::Continue, "{rt}");
+    (t.kind, elapsed)
+}
+
+#[test]
+fn cpu_deadline_stops_an_infinite_loop() {
+    for rt in sandboxed() {
+        let (kind, elapsed) = trap_kind(rt, "/");
+        assert_eq!(kind, TrapKind::Deadline, "{rt}");
+        eprintln!("{rt}: infinite loop with a 100 ms deadline stopped after {elapsed:?}");
+    }
+}
+
+#[test]
+fn memory_cap_holds() {
+    for rt in sandboxed() {
+        assert_eq!(trap_kind(rt, "/m").0, TrapKind::MemoryLimit, "{rt}");
+    }
+}
+
+#[test]
+fn deep_recursion_is_a_stack_overflow() {
+    for rt in sandboxed() {
+        assert_eq!(trap_kind(rt, "/st").0, TrapKind::StackOverflow, "{rt}");
+    }
+}
+
+#[test]
+fn fail_closed_answers_503_and_keeps_other_plugins_running() {
+    let wasm = wat::parse_str(FILTER).expect("wat");
+    for rt in sandboxed() {
+        let bad = rt.load(&wasm, options(FailurePolicy::FailClosed)).expect("load");
+        let good = rt.load(&wasm, options(FailurePolicy::FailClosed)).expect("load");
+        let mut bad = bad.instantiate().expect("instantiate");
+        let mut good = good.instantiate().expect("instantiate");
+        let id = bad.http_stream().expect("stream");
+        assert_eq!(bad.request_headers(id, headers("/st"), true).expect("policy answers"), Action::Pause);
+        let reply = bad.vm().http(id).expect("state").local_reply.clone().expect("503");
+        assert_eq!((reply.status_code, reply.details.as_str()), (503, "wasm_fail_stream"), "{rt}");
+        assert_eq!(bad.stats().failures, 1);
+        // Later streams on the failed VM fail closed too, without running guest code.
+        let id2 = bad.http_stream().expect("stream");
+        assert_eq!(bad.request_headers(id2, headers("/okay"), true).expect("policy"), Action::Pause);
+        assert_eq!(bad.stats().failed_streams, 2);
+        // The other plugin is untouched.
+        let g = good.http_stream().expect("stream");
+        assert_eq!(good.request_headers(g, headers("/okay"), true).expect("ok"), Action::Continue, "{rt}");
+    }
+}
+
+#[test]
+fn fail_open_skips_the_plugin() {
+    let wasm = wat::parse_str(FILTER).expect("wat");
+    for rt in sandboxed() {
+        let mut p = rt.load(&wasm, options(FailurePolicy::FailOpen)).expect("load").instantiate().expect("inst");
+        let id = p.http_stream().expect("stream");
+        assert_eq!(p.request_headers(id, headers("/st"), true).expect("policy"), Action::Continue, "{rt}");
+        assert!(p.vm().http(id).expect("state").local_reply.is_none());
+        assert_eq!(p.stats().failures, 1);
+    }
+}
+
+#[test]
+fn reload_replaces_the_vm_after_the_backoff() {
+    let wasm = wat::parse_str(FILTER).expect("wat");
+    let policy = FailurePolicy::Reload { base_backoff: Duration::ZERO, max_backoff: Duration::from_secs(1) };
+    for rt in sandboxed() {
+        let mut p = rt.load(&wasm, options(policy)).expect("load").instantiate().expect("inst");
+        let id = p.http_stream().expect("stream");
+        assert_eq!(p.request_headers(id, headers("/st"), true).expect("policy"), Action::Pause, "{rt}");
+        assert!(p.vm().failure().is_some());
+        // The next stream triggers the reload: a fresh VM from the compiled module.
+        let id = p.http_stream().expect("stream on the reloaded VM");
+        assert!(p.vm().failure().is_none(), "{rt}: VM was not replaced");
+        assert_eq!(p.request_headers(id, headers("/okay"), true).expect("ok"), Action::Continue, "{rt}");
+        let s = p.stats();
+        assert_eq!((s.failures, s.reloads, s.reload_failures), (1, 1, 0), "{rt}");
+    }
+}
+
+#[test]
+fn reload_waits_for_the_backoff() {
+    let wasm = wat::parse_str(FILTER).expect("wat");
+    let policy =
+        FailurePolicy::Reload { base_backoff: Duration::from_secs(3600), max_backoff: Duration::from_secs(3600) };
+    for rt in sandboxed() {
+        let mut p = rt.load(&wasm, options(policy)).expect("load").instantiate().expect("inst");
+        let id = p.http_stream().expect("stream");
+        p.request_headers(id, headers("/st"), true).expect("policy");
+        // Within the backoff the failed VM stays; its streams fail closed.
+        let id = p.http_stream().expect("stream");
+        assert_eq!(p.request_headers(id, headers("/okay"), true).expect("policy"), Action::Pause, "{rt}");
+        assert_eq!(p.stats().reloads, 0);
+    }
+}
