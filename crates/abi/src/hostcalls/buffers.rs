@@ -42,8 +42,8 @@ fn read_buffer(state: &mut HostState, ty: BufferType) -> Result<(&[u8], bool), S
 }
 
 /// `proxy_get_buffer_bytes(type, start, max_size, return_data**, return_size*)`: copies up to
-/// `max_size` bytes from `start`; ranges past the end are clamped, and an empty result is
-/// `(0, 0)`.
+/// `max_size` bytes from `start`; ranges past the end (and `start + max_size` overflowing) are
+/// clamped, and an empty result is `(0, 0)`.
 pub(super) fn get_buffer_bytes(
     cx: &mut dyn Guest,
     ty: u64,
@@ -54,12 +54,10 @@ pub(super) fn get_buffer_bytes(
 ) -> HostResult {
     let state = cx.state();
     let ty = buffer_type(state, ty)?;
-    if start.checked_add(max).is_none() {
-        return Ok(Status::BadArgument);
-    }
     let (buf, _) = read_buffer(state, ty)?;
+    // Native filters pass `max = usize::MAX` ("everything"): clamp instead of overflowing.
     let from = usize::try_from(start).unwrap_or(usize::MAX).min(buf.len());
-    let to = usize::try_from(start + max).unwrap_or(usize::MAX).min(buf.len());
+    let to = usize::try_from(start.saturating_add(max)).unwrap_or(usize::MAX).min(buf.len());
     let data = buf[from..to].to_vec();
     copy_out(cx, &data, out_ptr, out_len)
 }

@@ -1,6 +1,6 @@
 //! Logging: `proxy_log`, `proxy_get_log_level`.
 
-use crate::guest::{HostResult, read_string, write_u32};
+use crate::guest::{HostResult, check_range, read_string, write_u32};
 use crate::services::LogRecord;
 use crate::state::ContextKind;
 use crate::vm::Guest;
@@ -9,6 +9,11 @@ use crate::{HostState, LogLevel, Status};
 /// `proxy_log(level, msg_ptr, msg_len)`: BAD_ARGUMENT for an unknown level.
 pub(super) fn log(cx: &mut dyn Guest, level: u64, msg: u64, len: u64) -> HostResult {
     let level = u32::try_from(level).ok().and_then(LogLevel::from_raw).ok_or(Status::BadArgument)?;
+    if level < cx.state().env.log_level {
+        // Dropped without copying, but a bad range is still reported.
+        check_range(cx, msg, len)?;
+        return Ok(Status::Ok);
+    }
     let message = read_string(cx, msg, len)?;
     emit(cx.state(), level, message);
     Ok(Status::Ok)

@@ -1,0 +1,459 @@
+//! A native instance: calls into the library, the [`Guest`] view of native memory, and the
+//! per-thread ownership of the SDK's state.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::c_void;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::thread::{self, ThreadId};
+
+use wasmux_abi::services::{LogRecord, LogSink};
+use wasmux_abi::{
+    AbiVersion, Callback, Error, FuncRef, Guest, HostState, OutOfBounds, Result, Services, VmEnv, WasmInstance,
+};
+
+use crate::ENGINE_NAME;
+use crate::hostcalls::Current;
+use crate::module::{Library, NullModule, engine_err};
+use crate::native::{Native, native};
+
+/// A resolved export; `FuncRef.0` indexes the instance's table of them.
+#[derive(Debug, Clone, Copy)]
+struct Export {
+    name: &'static str,
+    /// The function's address, as an integer so that the instance stays `Send`.
+    addr: usize,
+    native: Native,
+    /// The callback it is, for the bookkeeping of [`Debris`].
+    callback: Option<Callback>,
+}
+
+/// What an instance left in the SDK's per-thread state: live contexts (id → parent, 0 for a
+/// root) and callout tokens that the SDK still maps to a context.
+#[derive(Debug, Default)]
+struct Debris {
+    contexts: BTreeMap<u32, u32>,
+    http_calls: BTreeSet<u32>,
+    grpc: BTreeSet<u32>,
+}
+
+impl Debris {
+    /// Follows a completed call of an export.
+    fn observe(&mut self, callback: Option<Callback>, args: &[u64]) {
+        let arg = |i: usize| args.get(i).map_or(0, |&a| a as u32);
+        match callback {
+            Some(Callback::OnContextCreate) => {
+                self.contexts.insert(arg(0), arg(1));
+            }
+            Some(Callback::OnDelete) => {
+                self.contexts.remove(&arg(0));
+            }
+            Some(Callback::OnHttpCallResponse) => {
+                self.http_calls.remove(&arg(1));
+            }
+            Some(Callback::OnGrpcClose) => {
+                self.grpc.remove(&arg(1));
+            }
+            _ => {}
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.contexts.is_empty() && self.http_calls.is_empty() && self.grpc.is_empty()
+    }
+}
+
+/// The state of one instance, reached by host functions through a raw pointer while a call runs.
+pub(crate) struct Inner {
+    state: HostState,
+    lib: Arc<Library>,
+    abi: AbiVersion,
+    funcs: Vec<Export>,
+    owner: ThreadId,
+    debris: Debris,
+    /// An error raised by a host function during the running call.
+    failed: Option<Error>,
+}
+
+/// Which (library, thread) pairs have a live instance, or debris left by an instance dropped on
+/// another thread (cleaned up by the next instance on the owning thread).
+enum Slot {
+    Live,
+    Debris(Arc<Library>, Debris),
+}
+
+type SlotKey = (usize, ThreadId);
+
+/// This thread's id, without touching the `Thread` handle's reference count on every call.
+fn thread_id() -> ThreadId {
+    thread_local! {
+        static ID: ThreadId = thread::current().id();
+    }
+    ID.try_with(|id| *id).unwrap_or_else(|_| thread::current().id())
+}
+
+static SLOTS: LazyLock<Mutex<HashMap<SlotKey, Slot>>> = LazyLock::new(Mutex::default);
+
+fn slots() -> std::sync::MutexGuard<'static, HashMap<SlotKey, Slot>> {
+    SLOTS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A [`WasmInstance`] running a native filter library on the thread that created it.
+pub struct NullInstance {
+    inner: Box<Inner>,
+}
+
+impl std::fmt::Debug for NullInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NullInstance")
+            .field("library", &self.inner.lib.path)
+            .field("owner", &self.inner.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NullInstance {
+    /// Claims the library's SDK state on this thread.
+    pub(crate) fn new(module: &NullModule, lib: Arc<Library>, state: HostState) -> Result<Self> {
+        let owner = thread::current().id();
+        let key = (lib.key, owner);
+        let leftover = {
+            let mut slots = slots();
+            match slots.insert(key, Slot::Live) {
+                None => None,
+                Some(Slot::Debris(lib, debris)) => Some((lib, debris)),
+                Some(Slot::Live) => {
+                    return Err(engine_err(format!(
+                        "{} already has a live instance on this thread: the SDK keeps its state per \
+                         thread and per library, so a thread runs one instance of a library at a time \
+                         (drop the other instance, use another thread, or load another copy of the \
+                         library)",
+                        lib.path.display()
+                    )));
+                }
+            }
+        };
+        if let Some((lib, debris)) = leftover {
+            // An instance of this library was dropped on another thread: its contexts are still
+            // in this thread's SDK state. Clear them before the new instance starts.
+            clear(lib, module.abi(), debris);
+        }
+        let inner =
+            Inner { state, abi: module.abi(), lib, funcs: Vec::new(), owner, debris: Debris::default(), failed: None };
+        Ok(Self { inner: Box::new(inner) })
+    }
+
+    fn check_thread(&self) -> Result<()> {
+        let here = thread_id();
+        if here == self.inner.owner {
+            return Ok(());
+        }
+        Err(engine_err(format!(
+            "instance of {} created on {:?} called from {:?}: native SDK state is per thread, so a null \
+             instance runs only on the thread that created it",
+            self.inner.lib.path.display(),
+            self.inner.owner,
+            here
+        )))
+    }
+}
+
+impl Drop for NullInstance {
+    fn drop(&mut self) {
+        let key = (self.inner.lib.key, self.inner.owner);
+        let debris = std::mem::take(&mut self.inner.debris);
+        if thread::current().id() == self.inner.owner {
+            clear(self.inner.lib.clone(), self.inner.abi, debris);
+            slots().remove(&key);
+        } else if debris.is_empty() {
+            slots().remove(&key);
+        } else {
+            // The SDK state lives on the owner thread: leave the cleanup to the next instance
+            // created there.
+            slots().insert(key, Slot::Debris(self.inner.lib.clone(), debris));
+        }
+    }
+}
+
+/// Deletes every context an instance left in the SDK, then makes the SDK forget its pending
+/// callout tokens, so that the next instance of the library on this thread starts clean (the
+/// ids and tokens of a new instance start at 1 again). Contexts go first, so forgetting a token
+/// runs no filter code. The filter's destructors run against a scratch host state whose
+/// services go nowhere: like dropping a wasm instance, this is invisible to the embedder.
+/// Errors are logged: this runs on drop.
+fn clear(lib: Arc<Library>, abi: AbiVersion, debris: Debris) {
+    if debris.is_empty() {
+        return;
+    }
+    let mut calls: Vec<(&str, Vec<u64>)> = Vec::new();
+    let streams = debris.contexts.iter().filter(|(_, parent)| **parent != 0);
+    let roots = debris.contexts.iter().filter(|(_, parent)| **parent == 0);
+    for (&id, _) in streams.chain(roots) {
+        calls.push(("proxy_on_delete", vec![u64::from(id)]));
+    }
+    for &token in &debris.http_calls {
+        calls.push(("proxy_on_http_call_response", vec![0, u64::from(token), 0, 0, 0]));
+    }
+    for &token in &debris.grpc {
+        calls.push(("proxy_on_grpc_close", vec![0, u64::from(token), 0]));
+    }
+    let mut scratch = Inner {
+        state: HostState::new(abi, SILENT.clone()),
+        lib,
+        abi,
+        funcs: Vec::new(),
+        owner: thread::current().id(),
+        debris: Debris::default(),
+        failed: None,
+    };
+    for (name, args) in calls {
+        let Some(func) = resolve(&mut scratch, name) else { continue };
+        let ptr: *mut Inner = &raw mut scratch;
+        let _current = Current::enter(ptr);
+        // SAFETY: `ptr` comes from `scratch`, which is not used until the call returns.
+        if let Err(e) = unsafe { call_export(ptr, func, &args) } {
+            tracing::warn!(target: "wasmux::null", "cleaning up {}: {name} failed: {e}", scratch.lib.path.display());
+        }
+    }
+}
+
+/// The environment of scratch states (cleaning up, host calls outside any call): logs are
+/// dropped, and every other service is a private in-memory default.
+pub(crate) fn silent_env() -> Arc<VmEnv> {
+    SILENT.clone()
+}
+
+static SILENT: LazyLock<Arc<VmEnv>> = LazyLock::new(|| {
+    Arc::new(VmEnv { services: Services { log: Arc::new(Discard), ..Services::default() }, ..VmEnv::default() })
+});
+
+/// A log sink that drops every line.
+#[derive(Debug)]
+struct Discard;
+
+impl LogSink for Discard {
+    fn log(&self, _record: LogRecord) {}
+}
+
+/// Resolves an export into the instance's table.
+fn resolve(inner: &mut Inner, name: &str) -> Option<FuncRef> {
+    if let Some(i) = inner.funcs.iter().position(|f| f.name == name) {
+        return u32::try_from(i).ok().map(FuncRef);
+    }
+    let callback = Callback::ALL.iter().copied().find(|c| c.name() == name);
+    // Static names only: callbacks and markers (whose names come from the ABI's own lists).
+    let static_name: &'static str = match callback {
+        Some(c) => c.name(),
+        None => AbiVersion::ALL.into_iter().map(|v| v.marker()).find(|m| *m == name)?,
+    };
+    let native = native(static_name, inner.abi)?;
+    let addr = inner.lib.symbol(static_name)?;
+    inner.funcs.push(Export { name: static_name, addr: addr.expose_provenance(), native, callback });
+    u32::try_from(inner.funcs.len() - 1).ok().map(FuncRef)
+}
+
+/// Calls a resolved export: the top-level call of [`WasmInstance::call`] and the re-entrant
+/// calls of [`Guest::call`] alike. The instance must be current on this thread.
+///
+/// # Safety
+/// `inner` points to a live [`Inner`] that nothing else borrows across this call: only
+/// short-lived references are made from it, and host functions make their own.
+unsafe fn call_export(inner: *mut Inner, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
+    let export = {
+        // SAFETY: the function's contract; this borrow ends before the native call.
+        let inner = unsafe { &*inner };
+        let Some(export) = inner.funcs.get(func.0 as usize).copied() else {
+            return Err(engine_err(format!("unknown function reference {}", func.0)));
+        };
+        export
+    };
+    if args.len() != export.native.arity {
+        return Err(engine_err(format!(
+            "`{}` takes {} arguments, called with {}",
+            export.name,
+            export.native.arity,
+            args.len()
+        )));
+    }
+    let addr: *const c_void = std::ptr::with_exposed_provenance(export.addr);
+    // SAFETY: `addr` is the library's definition of `export.name` (the library stays loaded:
+    // `inner` holds it), `native` is the SDK's C type for that name, and the arity was checked.
+    let ret = unsafe { (export.native.call)(addr, args) };
+    // SAFETY: the function's contract; the native call has returned, so host functions hold no
+    // reference any more.
+    let inner = unsafe { &mut *inner };
+    inner.debris.observe(export.callback, args);
+    if let Some(e) = inner.failed.take() {
+        return Err(e);
+    }
+    Ok(ret)
+}
+
+impl WasmInstance for NullInstance {
+    fn engine(&self) -> &'static str {
+        ENGINE_NAME
+    }
+
+    fn state(&mut self) -> &mut HostState {
+        &mut self.inner.state
+    }
+
+    fn lookup(&mut self, name: &str) -> Option<FuncRef> {
+        resolve(&mut self.inner, name)
+    }
+
+    fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
+        self.check_thread()?;
+        let ptr: *mut Inner = &raw mut *self.inner;
+        let _current = Current::enter(ptr);
+        // SAFETY: `ptr` comes from `&mut self`, which is not used until the call returns.
+        unsafe { call_export(ptr, func, args) }
+    }
+
+    fn memory_size(&mut self) -> u64 {
+        u64::MAX
+    }
+
+    fn read(&mut self, ptr: u64, out: &mut [u8]) -> Result<(), OutOfBounds> {
+        read(ptr, out)
+    }
+
+    fn interrupt_handle(&self) -> Arc<dyn Fn() + Send + Sync> {
+        // Native code cannot be interrupted: the null engine has no deadlines.
+        Arc::new(|| {})
+    }
+}
+
+/// The guest seen from a host function: the current instance, through its raw pointer.
+pub(crate) struct NullGuest {
+    inner: *mut Inner,
+}
+
+impl NullGuest {
+    /// A view of the current instance.
+    pub(crate) fn new(inner: *mut Inner) -> Self {
+        Self { inner }
+    }
+
+    fn inner(&mut self) -> &mut Inner {
+        // SAFETY: `inner` is the current instance, set by `Current` for the running call; the
+        // call that set it holds no reference into it while native code runs, and this borrow
+        // is tied to `&mut self`, so host functions see one reference at a time.
+        unsafe { &mut *self.inner }
+    }
+
+    /// Records a callout token the SDK now maps to a context (read from the out-pointer the
+    /// host function just wrote).
+    pub(crate) fn issued(&mut self, grpc: bool, out: Option<u64>) {
+        let mut token = [0; 4];
+        if out.is_none_or(|p| read(p, &mut token).is_err()) {
+            return;
+        }
+        let token = u32::from_le_bytes(token);
+        let debris = &mut self.inner().debris;
+        if grpc {
+            debris.grpc.insert(token);
+        } else {
+            debris.http_calls.insert(token);
+        }
+    }
+
+    /// Keeps a host function's error for the end of the running call.
+    pub(crate) fn fail(&mut self, e: Error) {
+        self.inner().failed.get_or_insert(e);
+    }
+}
+
+impl Guest for NullGuest {
+    fn state(&mut self) -> &mut HostState {
+        &mut self.inner().state
+    }
+
+    fn word_size(&self) -> usize {
+        8
+    }
+
+    fn memory_size(&mut self) -> u64 {
+        u64::MAX
+    }
+
+    fn read(&mut self, ptr: u64, out: &mut [u8]) -> Result<(), OutOfBounds> {
+        read(ptr, out)
+    }
+
+    fn write(&mut self, ptr: u64, data: &[u8]) -> Result<(), OutOfBounds> {
+        write(ptr, data)
+    }
+
+    fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
+        // SAFETY: the instance is current (this is a host function of its running call) and
+        // no reference into it is held across the call.
+        unsafe { call_export(self.inner, func, args) }
+    }
+}
+
+/// Checks a native range: null with a non-zero length, or wrapping around, is out of bounds.
+fn range(ptr: u64, len: usize) -> Result<Option<usize>, OutOfBounds> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let addr = usize::try_from(ptr).map_err(|_| OutOfBounds)?;
+    if addr == 0 || addr.checked_add(len).is_none() {
+        return Err(OutOfBounds);
+    }
+    Ok(Some(addr))
+}
+
+/// Copies `out.len()` bytes from a native address.
+pub(crate) fn read(ptr: u64, out: &mut [u8]) -> Result<(), OutOfBounds> {
+    let Some(addr) = range(ptr, out.len())? else { return Ok(()) };
+    // SAFETY: the null engine trusts its filters: a pointer a native filter passes is valid
+    // for the length it gives (a bad one is a bug in the filter, as in any native code). It
+    // came through FFI, so its provenance was exposed. `copy` tolerates overlap.
+    unsafe { std::ptr::copy(std::ptr::with_exposed_provenance::<u8>(addr), out.as_mut_ptr(), out.len()) };
+    Ok(())
+}
+
+/// Copies `data` to a native address.
+pub(crate) fn write(ptr: u64, data: &[u8]) -> Result<(), OutOfBounds> {
+    let Some(addr) = range(ptr, data.len())? else { return Ok(()) };
+    // SAFETY: as in `read`: out-pointers and buffers the filter hands over (or that its
+    // allocator returned for this size) are valid for writes of that length.
+    unsafe { std::ptr::copy(data.as_ptr(), std::ptr::with_exposed_provenance_mut::<u8>(addr), data.len()) };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_memory_access() {
+        let mut buf = [1u8, 2, 3, 4];
+        let p = buf.as_mut_ptr().expose_provenance() as u64;
+        let mut out = [0u8; 2];
+        read(p + 1, &mut out).unwrap();
+        assert_eq!(out, [2, 3]);
+        write(p, &[9, 9]).unwrap();
+        assert_eq!(buf, [9, 9, 3, 4]);
+        assert_eq!(read(0, &mut out), Err(OutOfBounds));
+        assert_eq!(write(0, &[1]), Err(OutOfBounds));
+        assert_eq!(read(u64::MAX, &mut out), Err(OutOfBounds));
+        // Empty ranges are fine anywhere, null included.
+        read(0, &mut []).unwrap();
+        write(0, &[]).unwrap();
+    }
+
+    #[test]
+    fn debris_follows_contexts_and_tokens() {
+        let mut d = Debris::default();
+        d.observe(Some(Callback::OnContextCreate), &[1, 0]);
+        d.observe(Some(Callback::OnContextCreate), &[2, 1]);
+        d.http_calls.insert(7);
+        d.grpc.insert(8);
+        d.observe(Some(Callback::OnDelete), &[2]);
+        d.observe(Some(Callback::OnHttpCallResponse), &[2, 7, 0, 0, 0]);
+        d.observe(Some(Callback::OnGrpcClose), &[2, 8, 0]);
+        assert_eq!(d.contexts.into_iter().collect::<Vec<_>>(), [(1, 0)]);
+        assert!(d.http_calls.is_empty() && d.grpc.is_empty());
+    }
+}
