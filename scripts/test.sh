@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, and every test in the workspace.
-# Needs only the Rust toolchain: fixture modules are committed (scripts/build-fixtures.sh
-# rebuilds them).
+# Needs the Rust toolchain, and apt-get/dpkg for the V8 library (scripts/fetch-v8.sh, run
+# below). Fixture modules are committed (scripts/build-fixtures.sh rebuilds them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== V8 for the v8 engine (--all-features builds it): scripts/fetch-v8.sh"
+scripts/fetch-v8.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy (all targets, all features, -D warnings)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+echo "== native fixtures for the null engine: scripts/build-native-fixtures.sh"
+scripts/build-native-fixtures.sh
 
 echo "== cargo test"
 cargo test --workspace --all-features

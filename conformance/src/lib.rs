@@ -32,6 +32,13 @@
 //! modules (the variant is `wasip1` / `unknown` for fixtures, the file stem for WAT modules).
 //! Every `proxy_*` host function of every ABI version must be exercised by at least one case
 //! whose module declares that version (the record's `coverage` and `abi_version` keys).
+//!
+//! # The null engine
+//!
+//! An engine that does not run wasm (`null`) runs the same fixture sources built natively by
+//! `scripts/build-native-fixtures.sh`: a module `<name>.wasip1.wasm` stands for
+//! `fixtures/target/<host-triple>/release/libfixture_<name>.so`. Whole categories of trials do
+//! not apply to it, each with its reason ([`not_applicable`]); they are left out of the plan.
 
 #![forbid(unsafe_code)]
 
@@ -177,6 +184,93 @@ pub fn load_module(spec: &str) -> Result<Vec<u8>, String> {
     std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
+/// Why a trial cannot run on an engine, by category, or `None` when it applies. Only engines
+/// that do not run wasm (`null`) have such categories:
+///
+/// - hand-written modules (`wat:`, `bytes:`), which have no native build; this includes every
+///   sandbox case (deadline, memory growth, stack overflow): null has no sandbox and no limits;
+/// - the `unknown` build of a fixture: a fixture has one native build, run under its `wasip1`
+///   label;
+/// - cases that expect a guest trap (an error of kind `trap` or `failed`, or a stream answered
+///   by the failure policy, details `wasm_fail_stream`): a panic in a native filter aborts the
+///   process, there is no sandbox to contain it.
+pub fn not_applicable(case: &Case, module: &str, runtime: Runtime) -> Option<&'static str> {
+    if runtime.runs_wasm() {
+        return None;
+    }
+    if module.starts_with("wat:") || module.starts_with("bytes:") {
+        return Some("hand-written wasm has no native build (sandbox and limit cases are out of scope: no sandbox)");
+    }
+    if !module.ends_with(".wasip1.wasm") {
+        return Some("one native build per fixture, run under the wasip1 label");
+    }
+    if expects_trap(&case.expect) {
+        return Some("a guest trap aborts a native process: no sandbox to contain it");
+    }
+    None
+}
+
+/// Whether an expectation records a guest trap: an error of kind `trap` or `failed`, or the
+/// failure policy's local reply.
+fn expects_trap(v: &Value) -> bool {
+    match v {
+        Value::Object(o) => {
+            matches!(o.get("kind").and_then(Value::as_str), Some("trap" | "failed"))
+                || o.get("details").and_then(Value::as_str) == Some("wasm_fail_stream")
+                || o.values().any(expects_trap)
+        }
+        Value::Array(a) => a.iter().any(expects_trap),
+        _ => false,
+    }
+}
+
+/// The native library that stands for a fixture module on engines that do not run wasm.
+pub fn native_library(spec: &str) -> Option<PathBuf> {
+    let name = spec.strip_suffix(".wasip1.wasm")?;
+    Some(
+        root_dir()
+            .join("fixtures/target")
+            .join(env!("WASMUX_CONFORMANCE_TARGET"))
+            .join("release")
+            .join(format!("libfixture_{}.so", name.replace('-', "_"))),
+    )
+}
+
+/// What to give `runtime` for a module spec: the module's bytes, or for an engine that does
+/// not run wasm the path of the fixture's native library.
+///
+/// # Errors
+/// As [`load_module`]; a native library that was not built.
+pub fn load_module_for(spec: &str, runtime: Runtime) -> Result<Vec<u8>, String> {
+    if runtime.runs_wasm() {
+        return load_module(spec);
+    }
+    let path = native_library(spec).ok_or_else(|| format!("`{spec}` has no native build"))?;
+    if !path.is_file() {
+        return Err(format!("{} is missing: run scripts/build-native-fixtures.sh", path.display()));
+    }
+    Ok(path.to_string_lossy().into_owned().into_bytes())
+}
+
+/// Checks that two engines produced the same record for one trial, apart from the keys that
+/// name the engine or list the host functions it linked (`engine`, `coverage`: a native filter
+/// calls no WASI function).
+///
+/// # Errors
+/// The first difference.
+pub fn same_record(a: &Value, b: &Value) -> Result<(), String> {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("engine");
+            o.remove("coverage");
+        }
+        v
+    };
+    let (a, b) = (strip(a), strip(b));
+    compare(&a, &b).and_then(|()| compare(&b, &a))
+}
+
 /// Compares `expect` as a subset of `actual`; returns a readable path to the first mismatch.
 ///
 /// # Errors
@@ -246,7 +340,7 @@ pub fn run_case(case: &Case, module: &str, runtime: Runtime) -> Outcome {
     let start = Instant::now();
     let mut out =
         Outcome { result: Ok(()), record: None, coverage: Vec::new(), abi_version: None, elapsed: Duration::ZERO };
-    let wasm = match load_module(module) {
+    let wasm = match load_module_for(module, runtime) {
         Ok(w) => w,
         Err(e) => {
             out.result = Err(format!("cannot load module `{module}`: {e}"));
@@ -354,12 +448,12 @@ pub struct TrialSpec {
     pub name: String,
 }
 
-/// Every trial of the suite, engines outermost.
+/// Every trial of the suite, engines outermost; trials [`not_applicable`] to an engine are left out.
 pub fn plan(cases: &[Case], runtimes: &[Runtime]) -> Vec<TrialSpec> {
     let mut out = Vec::new();
     for rt in runtimes {
         for (i, c) in cases.iter().enumerate() {
-            for m in &c.modules {
+            for m in c.modules.iter().filter(|m| not_applicable(c, m, *rt).is_none()) {
                 let name = match c.variant(m) {
                     Some(v) => format!("{}/{}@{v}", rt.name(), c.name),
                     None => format!("{}/{}", rt.name(), c.name),
@@ -607,6 +701,14 @@ mod tests {
         assert!(e.starts_with("$.y.z[1].k: expected 3, found 2"), "{e}");
         assert!(compare(&json!({"y": {"z": [1]}}), &a).unwrap_err().contains("expected 1 elements, found 2"));
         assert!(compare(&json!({"w": 1}), &a).unwrap_err().contains("no such key"));
+    }
+
+    #[test]
+    fn trap_expectations_are_found_at_any_depth() {
+        assert!(expects_trap(&json!({"events": [{"error": {"kind": "failed"}}]})));
+        assert!(expects_trap(&json!({"start": {"kind": "trap", "trap": "unreachable"}})));
+        assert!(expects_trap(&json!({"streams": {"a": {"local_reply": {"details": "wasm_fail_stream"}}}})));
+        assert!(!expects_trap(&json!({"start": {"kind": "rejected"}, "logs": [{"kind": "x"}]})));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use libtest_mimic::{Arguments, Failed, Trial};
 use wasmux::Runtime;
 use wasmux_conformance::{
-    Case, Coverage, Outcome, TrialSpec, cases_dir, load_cases, plan, run_case, trial_label, verdict,
+    Case, Coverage, Outcome, TrialSpec, cases_dir, load_cases, plan, run_case, same_record, trial_label, verdict,
 };
 
 type Cache = Arc<Mutex<HashMap<String, Outcome>>>;
@@ -56,5 +56,28 @@ fn main() {
         }
         cov.check().map_err(Failed::from)
     }));
+    // An engine that does not run wasm (null) runs the same fixture sources natively: its
+    // records must equal those of the first wasm engine, not just meet the expectations.
+    if let Some(wasm) = Runtime::available().iter().copied().find(|r| r.runs_wasm()) {
+        for native in Runtime::available().iter().copied().filter(|r| !r.runs_wasm()) {
+            let (cases, cache, specs) = (cases.clone(), cache.clone(), specs.clone());
+            trials.push(Trial::test(format!("identity/{native}-records-equal-{wasm}"), move || {
+                let mut diffs = Vec::new();
+                for t in specs.iter().filter(|t| t.runtime == native) {
+                    let Some(w) = specs.iter().find(|w| w.runtime == wasm && w.case == t.case && w.module == t.module)
+                    else {
+                        continue;
+                    };
+                    let (a, b) = (outcome(&cache, &cases, t), outcome(&cache, &cases, w));
+                    if let (Some(a), Some(b)) = (&a.record, &b.record)
+                        && let Err(e) = same_record(a, b)
+                    {
+                        diffs.push(format!("{}: {e}", t.name));
+                    }
+                }
+                if diffs.is_empty() { Ok(()) } else { Err(Failed::from(diffs.join("\n"))) }
+            }));
+        }
+    }
     libtest_mimic::run(&args, trials).exit();
 }

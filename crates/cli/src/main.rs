@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod conformance;
 
 use std::path::PathBuf;
@@ -46,6 +47,30 @@ enum Command {
     },
     /// List the engines compiled into this binary.
     Engines,
+    /// Compare engines on the same work: start-up (cold, from the module cache), per-worker
+    /// clones, calls, a request lifecycle, body throughput and memory per instance. Prints an
+    /// engine x measure table.
+    Bench {
+        /// Engine to measure (repeatable; default: every engine compiled in).
+        #[arg(long = "engine")]
+        engines: Vec<String>,
+        /// Your filter, for every filter-based measure (default: the bench-json fixture for
+        /// start-up, headers for the request lifecycle and memory, body for throughput).
+        #[arg(long)]
+        filter: Option<PathBuf>,
+        /// Plugin configuration given to `--filter`.
+        #[arg(long)]
+        config: Option<String>,
+        /// Also write the results as JSON to this file (input of scripts/bench-report.py).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Timed runs per measure; the median is reported.
+        #[arg(long, default_value_t = 15)]
+        runs: usize,
+        /// Internal: measure memory per instance only (run by `wasmux bench` in a child process).
+        #[arg(long, hide = true)]
+        rss_child: bool,
+    },
     /// Run the conformance suite: prints the engine x case matrix and the host-function
     /// coverage table; exits 1 on any failure.
     Conformance {
@@ -97,6 +122,10 @@ fn run(cmd: Command) -> Result<ExitCode, AnyError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Conformance { engines, cases, json } => conformance::run(&engines, cases, json),
+        Command::Bench { engines, filter, config, json, runs, rss_child } => {
+            let command = std::iter::once("wasmux".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>();
+            bench::run(bench::Args { engines, filter, config, json, runs, command: command.join(" "), rss_child })
+        }
         Command::Inspect { file, engine, json } => inspect(&read(&file)?, engine.parse()?, json),
         Command::Run { file, engine, scenario: path } => {
             let wasm = read(&file)?;

@@ -21,6 +21,8 @@
 //! | feature | engine | notes |
 //! |---|---|---|
 //! | `wasmtime` (default) | wasmtime 48, cranelift | epoch deadlines, memory limits |
+//! | `wasmi` | wasmi 2.0, interpreter | ~1 ms compiles (lazy translation); fuel deadlines, memory limits |
+//! | `null` | native shared libraries (`wasmux_null`) | no sandbox, no limits; trusted filters, gdb |
 //! | `all-engines` | every engine above | for CI and docs |
 //!
 //! [`Runtime`] lists the engines compiled in; naming one that is not compiled in is an error
@@ -28,18 +30,21 @@
 //!
 //! # Layers
 //!
-//! This crate owns engine selection, loading (compile once, check at load), per-worker
-//! instances and the failure policy. The ABI itself lives in `wasmux-abi` and each engine in
-//! its own backend crate; both are re-exported where an embedder needs them.
+//! This crate owns engine selection, loading (compile once, check at load, optionally through
+//! the compiled-module cache [`ModuleCache`]), per-worker instances and the failure policy.
+//! The ABI itself lives in `wasmux-abi` and each engine in its own backend crate; both are
+//! re-exported where an embedder needs them.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod cache;
 mod plugin;
 mod runtime;
 #[cfg(feature = "scenario")]
 pub mod scenario;
 
+pub use cache::{CacheKey, CacheSource, CacheStats, ModuleCache};
 pub use plugin::{CompiledPlugin, FailurePolicy, Plugin, PluginOptions, PluginStats};
 pub use runtime::{Runtime, UnknownRuntime};
 pub use wasmux_abi as abi;

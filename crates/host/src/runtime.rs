@@ -13,6 +13,16 @@ pub enum Runtime {
     /// wasmtime with cranelift (feature `wasmtime`).
     #[cfg(feature = "wasmtime")]
     Wasmtime,
+    /// wasmi, an interpreter with lazy translation and fuel deadlines (feature `wasmi`).
+    #[cfg(feature = "wasmi")]
+    Wasmi,
+    /// Native filters built as shared libraries, no sandbox (feature `null`). Its "bytes" are a
+    /// library file or its path; see `wasmux_null`.
+    #[cfg(feature = "null")]
+    Null,
+    /// V8 10.2 from Debian's libnode through a C++ bridge (feature `v8`).
+    #[cfg(feature = "v8")]
+    V8,
 }
 
 /// Every engine name wasmux knows, with the Cargo feature that compiles it in.
@@ -31,6 +41,12 @@ impl Runtime {
         &[
             #[cfg(feature = "wasmtime")]
             Self::Wasmtime,
+            #[cfg(feature = "wasmi")]
+            Self::Wasmi,
+            #[cfg(feature = "null")]
+            Self::Null,
+            #[cfg(feature = "v8")]
+            Self::V8,
         ]
     }
 
@@ -39,6 +55,12 @@ impl Runtime {
         match self {
             #[cfg(feature = "wasmtime")]
             Self::Wasmtime => "wasmtime",
+            #[cfg(feature = "wasmi")]
+            Self::Wasmi => "wasmi",
+            #[cfg(feature = "null")]
+            Self::Null => "null",
+            #[cfg(feature = "v8")]
+            Self::V8 => "v8",
         }
     }
 
@@ -50,6 +72,23 @@ impl Runtime {
         match self {
             #[cfg(feature = "wasmtime")]
             Self::Wasmtime => Ok(Arc::new(wasmux_wasmtime::WasmtimeEngine::new(Default::default())?)),
+            #[cfg(feature = "wasmi")]
+            Self::Wasmi => Ok(Arc::new(wasmux_wasmi::WasmiEngine::new(Default::default())?)),
+            #[cfg(feature = "null")]
+            Self::Null => Ok(Arc::new(wasmux_null::NullEngine::new())),
+            #[cfg(feature = "v8")]
+            Self::V8 => Ok(Arc::new(wasmux_v8::V8Engine::new(Default::default())?)),
+        }
+    }
+
+    /// Whether the engine runs wasm modules: every engine but `null`, which loads native shared
+    /// libraries (tests and benches that feed wasm bytes to every engine skip it).
+    pub fn runs_wasm(self) -> bool {
+        match self {
+            #[cfg(feature = "null")]
+            Self::Null => false,
+            #[allow(unreachable_patterns, reason = "every other engine, whichever are compiled in")]
+            _ => true,
         }
     }
 }

@@ -108,6 +108,6 @@ fn trap(e: &wasmtime::Error, kind: TrapKind, message: String) -> Error {
 }
 
 /// The error and its causes on one line.
-fn chain(e: &wasmtime::Error) -> String {
+pub(crate) fn chain(e: &wasmtime::Error) -> String {
     e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }

@@ -37,10 +37,24 @@
 //!
 //! The stack limit is an engine setting in wasmtime ([`WasmtimeConfig::max_stack_bytes`]);
 //! `Limits::max_stack_bytes` given to `instantiate` is not applied per instance.
-//! Module serialization is not offered: loading an artifact is `unsafe` in wasmtime and this
-//! crate forbids `unsafe`.
+//!
+//! # Serialized modules and `unsafe`
+//!
+//! [`WasmEngine::serialize`] and [`WasmEngine::deserialize`] are implemented, for the module
+//! cache of the `wasmux` crate (`ModuleCache`): an artifact is wasmtime's own serialized
+//! module, compiled machine code included. Loading one is `unsafe` in wasmtime, because
+//! wasmtime only lightly validates it and runs the code it contains. This crate therefore
+//! denies (rather than forbids) `unsafe_code`, and exactly one function, `load_artifact`,
+//! allows it; its `// SAFETY:` comment states the contract. In short: `deserialize` must only
+//! ever see bytes that `serialize` produced on this engine build. wasmtime itself rejects, as
+//! an error, artifacts of another wasmtime version or of an incompatible configuration, and
+//! the module cache keys artifacts by [`WasmEngine::fingerprint`] (wasmtime version, this
+//! crate's settings and wasmtime's compatibility hash) and the module's SHA-256, writes files
+//! atomically and checks a checksum before handing bytes here. A cache directory that someone
+//! else can write is nevertheless trusted code, exactly as with wasmtime's own compilation
+//! cache: keep it private to the proxy.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod error;
 mod imports;
@@ -49,6 +63,7 @@ mod module;
 mod typed;
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -200,11 +215,71 @@ impl WasmEngine for WasmtimeEngine {
             std::env::consts::ARCH,
             std::env::consts::OS,
         );
-        format!("{ENGINE_NAME}-{WASMTIME_VERSION}-{:016x}", fnv1a(settings.as_bytes()))
+        // Everything wasmtime itself requires to match for an artifact to load: its compiler
+        // settings, wasm features and tunables.
+        let mut compat = Fnv1a::default();
+        self.shared.engine.precompile_compatibility_hash().hash(&mut compat);
+        format!("{ENGINE_NAME}-{WASMTIME_VERSION}-{:016x}-{:016x}", fnv1a(settings.as_bytes()), compat.finish())
     }
+
+    fn serialize(&self, module: &dyn WasmModule) -> Option<Vec<u8>> {
+        let module = module.as_any().downcast_ref::<WasmtimeModule>()?;
+        // A module of another engine instance with other settings would carry code this
+        // engine's fingerprint does not describe.
+        if !wasmtime::Engine::same(module.wasmtime().engine(), &self.shared.engine) {
+            return None;
+        }
+        module.wasmtime().serialize().ok()
+    }
+
+    fn deserialize(&self, artifact: &[u8]) -> Result<Arc<dyn WasmModule>> {
+        let module = load_artifact(&self.shared.engine, artifact)?;
+        Ok(Arc::new(WasmtimeModule::from_compiled(self.shared.clone(), module)))
+    }
+}
+
+/// Loads a module serialized by [`WasmEngine::serialize`] on an engine of this build.
+#[allow(unsafe_code, reason = "wasmtime::Module::deserialize is unsafe: it trusts its input as compiled code")]
+fn load_artifact(engine: &wasmtime::Engine, artifact: &[u8]) -> Result<wasmtime::Module> {
+    // SAFETY: wasmtime requires that the bytes be the unmodified output of `Module::serialize`
+    // (or `Engine::precompile_module`) of some wasmtime build; bytes from another wasmtime
+    // version or an incompatible `Config` are then rejected with an error, never run. The only
+    // caller of `WasmEngine::deserialize` in wasmux is the module cache (`wasmux::ModuleCache`),
+    // which upholds this: its artifacts come from `serialize` above, on an engine with the same
+    // fingerprint (wasmtime version, settings, compatibility hash) for the same module hash;
+    // in memory they are bytes it produced itself, and on disk they are files it wrote
+    // atomically (temporary file + rename) with a header repeating the key and a CRC-32 of
+    // the artifact, all checked before this call, so a truncated, corrupted or misplaced file
+    // is a cache miss, not a load. What remains trusted is the cache directory itself: whoever
+    // can write it can make the host run arbitrary code, as with wasmtime's own cache.
+    // Embedders calling `deserialize` directly take on the same contract (documented at the
+    // crate level).
+    unsafe { wasmtime::Module::deserialize(engine, artifact) }
+        .map_err(|e| error::engine_msg(format!("cannot load a serialized module: {}", error::chain(&e))))
 }
 
 /// FNV-1a, 64 bits: a hash that never changes between Rust releases.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    let mut h = Fnv1a::default();
+    h.write(bytes);
+    h.finish()
+}
+
+/// FNV-1a as a [`Hasher`], for hashing [`Hash`] values reproducibly.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = bytes.iter().fold(self.0, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }

@@ -34,6 +34,11 @@ impl WasmtimeModule {
     /// Compiles `bytes` and links the result against the engine's host functions.
     pub(crate) fn new(shared: Arc<Shared>, bytes: &[u8]) -> Result<Self> {
         let module = wasmtime::Module::new(&shared.engine, bytes).map_err(|e| error::compile(&e))?;
+        Ok(Self::from_compiled(shared, module))
+    }
+
+    /// Wraps a module compiled (or deserialized) on `shared.engine` and links it.
+    pub(crate) fn from_compiled(shared: Arc<Shared>, module: wasmtime::Module) -> Self {
         let imports = module
             .imports()
             .map(|i| ImportDesc { module: i.module().to_owned(), name: i.name().to_owned(), ty: extern_type(&i.ty()) })
@@ -43,7 +48,7 @@ impl WasmtimeModule {
         // Unsatisfiable imports are reported by the ABI layer before it instantiates; keep
         // wasmtime's reason for anyone who instantiates regardless.
         let pre = shared.linker.instantiate_pre(&module).map_err(|e| e.root_cause().to_string());
-        Ok(Self { shared, module, pre, imports, exports })
+        Self { shared, module, pre, imports, exports }
     }
 
     /// The underlying wasmtime module.

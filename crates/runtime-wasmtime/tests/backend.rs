@@ -235,6 +235,30 @@ fn fingerprint_is_stable_and_config_dependent() {
     assert_ne!(a, b);
 }
 
+#[test]
+fn serialized_modules_load_on_engines_with_the_same_settings_only() {
+    let wat = r#"(module (memory (export "memory") 1)
+      (global $g (mut i32) (i32.const 40))
+      (func (export "add") (param i32) (result i32) (global.set $g (i32.add (global.get $g) (local.get 0))) (global.get $g)))"#;
+    let a = engine();
+    let artifact = a.serialize(&*a.compile(&wat::parse_str(wat).unwrap()).unwrap()).expect("serializes");
+    // Another engine instance with the same settings loads it: same fingerprint.
+    let b = engine();
+    assert_eq!(a.fingerprint(), b.fingerprint());
+    let m = b.deserialize(&artifact).expect("deserializes");
+    assert!(m.exports().iter().any(|e| e.name == "add"));
+    let mut vm = m.instantiate(HostState::for_tests(), &Limits::default()).unwrap();
+    assert_eq!(call(&mut *vm, "add", &[2]).unwrap(), Some(42));
+    // Other settings, another fingerprint (so another cache key), even where wasmtime would
+    // accept the code; and wasmtime refuses what is not an artifact.
+    let unoptimized = WasmtimeEngine::new(WasmtimeConfig::default().optimize(false)).unwrap();
+    assert_ne!(a.fingerprint(), unoptimized.fingerprint());
+    assert!(matches!(a.deserialize(b"not an artifact"), Err(Error::Engine { engine: "wasmtime", .. })));
+    // A module of another engine instance is not serialized through this one.
+    let other = unoptimized.compile(&wat::parse_str(wat).unwrap()).unwrap();
+    assert!(a.serialize(&*other).is_none());
+}
+
 /// A minimal proxy-wasm filter: `proxy_on_configure` reads `plugin_name` through
 /// `proxy_get_property`, which calls back into `malloc` (a re-entrant call). `set_mode` makes
 /// `malloc` trap (1) or spin (2).
