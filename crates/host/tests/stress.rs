@@ -38,6 +38,10 @@ fn shared_data_and_queues_lose_nothing_under_concurrency() {
             Err(e) => panic!("{rt}: load failed: {e}"),
         };
 
+        // Seed the counter: a write to an absent key carries CAS token 0, which the ABI defines
+        // as "no compare", so first writers could race. From here on every write is a real CAS.
+        services.shared_data.set("stress", b"counter", b"0", 0).expect("seed");
+
         let workers: Vec<_> = (0..THREADS)
             .map(|t| {
                 let compiled = compiled.clone();
