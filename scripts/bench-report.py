@@ -62,13 +62,14 @@ def load(path):
         for m in e["measures"]:
             entry = by_id.get(m["id"])
             if entry is None:
-                filt = m.get("filter", "")
                 config = (m.get("extra") or {}).get("config")
-                if config:
-                    filt += f" (`{config}`)"
-                entry = {"label": m["label"], "unit": m["unit"], "filter": filt, "values": {}}
+                entry = {"label": m["label"], "unit": m["unit"], "filter": m.get("filter", ""), "values": {}}
+                entry["config"] = f" (`{config}`)" if config else ""
+                entry["other_filters"] = []
                 by_id[m["id"]] = entry
                 order.append(m["id"])
+            elif m.get("filter", "") != entry["filter"]:
+                entry["other_filters"].append(f"{e['engine']}: {m.get('filter', '')}")
             entry["values"][e["engine"]] = m
     return report, engines, by_id, order
 
@@ -147,7 +148,10 @@ def markdown(report, engines, by_id, order, json_path, svg_name):
                 else:
                     cells.append(fmt(m["median"], entry["unit"]))
             target, verdict = target_cell(mid, entry)
-            lines.append(f"| {entry['label']} (`{mid}`) | {entry['filter']} | " + " | ".join(cells) + f" | {target} | {verdict} |")
+            filt = entry["filter"] + entry["config"]
+            if entry["other_filters"]:
+                filt += " (" + "; ".join(entry["other_filters"]) + ")"
+            lines.append(f"| {entry['label']} (`{mid}`) | {filt} | " + " | ".join(cells) + f" | {target} | {verdict} |")
     lines.append("")
     rss = by_id.get("rss_1", {}).get("values", {}).get("wasmtime", {})
     guest = (rss.get("extra") or {}).get("guest_memory_bytes")
@@ -172,7 +176,13 @@ def markdown(report, engines, by_id, order, json_path, svg_name):
     lines.append("- `empty_callback`: one host→wasm call of an empty export; `host_call`: one `proxy_get_header_map_value` round trip (guest → host, lookup, guest allocator, copy), looped inside the guest.")
     lines.append("- `request_lifecycle`: create the HTTP context, request headers (the headers fixture reads `:path`, adds, replaces and removes headers, reads all pairs, logs), response headers, done, log, delete.")
     lines.append("- `body_*`: one request whose body is one chunk of that size through the body fixture in `chunked` mode (read, uppercase, write back), in MB/s (10^6 bytes/s).")
-    lines.append("- `rss_N`: (RSS with N extra idle instances − RSS before) / N, from `/proc/self/statm`.")
+    lines.append("- `rss_N`: (RSS with N extra idle instances − RSS before) / N, from `/proc/self/statm`, beside a first instance that is not counted, in a fresh process per engine.")
+    lines.append("")
+    lines.append(
+        "The `null` engine runs the same filters natively (built for the host by "
+        "`scripts/build-native-fixtures.sh`), without a wasm engine or sandbox: its `request_lifecycle` "
+        "shows how much of that figure is the ABI layer and the SDK's own code rather than engine crossings."
+    )
     lines.append("")
     return "\n".join(lines)
 

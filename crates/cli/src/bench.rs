@@ -288,9 +288,9 @@ fn run_engine(
         Err(e) => (Value::Null, vec![Err(e.clone()), Err(e.clone()), Err(e)]),
     };
     for ((id, label), result) in [
-        ("rss_1", "RSS per extra instance, 1 instance"),
-        ("rss_10", "RSS per extra instance, 10 instances"),
-        ("rss_100", "RSS per extra instance, 100 instances"),
+        ("rss_1", "RSS per extra instance, 1 extra"),
+        ("rss_10", "RSS per extra instance, 10 extra"),
+        ("rss_100", "RSS per extra instance, 100 extra"),
     ]
     .into_iter()
     .zip(rss_results)
