@@ -90,11 +90,14 @@ pub(crate) fn read_scratch(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<Scr
     let len = len as usize;
     let mut buf = [0; Scratch::INLINE];
     if len > 0 {
-        check_range(cx, ptr, len as u64)?;
-        let start = ptr as usize;
-        match cx.memory() {
-            Some(mem) => buf[..len].copy_from_slice(mem.get(start..start + len).ok_or(Status::InvalidMemoryAccess)?),
-            None => cx.read(ptr, &mut buf[..len]).map_err(|_| Status::InvalidMemoryAccess)?,
+        // One memory lookup: the slice bounds the range (and the engine caches its size).
+        if let Some(mem) = cx.memory() {
+            let start = usize::try_from(ptr).map_err(|_| Status::InvalidMemoryAccess)?;
+            let src = start.checked_add(len).and_then(|end| mem.get(start..end));
+            buf[..len].copy_from_slice(src.ok_or(Status::InvalidMemoryAccess)?);
+        } else {
+            check_range(cx, ptr, len as u64)?;
+            cx.read(ptr, &mut buf[..len]).map_err(|_| Status::InvalidMemoryAccess)?;
         }
     }
     Ok(Scratch::Inline { buf, len })
