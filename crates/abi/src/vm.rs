@@ -279,3 +279,54 @@ pub trait Guest {
     /// Traps propagate and end the outer call too.
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>>;
 }
+
+/// Why a backend stopped a running call: the CPU deadline or the embedder's interrupt handle.
+/// Backends report both as [`TrapKind::Deadline`](crate::TrapKind::Deadline), with this as the
+/// message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The callback deadline passed.
+    Deadline(Duration),
+    /// The embedder called the interrupt handle.
+    Interrupted,
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Deadline(d) => write!(f, "callback deadline of {d:?} exceeded"),
+            Self::Interrupted => f.write_str("interrupted by the host"),
+        }
+    }
+}
+
+impl std::error::Error for StopReason {}
+
+/// FNV-1a (64 bits) as a [`Hasher`](std::hash::Hasher): a hash that never changes between Rust
+/// releases, for engine fingerprints and cache keys.
+#[derive(Debug, Clone, Copy)]
+pub struct StableHasher(u64);
+
+impl Default for StableHasher {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for StableHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = bytes.iter().fold(self.0, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// [`StableHasher`] over a byte string.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher as _;
+    let mut h = StableHasher::default();
+    h.write(bytes);
+    h.finish()
+}

@@ -476,7 +476,8 @@ impl Runner<'_> {
         self.names.get(name).copied().ok_or_else(|| invalid(format!("unknown stream `{name}`")))
     }
 
-    fn call_index(&self, token: u32) -> Option<usize> {
+    /// Callout tokens in dispatch order: index `n` is the scenario's callout number `n`.
+    fn callout_tokens(&self) -> Vec<u32> {
         self.rec
             .callouts
             .events()
@@ -486,20 +487,17 @@ impl Runner<'_> {
                 CalloutEvent::GrpcOpen(g) => Some(g.token),
                 CalloutEvent::Grpc { .. } => None,
             })
-            .position(|t| t == token)
+            .collect()
+    }
+
+    fn call_index(&self, token: u32) -> Option<usize> {
+        self.callout_tokens().iter().position(|t| *t == token)
     }
 
     fn token(&self, call: usize) -> Result<u32, ScenarioError> {
-        self.rec
-            .callouts
-            .events()
-            .iter()
-            .filter_map(|e| match e {
-                CalloutEvent::Http(h) => Some(h.token),
-                CalloutEvent::GrpcOpen(g) => Some(g.token),
-                CalloutEvent::Grpc { .. } => None,
-            })
-            .nth(call)
+        self.callout_tokens()
+            .get(call)
+            .copied()
             .ok_or_else(|| invalid(format!("no callout number {call} was dispatched")))
     }
 

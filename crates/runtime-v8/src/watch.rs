@@ -12,11 +12,11 @@
 //! finds the "requested" bit when it finishes takes the same mutex (so the request is complete)
 //! and cancels it with `CancelTerminateExecution`, leaving the isolate usable.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+pub(crate) use wasmux_abi::StopReason as Stopped;
 use wasmux_abi::{Error, Result};
 
 use crate::ENGINE_NAME;
@@ -25,24 +25,6 @@ use crate::ffi::{self, IsolatePtr};
 const RUNNING: u64 = 1;
 const REQUESTED: u64 = 2;
 const SHIFT: u32 = 2;
-
-/// Why a call was terminated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stopped {
-    /// The callback deadline passed.
-    Deadline(Duration),
-    /// The embedder called the interrupt handle.
-    Interrupted,
-}
-
-impl fmt::Display for Stopped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Deadline(d) => write!(f, "callback deadline of {d:?} exceeded"),
-            Self::Interrupted => f.write_str("interrupted by the host"),
-        }
-    }
-}
 
 const REASON_DEADLINE: u8 = 1;
 const REASON_INTERRUPT: u8 = 2;

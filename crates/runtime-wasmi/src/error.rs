@@ -1,31 +1,13 @@
 //! Mapping wasmi errors and traps onto [`wasmux_abi::Error`].
 
 use std::fmt;
-use std::time::Duration;
 
 use wasmi::TrapCode;
+pub(crate) use wasmux_abi::StopReason as Stopped;
 use wasmux_abi::{Error, Trap, TrapKind};
 
 use crate::ENGINE_NAME;
 use crate::instance::StoreData;
-
-/// Why a paused call was not resumed.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Stopped {
-    /// The fuel budget of the callback deadline is spent.
-    Deadline(Duration),
-    /// The embedder called the interrupt handle.
-    Interrupted,
-}
-
-impl fmt::Display for Stopped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Deadline(d) => write!(f, "callback deadline of {d:?} exceeded (fuel budget spent)"),
-            Self::Interrupted => f.write_str("interrupted by the host"),
-        }
-    }
-}
 
 /// The host error wasmi carries for an [`Error`] raised by a host function; the error itself
 /// waits in [`StoreData::raised`], so it comes back out exactly as raised.

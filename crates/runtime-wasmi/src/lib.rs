@@ -252,11 +252,6 @@ impl WasmEngine for WasmiEngine {
             std::env::consts::ARCH,
             std::env::consts::OS,
         );
-        format!("{ENGINE_NAME}-{WASMI_VERSION}-{:016x}", fnv1a(settings.as_bytes()))
+        format!("{ENGINE_NAME}-{WASMI_VERSION}-{:016x}", wasmux_abi::stable_hash(settings.as_bytes()))
     }
-}
-
-/// FNV-1a, 64 bits: a hash that never changes between Rust releases.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }

@@ -1,32 +1,10 @@
 //! Mapping wasmtime errors and traps onto [`wasmux_abi::Error`].
 
-use std::fmt;
-use std::time::Duration;
-
 use wasmtime::WasmBacktrace;
+pub(crate) use wasmux_abi::StopReason as Stopped;
 use wasmux_abi::{Error, Trap, TrapKind};
 
 use crate::ENGINE_NAME;
-
-/// Why the epoch callback stopped a call.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Stopped {
-    /// The callback deadline passed.
-    Deadline(Duration),
-    /// The embedder called the interrupt handle.
-    Interrupted,
-}
-
-impl fmt::Display for Stopped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Deadline(d) => write!(f, "callback deadline of {d:?} exceeded"),
-            Self::Interrupted => f.write_str("interrupted by the host"),
-        }
-    }
-}
-
-impl std::error::Error for Stopped {}
 
 /// An [`Error::Engine`] from a wasmtime error, with its whole cause chain.
 pub(crate) fn engine(e: wasmtime::Error) -> Error {

@@ -217,9 +217,13 @@ impl WasmEngine for WasmtimeEngine {
         );
         // Everything wasmtime itself requires to match for an artifact to load: its compiler
         // settings, wasm features and tunables.
-        let mut compat = Fnv1a::default();
+        let mut compat = wasmux_abi::StableHasher::default();
         self.shared.engine.precompile_compatibility_hash().hash(&mut compat);
-        format!("{ENGINE_NAME}-{WASMTIME_VERSION}-{:016x}-{:016x}", fnv1a(settings.as_bytes()), compat.finish())
+        format!(
+            "{ENGINE_NAME}-{WASMTIME_VERSION}-{:016x}-{:016x}",
+            wasmux_abi::stable_hash(settings.as_bytes()),
+            compat.finish()
+        )
     }
 
     fn serialize(&self, module: &dyn WasmModule) -> Option<Vec<u8>> {
@@ -256,30 +260,4 @@ fn load_artifact(engine: &wasmtime::Engine, artifact: &[u8]) -> Result<wasmtime:
     // crate level).
     unsafe { wasmtime::Module::deserialize(engine, artifact) }
         .map_err(|e| error::engine_msg(format!("cannot load a serialized module: {}", error::chain(&e))))
-}
-
-/// FNV-1a, 64 bits: a hash that never changes between Rust releases.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h = Fnv1a::default();
-    h.write(bytes);
-    h.finish()
-}
-
-/// FNV-1a as a [`Hasher`], for hashing [`Hash`] values reproducibly.
-struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv1a {
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = bytes.iter().fold(self.0, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
