@@ -35,6 +35,8 @@ mod load;
 pub mod pairs;
 pub mod services;
 mod state;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 mod types;
 mod vm;
 
