@@ -4,7 +4,7 @@
 //! guest, never a host panic.
 
 use crate::vm::Guest;
-use crate::{Error, Status};
+use crate::{Error, HostState, Status};
 
 /// Why a host function stopped early: a raw status/errno for the guest, or a trap.
 #[derive(Debug)]
@@ -154,16 +154,60 @@ pub(crate) fn alloc(cx: &mut dyn Guest, size: u64) -> HostResult<u64> {
 /// Hands a host buffer to the guest: allocate in the guest, copy, and write `(ptr, len)` into
 /// the two out-pointers. Empty data writes `(0, 0)` without calling the allocator.
 pub(crate) fn copy_out(cx: &mut dyn Guest, data: &[u8], out_ptr: u64, out_len: u64) -> HostResult {
+    if let Some(status) = check_out(cx, data.len(), out_ptr, out_len)? {
+        return Ok(status);
+    }
+    let ptr = alloc(cx, data.len() as u64)?;
+    fill_out(cx, ptr, data, out_ptr, out_len)
+}
+
+/// [`copy_out`] for `len` bytes that live in host state, copied straight from there into the
+/// guest: `fetch` finds them again once the guest allocator has run. The allocator is guest
+/// code and may call host functions: if it changed what `fetch` returns, the new bytes are
+/// handed out instead (NOT_FOUND when they are gone).
+pub(crate) fn copy_out_from(
+    cx: &mut dyn Guest,
+    len: usize,
+    out_ptr: u64,
+    out_len: u64,
+    fetch: impl Fn(&mut HostState) -> Option<&[u8]>,
+) -> HostResult {
+    if let Some(status) = check_out(cx, len, out_ptr, out_len)? {
+        return Ok(status);
+    }
+    let ptr = alloc(cx, len as u64)?;
+    if cx.word_size() == 4
+        && let (Some(mem), state) = cx.memory_and_state()
+        && let Some(data) = fetch(state)
+        && data.len() == len
+        && let Some(()) = put_out(mem, data, ptr, out_ptr, out_len)
+    {
+        return Ok(Status::Ok);
+    }
+    match fetch(cx.state()).map(Scratch::from_slice) {
+        Some(data) if data.len() == len => fill_out(cx, ptr, &data, out_ptr, out_len),
+        Some(changed) => copy_out(cx, &changed, out_ptr, out_len),
+        None => Ok(Status::NotFound),
+    }
+}
+
+/// The checks before an allocation for [`copy_out`]: both out-pointers in bounds, and `(0, 0)`
+/// written at once for empty data (`Some(OK)`: nothing left to do).
+fn check_out(cx: &mut dyn Guest, len: usize, out_ptr: u64, out_len: u64) -> HostResult<Option<Status>> {
     let word = cx.word_size() as u64;
     check_range(cx, out_ptr, word)?;
     check_range(cx, out_len, word)?;
-    if data.is_empty() {
-        write_word(cx, out_ptr, 0)?;
-        write_word(cx, out_len, 0)?;
-        return Ok(Status::Ok);
+    if len > 0 {
+        return Ok(None);
     }
-    let ptr = alloc(cx, data.len() as u64)?;
-    if word == 4
+    write_word(cx, out_ptr, 0)?;
+    write_word(cx, out_len, 0)?;
+    Ok(Some(Status::Ok))
+}
+
+/// The end of [`copy_out`]: `data` into the block at `ptr`, then `(ptr, len)`.
+fn fill_out(cx: &mut dyn Guest, ptr: u64, data: &[u8], out_ptr: u64, out_len: u64) -> HostResult {
+    if cx.word_size() == 4
         && let Some(mem) = cx.memory()
         && let Some(()) = put_out(mem, data, ptr, out_ptr, out_len)
     {
@@ -175,14 +219,32 @@ pub(crate) fn copy_out(cx: &mut dyn Guest, data: &[u8], out_ptr: u64, out_len: u
     Ok(Status::Ok)
 }
 
+/// Runs `f` on the guest bytes at `[ptr, ptr+len)` and the host state: the bytes are borrowed
+/// from linear memory where the engine lends it, else copied once. `(any, 0)` is empty.
+pub(crate) fn with_guest_bytes<R>(
+    cx: &mut dyn Guest,
+    ptr: u64,
+    len: u64,
+    f: impl FnOnce(&[u8], &mut HostState) -> R,
+) -> Result<R, Status> {
+    if let (Some(mem), state) = cx.memory_and_state() {
+        let bytes = if len == 0 { Some(&[][..]) } else { range(ptr, len).and_then(|r| mem.get(r)) };
+        return Ok(f(bytes.ok_or(Status::InvalidMemoryAccess)?, state));
+    }
+    let bytes = read_scratch(cx, ptr, len)?;
+    Ok(f(&bytes, cx.state()))
+}
+
+/// `[at, at+len)` as a `usize` range, when it does not overflow.
+fn range(at: u64, len: u64) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(at).ok()?;
+    Some(start..start.checked_add(usize::try_from(len).ok()?)?)
+}
+
 /// One-slice version of the end of [`copy_out`] for wasm32: the data, then the two words.
 /// `None` when a range is out of bounds (the caller falls back to the checked path).
 fn put_out(mem: &mut [u8], data: &[u8], ptr: u64, out_ptr: u64, out_len: u64) -> Option<()> {
-    let range = |at: u64, len: usize| {
-        let start = usize::try_from(at).ok()?;
-        Some(start..start.checked_add(len)?)
-    };
-    let (d, p, l) = (range(ptr, data.len())?, range(out_ptr, 4)?, range(out_len, 4)?);
+    let (d, p, l) = (range(ptr, data.len() as u64)?, range(out_ptr, 4)?, range(out_len, 4)?);
     if d.end > mem.len() || p.end > mem.len() || l.end > mem.len() {
         return None;
     }

@@ -52,7 +52,23 @@ impl HeaderMap {
 
     /// The first value of `name`.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.entries.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.position(name).map(|i| self.entries[i].1.as_slice())
+    }
+
+    /// The index of the first entry named `name`, for [`Self::value_at`].
+    pub fn position(&self, name: &[u8]) -> Option<usize> {
+        if name.iter().any(u8::is_ascii_uppercase) {
+            return self.entries.iter().position(|(k, _)| k.eq_ignore_ascii_case(name));
+        }
+        // Names are stored lower-cased, so a lower-case name (what SDKs send) compares as bytes.
+        // The first byte rules most names out without a call to `memcmp`.
+        let first = name.first();
+        self.entries.iter().position(|(k, _)| k.len() == name.len() && k.first() == first && k.as_slice() == name)
+    }
+
+    /// The value of entry `index` (in [`Self::iter`] order).
+    pub fn value_at(&self, index: usize) -> Option<&[u8]> {
+        self.entries.get(index).map(|(_, v)| v.as_slice())
     }
 
     /// Appends an entry (duplicates allowed).

@@ -270,7 +270,14 @@ pub trait Guest {
     /// helpers that touch several ranges at once. Valid until the next [`Self::call`]; native
     /// (null) filters have no bounded memory and return `None`, as may any engine.
     fn memory(&mut self) -> Option<&mut [u8]> {
-        None
+        self.memory_and_state().0
+    }
+
+    /// [`Self::memory`] and [`Self::state`] at once, so that host functions can look guest
+    /// bytes up in host state (or copy host state into the guest) without copying them first.
+    /// Engines that lend memory implement this one; the default lends none.
+    fn memory_and_state(&mut self) -> (Option<&mut [u8]>, &mut HostState) {
+        (None, self.state())
     }
 
     /// Calls back into the guest (re-entrant), e.g. its allocator.

@@ -128,11 +128,15 @@ impl Guest for Cx<'_> {
         memory.write(&mut self.caller, offset, data).map_err(|_| OutOfBounds)
     }
 
-    fn memory(&mut self) -> Option<&mut [u8]> {
-        let memory = self.caller.data().memory?;
-        let data = memory.data_mut(&mut self.caller);
-        self.memory_size = Some(data.len() as u64);
-        Some(data)
+    fn memory_and_state(&mut self) -> (Option<&mut [u8]>, &mut HostState) {
+        match self.caller.data().memory {
+            Some(memory) => {
+                let (data, store) = memory.data_and_store_mut(&mut self.caller);
+                self.memory_size = Some(data.len() as u64);
+                (Some(data), &mut store.host)
+            }
+            None => (None, &mut self.caller.data_mut().host),
+        }
     }
 
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>, Error> {

@@ -1,6 +1,6 @@
 //! HTTP fields: the `proxy_*_header_map_*` functions.
 
-use crate::guest::{HostResult, Scratch, copy_out, read_bytes, read_scratch, write_word};
+use crate::guest::{HostResult, copy_out, copy_out_from, read_bytes, with_guest_bytes, write_word};
 use crate::vm::Guest;
 use crate::{AbiVersion, HeaderMap, HostState, MapType, Status, pairs};
 
@@ -50,17 +50,16 @@ pub(super) fn get_size(cx: &mut dyn Guest, ty: u64, out: u64) -> HostResult {
 /// `proxy_get_header_map_value(type, key, key_len, return_value**, return_size*)`: the first
 /// value. A missing key is OK with an empty value in 0.1.0 and NOT_FOUND from 0.2.0.
 pub(super) fn get_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, out_ptr: u64, out_len: u64) -> HostResult {
-    let key = read_scratch(cx, key, key_len)?;
-    let state = cx.state();
-    let abi = state.abi;
-    let m = map(state, ty)?;
-    match m.get(&key) {
-        Some(v) => {
-            let v = Scratch::from_slice(v);
-            copy_out(cx, &v, out_ptr, out_len)
-        }
-        None if abi == AbiVersion::V0_1_0 => copy_out(cx, &[], out_ptr, out_len),
-        None => Ok(Status::NotFound),
+    // The key is looked up where it lies in guest memory, and the value copied from the map
+    // into the block the guest allocates: neither is copied on the way.
+    let found = with_guest_bytes(cx, key, key_len, |key, state| {
+        let abi = state.abi;
+        map(state, ty).map(|m| (abi, m.position(key).and_then(|i| Some((i, m.value_at(i)?.len())))))
+    })??;
+    match found {
+        (_, Some((i, len))) => copy_out_from(cx, len, out_ptr, out_len, |state| map(state, ty).ok()?.value_at(i)),
+        (AbiVersion::V0_1_0, None) => copy_out(cx, &[], out_ptr, out_len),
+        (_, None) => Ok(Status::NotFound),
     }
 }
 
