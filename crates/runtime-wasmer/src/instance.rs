@@ -1,0 +1,295 @@
+//! A running instance: its store, resolved exports, deadlines and memory access.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use wasmer::{AsStoreRef, Function, FunctionEnv, FunctionEnvMut, Global, Memory, Store, Value};
+use wasmux_abi::{FuncRef, HostState, Limits, OutOfBounds, Result, ValType, WasmInstance};
+
+use crate::error::{self, Context, Stopped};
+use crate::imports::{from_wasmer, raw_to_val, val_to_raw};
+use crate::module::WasmerModule;
+use crate::typed::TypedExport;
+use crate::{INTERRUPT_CHECK, TICK, middleware};
+
+/// What each instance's `FunctionEnv` holds.
+pub(crate) struct StoreData {
+    /// The ABI state of the instance.
+    pub(crate) host: HostState,
+    /// Exports resolved by [`WasmInstance::lookup`]; `FuncRef.0` indexes this table.
+    pub(crate) funcs: Vec<Export>,
+    /// The `memory` export, if any.
+    pub(crate) memory: Option<Memory>,
+    /// The middleware's remaining-points global.
+    points: Option<Global>,
+    /// Memory growth policy and what it refused.
+    pub(crate) limiter: Limiter,
+    /// Deadline bookkeeping of the current top-level call.
+    pub(crate) clock: Clock,
+    /// The engine name, for errors.
+    pub(crate) engine: &'static str,
+    /// The module's own imported functions (where the middleware's imports start).
+    imported: u32,
+}
+
+impl StoreData {
+    fn context(&self) -> Context {
+        Context { engine: self.engine, imported: self.imported, memory_denied: self.limiter.denied }
+    }
+}
+
+/// A resolved function export.
+pub(crate) struct Export {
+    name: Box<str>,
+    func: Function,
+    params: Box<[ValType]>,
+    results: Box<[ValType]>,
+    /// A typed handle for the common all-`i32` signatures.
+    typed: Option<TypedExport>,
+}
+
+/// The deadline of the running top-level call, the interrupt flag, and the metering slices
+/// that pace their checks.
+pub(crate) struct Clock {
+    /// The engine's coarse clock, in ticks.
+    now: Arc<AtomicU64>,
+    /// When the current top-level call started, in ticks.
+    started: u64,
+    /// The callback deadline, in ticks (rounded up), and as configured (for messages).
+    deadline: Option<(u64, Duration)>,
+    /// Metering points per tick.
+    rate: u64,
+    /// [`INTERRUPT_CHECK`] in ticks.
+    check: u64,
+    interrupt: Arc<AtomicBool>,
+}
+
+impl Clock {
+    fn new(now: Arc<AtomicU64>, rate_per_ms: u64, deadline: Option<Duration>, interrupt: Arc<AtomicBool>) -> Self {
+        let ticks = |d: Duration| u64::try_from(d.as_nanos().div_ceil(TICK.as_nanos())).unwrap_or(u64::MAX).max(1);
+        let rate = u64::try_from(u128::from(rate_per_ms) * TICK.as_nanos() / 1_000_000).unwrap_or(u64::MAX).max(1);
+        Self {
+            started: 0,
+            deadline: deadline.map(|d| (ticks(d), d)),
+            rate,
+            check: ticks(INTERRUPT_CHECK),
+            now,
+            interrupt,
+        }
+    }
+
+    fn elapsed(&self) -> u64 {
+        self.now.load(Ordering::Acquire).saturating_sub(self.started)
+    }
+
+    /// Starts a top-level call: a fresh deadline, and interrupt requests made before the call
+    /// are dropped (the handle stops the running call only). Returns the first slice of points.
+    fn start(&mut self) -> u64 {
+        self.started = self.now.load(Ordering::Acquire);
+        self.interrupt.store(false, Ordering::Release);
+        self.slice(0)
+    }
+
+    /// Points until the next check: the rest of the deadline, capped by [`INTERRUPT_CHECK`],
+    /// and at least `required`.
+    fn slice(&self, required: u64) -> u64 {
+        let rest = self.deadline.map_or(u64::MAX, |(ticks, _)| ticks.saturating_sub(self.elapsed()));
+        rest.min(self.check).max(1).saturating_mul(self.rate).max(required)
+    }
+
+    /// Whether the call must stop: interrupted, or past the deadline.
+    pub(crate) fn check(&self) -> Result<(), Stopped> {
+        if self.interrupt.load(Ordering::Acquire) {
+            return Err(Stopped::Interrupted);
+        }
+        match self.deadline {
+            Some((ticks, deadline)) if self.elapsed() >= ticks => Err(Stopped::Deadline(deadline)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The metering points ran out: stop, or grant the next slice.
+    pub(crate) fn refuel(&self, required: u64) -> Result<u64, Stopped> {
+        self.check()?;
+        Ok(self.slice(required))
+    }
+}
+
+/// The memory limit and what it refused.
+pub(crate) struct Limiter {
+    pub(crate) max_memory: u64,
+    /// Growth was refused during the current top-level call.
+    pub(crate) denied: bool,
+}
+
+/// A [`WasmInstance`] on wasmer.
+pub struct WasmerInstance {
+    store: Store,
+    env: FunctionEnv<StoreData>,
+    instance: wasmer::Instance,
+    interrupt: Arc<AtomicBool>,
+    engine: &'static str,
+}
+
+// SAFETY: wasmer 7 no longer declares `Store` `Send` (wasmer 6.1 did, `unsafe impl Send for
+// Store`), because its V8 backend ties a store to the thread that made it (wasmerio/wasmer#6546,
+// #7001). This crate builds only the `sys` backend, whose store has no such tie: the raw
+// pointers that make its objects `!Send` point into allocations the store itself owns (instance
+// contexts, tables, globals, memories) or into compiled code the engine keeps alive and never
+// changes. The thread-local state wasmer uses (the active store context, trap handling, the
+// cached wasm stack) is installed when a call starts and removed before it returns on the same
+// thread, and a call cannot move threads mid-way: it borrows the instance mutably throughout.
+// What the store holds of ours is `Send`: wasmer requires it of function environments and host
+// function closures. The one non-`Send` thing a store can hold, an `on_called` handler, is
+// never set here, and wasmer's signal-based `experimental-host-interrupt` (which registers
+// threads) is not enabled. Moving the whole instance, store and handles together, to another
+// thread between calls is therefore what wasmer 6.1 allowed, and all this crate does.
+#[allow(unsafe_code, reason = "wasmer 7's Store is not Send; see the SAFETY comment")]
+unsafe impl Send for WasmerInstance {}
+
+impl std::fmt::Debug for WasmerInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmerInstance").field("engine", &self.engine).finish_non_exhaustive()
+    }
+}
+
+impl WasmerInstance {
+    /// Creates the store and instantiates `module` in it.
+    pub(crate) fn new(module: &WasmerModule, host: HostState, limits: &Limits) -> Result<Self> {
+        let shared = module.shared();
+        let engine = shared.name;
+        let max_memory = limits.max_memory_bytes;
+        if let Some(min) = module.initial_memory().filter(|&min| min > max_memory) {
+            return Err(error::engine_msg(
+                engine,
+                format!("cannot instantiate: initial memory of {min} bytes exceeds the limit of {max_memory} bytes"),
+            ));
+        }
+        let mut store = Store::new(module.store_engine(limits.max_stack_bytes));
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let mut clock =
+            Clock::new(shared.now.clone(), shared.config.rate(), limits.callback_deadline, interrupt.clone());
+        // Start-up (a `start` function) runs under the callback deadline too.
+        clock.start();
+        let data = StoreData {
+            host,
+            funcs: Vec::new(),
+            memory: None,
+            points: None,
+            limiter: Limiter { max_memory, denied: false },
+            clock,
+            engine,
+            imported: module.imported_functions(),
+        };
+        let env = FunctionEnv::new(&mut store, data);
+        let externs = crate::imports::externs(&mut store, &env, module.links(), engine)?;
+        let instance = wasmer::Instance::new_by_index(&mut store, module.wasmer(), &externs)
+            .map_err(|e| error::from_instantiate(e, env.as_ref(&store).context()))?;
+        let memory = instance.exports.get_memory("memory").ok().cloned();
+        let points = instance.exports.get_global(middleware::POINTS_EXPORT).ok().cloned();
+        let data = env.as_mut(&mut store);
+        data.memory = memory;
+        data.points = points;
+        Ok(Self { store, env, instance, interrupt, engine })
+    }
+}
+
+impl WasmInstance for WasmerInstance {
+    fn engine(&self) -> &'static str {
+        self.engine
+    }
+
+    fn state(&mut self) -> &mut HostState {
+        &mut self.env.as_mut(&mut self.store).host
+    }
+
+    fn lookup(&mut self, name: &str) -> Option<FuncRef> {
+        let data = self.env.as_ref(&self.store);
+        if let Some(i) = data.funcs.iter().position(|f| &*f.name == name) {
+            return Some(FuncRef(i as u32));
+        }
+        if name.starts_with(middleware::HIDDEN_PREFIX) {
+            return None;
+        }
+        let func = self.instance.exports.get_function(name).ok()?.clone();
+        let ty = func.ty(&self.store);
+        let params: Box<[ValType]> = ty.params().iter().map(from_wasmer).collect();
+        let results: Box<[ValType]> = ty.results().iter().map(from_wasmer).collect();
+        let typed = TypedExport::new(&self.store, &func, &params, &results);
+        let funcs = &mut self.env.as_mut(&mut self.store).funcs;
+        funcs.push(Export { name: name.into(), func, params, results, typed });
+        Some(FuncRef(u32::try_from(funcs.len() - 1).ok()?))
+    }
+
+    fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
+        let mut env = self.env.clone().into_mut(&mut self.store);
+        let data = env.data_mut();
+        data.limiter.denied = false;
+        let first = data.clock.start();
+        if let Some(points) = data.points.clone() {
+            let first = Value::I64(i64::try_from(first).unwrap_or(i64::MAX));
+            points.set(&mut env, first).map_err(|e| error::engine_msg(self.engine, e.message()))?;
+        }
+        call(&mut env, func, args)
+    }
+
+    fn memory_size(&mut self) -> u64 {
+        let data = self.env.as_ref(&self.store);
+        data.memory.as_ref().map_or(0, |m| m.view(&self.store).data_size())
+    }
+
+    fn read(&mut self, ptr: u64, out: &mut [u8]) -> Result<(), OutOfBounds> {
+        read(self.env.as_ref(&self.store).memory.as_ref(), &self.store, ptr, out)
+    }
+
+    /// The returned handle sets a flag; the running call traps with
+    /// [`TrapKind::Deadline`](wasmux_abi::TrapKind) at its next host call or at the end of its
+    /// current metering slice ([`INTERRUPT_CHECK`]), whichever comes first. A request made
+    /// while no call runs is dropped when the next top-level call starts.
+    fn interrupt_handle(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let flag = self.interrupt.clone();
+        Arc::new(move || flag.store(true, Ordering::Release))
+    }
+}
+
+/// Reads guest memory.
+pub(crate) fn read(
+    memory: Option<&Memory>,
+    store: &impl AsStoreRef,
+    ptr: u64,
+    out: &mut [u8],
+) -> Result<(), OutOfBounds> {
+    memory.ok_or(OutOfBounds)?.view(store).read(ptr, out).map_err(|_| OutOfBounds)
+}
+
+/// Calls a resolved export with raw arguments; used for top-level and re-entrant calls alike
+/// (neither touches the deadline here).
+pub(crate) fn call(env: &mut FunctionEnvMut<'_, StoreData>, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
+    let data = env.data();
+    let Some(export) = data.funcs.get(func.0 as usize) else {
+        return Err(error::engine_msg(data.engine, format!("unknown function reference {}", func.0)));
+    };
+    if args.len() != export.params.len() {
+        return Err(error::engine_msg(
+            data.engine,
+            format!(
+                "`{}` takes {} arguments and returns {} results, called with {}",
+                export.name,
+                export.params.len(),
+                export.results.len(),
+                args.len()
+            ),
+        ));
+    }
+    // Fast path: a typed handle (also for re-entrant calls such as the allocator).
+    if let Some(typed) = export.typed.clone() {
+        return typed.call(env, args).map_err(|e| error::from_call(e, env.data().context()));
+    }
+    let f = export.func.clone();
+    let params: Vec<Value> = args.iter().zip(export.params.iter()).map(|(&raw, &ty)| raw_to_val(raw, ty)).collect();
+    match f.call(env, &params) {
+        Ok(results) => Ok(results.first().map(val_to_raw)),
+        Err(e) => Err(error::from_call(e, env.data().context())),
+    }
+}

@@ -1,0 +1,209 @@
+//! A compiled module, its import/export descriptions, how its imports are linked, and the
+//! engine its stores run on.
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use wasmer::sys::vm::{MemoryError, VMConfig, VMMemory, VMMemoryDefinition, VMTable, VMTableDefinition};
+use wasmer::sys::{BaseTunables, NativeEngineExt as _, Tunables};
+use wasmer::{MemoryStyle, MemoryType, TableStyle, TableType};
+use wasmux_abi::{
+    ExportDesc, ExternType, FuncType, HostFunc, HostState, ImportDesc, Limits, Result, WasmInstance, WasmModule,
+    find_host_func,
+};
+
+use crate::imports::from_wasmer;
+use crate::instance::WasmerInstance;
+use crate::{Shared, error, middleware};
+
+/// What an import of the module is linked to.
+#[derive(Debug, Clone)]
+pub(crate) enum Link {
+    /// A host function of the ABI table.
+    Host(&'static HostFunc),
+    /// The middleware's `refuel`.
+    Refuel,
+    /// The middleware's `grow_allowed`.
+    GrowAllowed,
+    /// Nothing: instantiation fails with this reason.
+    Missing(String),
+}
+
+/// A [`WasmModule`] on wasmer: compiled code shared by all its instances.
+pub struct WasmerModule {
+    shared: Arc<Shared>,
+    /// The engine that compiled the module (with its middleware); stores run on clones.
+    engine: wasmer::Engine,
+    module: wasmer::Module,
+    /// One per import of the compiled module, in order (hidden imports included).
+    links: Vec<Link>,
+    imports: Vec<ImportDesc>,
+    exports: Vec<ExportDesc>,
+    /// The module's own imported functions.
+    imported: u32,
+    /// The largest initial size of its memories, in bytes.
+    initial_memory: Option<u64>,
+}
+
+impl fmt::Debug for WasmerModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WasmerModule")
+            .field("engine", &self.shared.name)
+            .field("imports", &self.imports.len())
+            .field("exports", &self.exports.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasmerModule {
+    /// Compiles `bytes` on a fresh wasmer engine with this crate's middleware.
+    pub(crate) fn new(shared: Arc<Shared>, bytes: &[u8]) -> Result<Self> {
+        // Wasmer's default features but threads: a shared memory would let a guest block in
+        // `memory.atomic.wait`, out of reach of deadlines (wasmtime here has no threads either).
+        let features = wasmer::sys::Features { threads: false, ..Default::default() };
+        let engine: wasmer::Engine = wasmer::sys::EngineBuilder::new(shared.config.compiler_config())
+            .set_features(Some(features))
+            .engine()
+            .into();
+        let module = wasmer::Module::new(&engine, bytes).map_err(|e| error::compile(shared.name, &e))?;
+        let mut links = Vec::new();
+        let mut imports = Vec::new();
+        for import in module.imports() {
+            let (m, name) = (import.module(), import.name());
+            if m == middleware::IMPORT_MODULE {
+                links.push(if name == middleware::REFUEL { Link::Refuel } else { Link::GrowAllowed });
+                continue;
+            }
+            let ty = extern_type(import.ty());
+            links.push(match (&ty, find_host_func(m, name)) {
+                (ExternType::Func(_), Some(func)) => Link::Host(func),
+                _ => Link::Missing(format!("unknown import `{m}.{name}` ({})", ty.kind())),
+            });
+            imports.push(ImportDesc { module: m.to_owned(), name: name.to_owned(), ty });
+        }
+        let exports = module
+            .exports()
+            .filter(|e| !e.name().starts_with(middleware::HIDDEN_PREFIX))
+            .map(|e| ExportDesc { name: e.name().to_owned(), ty: extern_type(e.ty()) })
+            .collect();
+        let info = module.info();
+        let imported = u32::try_from(info.num_imported_functions).unwrap_or(u32::MAX) - middleware::HIDDEN_FUNCS;
+        let initial_memory = info.memories.values().map(|m| m.minimum.bytes().0 as u64).max();
+        Ok(Self { shared, engine, module, links, imports, exports, imported, initial_memory })
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(crate) fn wasmer(&self) -> &wasmer::Module {
+        &self.module
+    }
+
+    pub(crate) fn links(&self) -> &[Link] {
+        &self.links
+    }
+
+    pub(crate) fn imported_functions(&self) -> u32 {
+        self.imported
+    }
+
+    pub(crate) fn initial_memory(&self) -> Option<u64> {
+        self.initial_memory
+    }
+
+    /// The engine for a new store: the module's, with a wasm stack of `stack_bytes` (within
+    /// the bounds wasmer accepts for its process-wide default, 8 KiB to 100 MiB).
+    pub(crate) fn store_engine(&self, stack_bytes: usize) -> wasmer::Engine {
+        let mut engine = self.engine.clone();
+        let base = BaseTunables::for_target(engine.target());
+        let stack = stack_bytes.clamp(8 << 10, wasmer::sys::vm::MAX_STACK_SIZE);
+        engine.set_tunables(StackTunables { base, vm: VMConfig { wasm_stack_size: Some(stack) } });
+        engine
+    }
+}
+
+/// Describes a wasmer extern type.
+fn extern_type(ty: &wasmer::ExternType) -> ExternType {
+    match ty {
+        wasmer::ExternType::Function(f) => ExternType::Func(FuncType {
+            params: f.params().iter().map(from_wasmer).collect(),
+            results: f.results().iter().map(from_wasmer).collect(),
+        }),
+        wasmer::ExternType::Memory(_) => ExternType::Memory,
+        wasmer::ExternType::Table(_) => ExternType::Table,
+        wasmer::ExternType::Global(_) => ExternType::Global,
+        _ => ExternType::Other,
+    }
+}
+
+impl WasmModule for WasmerModule {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn imports(&self) -> &[ImportDesc] {
+        &self.imports
+    }
+
+    fn exports(&self) -> &[ExportDesc] {
+        &self.exports
+    }
+
+    fn instantiate(&self, state: HostState, limits: &Limits) -> Result<Box<dyn WasmInstance>> {
+        Ok(Box::new(WasmerInstance::new(self, state, limits)?))
+    }
+}
+
+/// Wasmer's default tunables with a wasm stack of our choosing: the only knob wasmer offers
+/// per store for the stack it runs wasm on.
+struct StackTunables {
+    base: BaseTunables,
+    vm: VMConfig,
+}
+
+#[allow(unsafe_code, reason = "wasmer's Tunables trait has unsafe methods; these only forward to BaseTunables")]
+impl Tunables for StackTunables {
+    fn memory_style(&self, memory: &MemoryType) -> MemoryStyle {
+        self.base.memory_style(memory)
+    }
+
+    fn table_style(&self, table: &TableType) -> TableStyle {
+        self.base.table_style(table)
+    }
+
+    fn create_host_memory(&self, ty: &MemoryType, style: &MemoryStyle) -> Result<VMMemory, MemoryError> {
+        self.base.create_host_memory(ty, style)
+    }
+
+    unsafe fn create_vm_memory(
+        &self,
+        ty: &MemoryType,
+        style: &MemoryStyle,
+        vm_definition_location: NonNull<VMMemoryDefinition>,
+    ) -> Result<VMMemory, MemoryError> {
+        // SAFETY: the caller's guarantee (`vm_definition_location` points to a valid location
+        // in VM memory) is the one `BaseTunables::create_vm_memory` requires; it is passed on
+        // unchanged.
+        unsafe { self.base.create_vm_memory(ty, style, vm_definition_location) }
+    }
+
+    fn create_host_table(&self, ty: &TableType, style: &TableStyle) -> Result<VMTable, String> {
+        self.base.create_host_table(ty, style)
+    }
+
+    unsafe fn create_vm_table(
+        &self,
+        ty: &TableType,
+        style: &TableStyle,
+        vm_definition_location: NonNull<VMTableDefinition>,
+    ) -> Result<VMTable, String> {
+        // SAFETY: as for `create_vm_memory`: the same contract, forwarded unchanged.
+        unsafe { self.base.create_vm_table(ty, style, vm_definition_location) }
+    }
+
+    fn vmconfig(&self) -> &VMConfig {
+        &self.vm
+    }
+}

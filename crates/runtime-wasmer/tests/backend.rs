@@ -1,0 +1,122 @@
+//! The wasmer backend, with both compilers: the shared backend suite, then what only wasmer
+//! has (the compiler in names and fingerprints, the metering rate).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmux_abi::testsuite::{Backend, Frames, call};
+use wasmux_abi::{Error, Limits, TrapKind, WasmEngine};
+use wasmux_wasmer::{Compiler, WasmerConfig, WasmerEngine};
+
+fn engine_with(compiler: Compiler) -> Arc<dyn WasmEngine> {
+    Arc::new(WasmerEngine::new(WasmerConfig::default().compiler(compiler)).expect("engine"))
+}
+
+mod cranelift {
+    use super::*;
+
+    fn engine() -> Arc<dyn WasmEngine> {
+        engine_with(Compiler::Cranelift)
+    }
+
+    const BACKEND: Backend = Backend { name: "wasmer", engine, frames: Frames::Wasm };
+
+    wasmux_abi::backend_suite!(BACKEND);
+}
+
+mod singlepass {
+    use super::*;
+
+    fn engine() -> Arc<dyn WasmEngine> {
+        engine_with(Compiler::Singlepass)
+    }
+
+    const BACKEND: Backend = Backend { name: "wasmer-singlepass", engine, frames: Frames::Wasm };
+
+    wasmux_abi::backend_suite!(BACKEND);
+}
+
+const SPIN: &str = r#"(module (func (export "spin") (loop $l (br $l))))"#;
+
+#[test]
+fn engine_names_and_fingerprints_name_the_compiler() {
+    let cranelift = engine_with(Compiler::Cranelift);
+    let singlepass = engine_with(Compiler::Singlepass);
+    assert_eq!((cranelift.name(), singlepass.name()), ("wasmer", "wasmer-singlepass"));
+    let (a, b) = (cranelift.fingerprint(), singlepass.fingerprint());
+    assert!(a.starts_with("wasmer-7.3.0-cranelift-"), "{a}");
+    assert!(b.starts_with("wasmer-singlepass-7.3.0-singlepass-"), "{b}");
+    let unoptimized = WasmerEngine::new(WasmerConfig::default().optimize(false)).unwrap().fingerprint();
+    assert_ne!(a, unoptimized);
+    // The metering rate paces checks; it does not change code.
+    let paced = WasmerEngine::new(WasmerConfig::default().points_per_ms(7)).unwrap().fingerprint();
+    assert_eq!(a, paced);
+}
+
+#[test]
+fn hidden_imports_and_exports_stay_hidden() {
+    for compiler in [Compiler::Cranelift, Compiler::Singlepass] {
+        let engine = engine_with(compiler);
+        let wat = r#"(module
+          (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (table 2 funcref)
+          (elem (i32.const 0) $a $b)
+          (func $a (export "a") (result i32) (call_indirect (result i32) (i32.const 1)))
+          (func $b (result i32) (i32.const 7))
+          (func (export "ref") (result i32) (call $a)))"#;
+        let m = engine.compile(&wat::parse_str(wat).unwrap()).unwrap();
+        assert_eq!(m.imports().len(), 1);
+        let names: Vec<_> = m.exports().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["memory", "a", "ref"]);
+        // Defined functions moved up behind the hidden imports; calls, exports and tables
+        // still reach the right ones.
+        let mut vm = m.instantiate(wasmux_abi::HostState::for_tests(), &Limits::default()).unwrap();
+        assert_eq!(call(&mut *vm, "a", &[]).unwrap(), Some(7));
+        assert_eq!(call(&mut *vm, "ref", &[]).unwrap(), Some(7));
+        assert!(vm.lookup("wasmux:points").is_none());
+        // Names under the reserved prefix are refused.
+        let reserved = r#"(module (func (export "wasmux:points")))"#;
+        let err = engine.compile(&wat::parse_str(reserved).unwrap()).unwrap_err();
+        assert!(matches!(err, Error::Compile { .. }), "{err:?}");
+    }
+}
+
+/// Measures what an empty loop burns per millisecond on each compiler, the basis of
+/// `CRANELIFT_POINTS_PER_MS` and `SINGLEPASS_POINTS_PER_MS`, then how long a 100 ms deadline
+/// takes at the default rates. Run it in release on an idle machine:
+/// `cargo test --release -p wasmux-wasmer --test backend -- --ignored --nocapture points_rate`.
+#[test]
+#[ignore = "a measurement, not a test"]
+fn points_rate() {
+    // With a 1 ms deadline, the first slice is 1 ms worth of points at the configured rate;
+    // the deadline is checked when it runs out. At an absurd rate, that slice is `POINTS`
+    // points of spinning, and the call's wall time measures the real rate.
+    const POINTS: u64 = 500_000_000;
+    let limits = Limits { callback_deadline: Some(Duration::from_millis(1)), ..Limits::default() };
+    for compiler in [Compiler::Cranelift, Compiler::Singlepass] {
+        let engine = WasmerEngine::new(WasmerConfig::default().compiler(compiler).points_per_ms(POINTS)).unwrap();
+        let m = engine.compile(&wat::parse_str(SPIN).unwrap()).unwrap();
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let mut vm = m.instantiate(wasmux_abi::HostState::for_tests(), &limits).unwrap();
+            let start = Instant::now();
+            let result = call(&mut *vm, "spin", &[]);
+            best = best.min(start.elapsed().as_secs_f64() * 1e3);
+            assert!(matches!(result, Err(Error::Trap(t)) if t.kind == TrapKind::Deadline));
+        }
+        println!(
+            "{}: empty loop: {:.0} points/ms ({POINTS} points in {best:.1} ms)",
+            engine.name(),
+            POINTS as f64 / best
+        );
+        let engine = engine_with(compiler);
+        let m = engine.compile(&wat::parse_str(SPIN).unwrap()).unwrap();
+        let limits = Limits { callback_deadline: Some(Duration::from_millis(100)), ..Limits::default() };
+        let mut vm = m.instantiate(wasmux_abi::HostState::for_tests(), &limits).unwrap();
+        let start = Instant::now();
+        let result = call(&mut *vm, "spin", &[]);
+        assert!(matches!(result, Err(Error::Trap(t)) if t.kind == TrapKind::Deadline));
+        println!("{}: 100 ms deadline at the default rate stopped the loop after {:?}", engine.name(), start.elapsed());
+    }
+}
