@@ -13,6 +13,12 @@ pub enum Runtime {
     /// wasmtime with cranelift (feature `wasmtime`).
     #[cfg(feature = "wasmtime")]
     Wasmtime,
+    /// wasmer with cranelift (feature `wasmer`).
+    #[cfg(feature = "wasmer")]
+    Wasmer,
+    /// wasmer with singlepass: fast compiles, slower code (feature `wasmer`).
+    #[cfg(feature = "wasmer")]
+    WasmerSinglepass,
     /// wasmi, an interpreter with lazy translation and fuel deadlines (feature `wasmi`).
     #[cfg(feature = "wasmi")]
     Wasmi,
@@ -41,6 +47,10 @@ impl Runtime {
         &[
             #[cfg(feature = "wasmtime")]
             Self::Wasmtime,
+            #[cfg(feature = "wasmer")]
+            Self::Wasmer,
+            #[cfg(feature = "wasmer")]
+            Self::WasmerSinglepass,
             #[cfg(feature = "wasmi")]
             Self::Wasmi,
             #[cfg(feature = "null")]
@@ -55,6 +65,10 @@ impl Runtime {
         match self {
             #[cfg(feature = "wasmtime")]
             Self::Wasmtime => "wasmtime",
+            #[cfg(feature = "wasmer")]
+            Self::Wasmer => "wasmer",
+            #[cfg(feature = "wasmer")]
+            Self::WasmerSinglepass => "wasmer-singlepass",
             #[cfg(feature = "wasmi")]
             Self::Wasmi => "wasmi",
             #[cfg(feature = "null")]
@@ -72,6 +86,13 @@ impl Runtime {
         match self {
             #[cfg(feature = "wasmtime")]
             Self::Wasmtime => Ok(Arc::new(wasmux_wasmtime::WasmtimeEngine::new(Default::default())?)),
+            #[cfg(feature = "wasmer")]
+            Self::Wasmer => Ok(Arc::new(wasmux_wasmer::WasmerEngine::new(Default::default())?)),
+            #[cfg(feature = "wasmer")]
+            Self::WasmerSinglepass => {
+                let config = wasmux_wasmer::WasmerConfig::default().compiler(wasmux_wasmer::Compiler::Singlepass);
+                Ok(Arc::new(wasmux_wasmer::WasmerEngine::new(config)?))
+            }
             #[cfg(feature = "wasmi")]
             Self::Wasmi => Ok(Arc::new(wasmux_wasmi::WasmiEngine::new(Default::default())?)),
             #[cfg(feature = "null")]
