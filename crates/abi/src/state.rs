@@ -11,13 +11,68 @@ use crate::exports::Exports;
 use crate::services::Services;
 use crate::{AbiVersion, LogLevel};
 
+/// Bytes stored inline when short (most header names and values), else on the heap: a header
+/// map then costs one allocation for its entry list rather than two per entry.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum SmallBytes {
+    Inline { len: u8, buf: [u8; Self::INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl SmallBytes {
+    const INLINE: usize = 22;
+}
+
+impl From<&[u8]> for SmallBytes {
+    fn from(data: &[u8]) -> Self {
+        if data.len() <= Self::INLINE {
+            let mut buf = [0; Self::INLINE];
+            buf[..data.len()].copy_from_slice(data);
+            Self::Inline { len: data.len() as u8, buf }
+        } else {
+            Self::Heap(data.into())
+        }
+    }
+}
+
+impl std::ops::Deref for SmallBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, buf } => &buf[..usize::from(*len)],
+            Self::Heap(b) => b,
+        }
+    }
+}
+
+impl std::ops::DerefMut for SmallBytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Self::Inline { len, buf } => &mut buf[..usize::from(*len)],
+            Self::Heap(b) => b,
+        }
+    }
+}
+
+impl AsRef<[u8]> for SmallBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for SmallBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
 /// An ordered multi-map of header names to values, as proxies keep them.
 ///
 /// Names are stored lower-cased (HTTP/2 style, as Envoy does) and compared case-insensitively.
 /// Values are raw bytes: the pairs format allows any byte in a value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderMap {
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    entries: Vec<(SmallBytes, SmallBytes)>,
 }
 
 impl HeaderMap {
@@ -28,7 +83,8 @@ impl HeaderMap {
 
     /// Builds a map from pairs, lower-casing names.
     pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
-        let mut m = Self::new();
+        let pairs = pairs.into_iter();
+        let mut m = Self { entries: Vec::with_capacity(pairs.size_hint().0) };
         for (k, v) in pairs {
             m.add(k.as_ref(), v.as_ref());
         }
@@ -37,7 +93,12 @@ impl HeaderMap {
 
     /// The entries in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+        self.entries.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// The entries, for [`pairs::encode`](crate::pairs::encode).
+    pub(crate) fn entries(&self) -> &[(SmallBytes, SmallBytes)] {
+        &self.entries
     }
 
     /// Number of entries (duplicates count separately).
@@ -52,7 +113,7 @@ impl HeaderMap {
 
     /// The first value of `name`.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.position(name).map(|i| self.entries[i].1.as_slice())
+        self.position(name).map(|i| &*self.entries[i].1)
     }
 
     /// The index of the first entry named `name`, for [`Self::value_at`].
@@ -63,17 +124,19 @@ impl HeaderMap {
         // Names are stored lower-cased, so a lower-case name (what SDKs send) compares as bytes.
         // The first byte rules most names out without a call to `memcmp`.
         let first = name.first();
-        self.entries.iter().position(|(k, _)| k.len() == name.len() && k.first() == first && k.as_slice() == name)
+        self.entries.iter().position(|(k, _)| k.len() == name.len() && k.first() == first && **k == *name)
     }
 
     /// The value of entry `index` (in [`Self::iter`] order).
     pub fn value_at(&self, index: usize) -> Option<&[u8]> {
-        self.entries.get(index).map(|(_, v)| v.as_slice())
+        self.entries.get(index).map(|(_, v)| &**v)
     }
 
     /// Appends an entry (duplicates allowed).
     pub fn add(&mut self, name: &[u8], value: &[u8]) {
-        self.entries.push((name.to_ascii_lowercase(), value.to_vec()));
+        let mut name = SmallBytes::from(name);
+        name.make_ascii_lowercase();
+        self.entries.push((name, value.into()));
     }
 
     /// Sets `name` to one value: the first entry is overwritten in place, later ones removed;
@@ -88,7 +151,7 @@ impl HeaderMap {
                 return false;
             }
             seen = true;
-            *v = value.to_vec();
+            *v = value.into();
             true
         });
         if !seen {
@@ -108,7 +171,7 @@ impl HeaderMap {
 
     /// The entries as owned pairs.
     pub fn to_pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.entries.clone()
+        self.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
     }
 }
 

@@ -1,6 +1,6 @@
 //! HTTP fields: the `proxy_*_header_map_*` functions.
 
-use crate::guest::{HostResult, copy_out, copy_out_from, read_bytes, with_guest_bytes, write_word};
+use crate::guest::{HostResult, copy_out, copy_out_from, read_bytes, read_scratch, with_guest_bytes, write_word};
 use crate::vm::Guest;
 use crate::{AbiVersion, HeaderMap, HostState, MapType, Status, pairs};
 
@@ -25,7 +25,7 @@ fn map(state: &mut HostState, raw: u64) -> Result<&mut HeaderMap, Status> {
 /// an empty map is `(0, 0)`.
 pub(super) fn get_pairs(cx: &mut dyn Guest, ty: u64, out_ptr: u64, out_len: u64) -> HostResult {
     let m = map(cx.state(), ty)?;
-    let bytes = if m.is_empty() { Vec::new() } else { pairs::encode(&m.to_pairs()) };
+    let bytes = if m.is_empty() { Vec::new() } else { pairs::encode(m.entries()) };
     copy_out(cx, &bytes, out_ptr, out_len)
 }
 
@@ -65,23 +65,23 @@ pub(super) fn get_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, out
 
 /// `proxy_add_header_map_value(type, key, key_len, value, value_len)`: appends.
 pub(super) fn add_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, val: u64, val_len: u64) -> HostResult {
-    let key = read_bytes(cx, key, key_len)?;
-    let val = read_bytes(cx, val, val_len)?;
+    let key = read_scratch(cx, key, key_len)?;
+    let val = read_scratch(cx, val, val_len)?;
     map(cx.state(), ty)?.add(&key, &val);
     Ok(Status::Ok)
 }
 
 /// `proxy_replace_header_map_value(type, key, key_len, value, value_len)`: sets one value.
 pub(super) fn replace_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, val: u64, val_len: u64) -> HostResult {
-    let key = read_bytes(cx, key, key_len)?;
-    let val = read_bytes(cx, val, val_len)?;
+    let key = read_scratch(cx, key, key_len)?;
+    let val = read_scratch(cx, val, val_len)?;
     map(cx.state(), ty)?.replace(&key, &val);
     Ok(Status::Ok)
 }
 
 /// `proxy_remove_header_map_value(type, key, key_len)`: OK even when absent.
 pub(super) fn remove_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64) -> HostResult {
-    let key = read_bytes(cx, key, key_len)?;
+    let key = read_scratch(cx, key, key_len)?;
     map(cx.state(), ty)?.remove(&key);
     Ok(Status::Ok)
 }

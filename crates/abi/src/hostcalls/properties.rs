@@ -13,7 +13,7 @@ use crate::{HeaderMap, HostState, Status, pairs};
 
 fn map_value(m: &HeaderMap, rest: &[&[u8]]) -> Option<Vec<u8>> {
     match rest {
-        [] => Some(pairs::encode(&m.to_pairs())),
+        [] => Some(pairs::encode(m.entries())),
         [key] => m.get(key).map(<[u8]>::to_vec),
         _ => None,
     }
