@@ -82,6 +82,31 @@ fn hidden_imports_and_exports_stay_hidden() {
     }
 }
 
+/// The start function runs at instantiation, already under the instance's limits.
+#[test]
+fn start_function_runs_under_the_limits() {
+    for compiler in [Compiler::Cranelift, Compiler::Singlepass] {
+        let engine = engine_with(compiler);
+        let spin = r#"(module (func $spin (loop $l (br $l))) (start $spin))"#;
+        let m = engine.compile(&wat::parse_str(spin).unwrap()).unwrap();
+        let limits = Limits { callback_deadline: Some(Duration::from_millis(20)), ..Limits::default() };
+        let Err(Error::Trap(trap)) = m.instantiate(wasmux_abi::HostState::for_tests(), &limits) else {
+            panic!("a start function that never returns was not stopped");
+        };
+        assert_eq!(trap.kind, TrapKind::Deadline, "{trap}");
+        let grow = r#"(module (memory (export "memory") 1)
+          (func $grow (if (i32.eq (memory.grow (i32.const 4)) (i32.const -1)) (then unreachable))) (start $grow))"#;
+        let m = engine.compile(&wat::parse_str(grow).unwrap()).unwrap();
+        let limits = Limits { max_memory_bytes: 2 * 65536, ..Limits::default() };
+        let Err(Error::Trap(trap)) = m.instantiate(wasmux_abi::HostState::for_tests(), &limits) else {
+            panic!("a start function grew memory past the limit");
+        };
+        assert_eq!(trap.kind, TrapKind::MemoryLimit, "{trap}");
+        let mut vm = m.instantiate(wasmux_abi::HostState::for_tests(), &Limits::default()).unwrap();
+        assert_eq!(vm.memory_size(), 5 * 65536);
+    }
+}
+
 /// Measures what an empty loop burns per millisecond on each compiler, the basis of
 /// `CRANELIFT_POINTS_PER_MS` and `SINGLEPASS_POINTS_PER_MS`, then how long a 100 ms deadline
 /// takes at the default rates. Run it in release on an idle machine:
