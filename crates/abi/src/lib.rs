@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod deadline;
 mod driver;
 mod error;
 mod exports;

@@ -1,17 +1,18 @@
 //! A running instance: its store, resolved exports, deadlines and memory access.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmer::{AsStoreRef, Function, FunctionEnv, FunctionEnvMut, Global, Memory, Store, Value};
+use wasmux_abi::deadline::{CallDeadline, CoarseClock};
 use wasmux_abi::{FuncRef, HostState, Limits, OutOfBounds, Result, ValType, WasmInstance};
 
 use crate::error::{self, Context, Stopped};
 use crate::imports::{from_wasmer, raw_to_val, val_to_raw};
 use crate::module::WasmerModule;
 use crate::typed::TypedExport;
-use crate::{INTERRUPT_CHECK, TICK, middleware};
+use crate::{INTERRUPT_CHECK, middleware};
 
 /// What each instance's `FunctionEnv` holds.
 pub(crate) struct StoreData {
@@ -52,61 +53,34 @@ pub(crate) struct Export {
 /// The deadline of the running top-level call, the interrupt flag, and the metering slices
 /// that pace their checks.
 pub(crate) struct Clock {
-    /// The engine's coarse clock, in ticks.
-    now: Arc<AtomicU64>,
-    /// When the current top-level call started, in ticks.
-    started: u64,
-    /// The callback deadline, in ticks (rounded up), and as configured (for messages).
-    deadline: Option<(u64, Duration)>,
+    deadline: CallDeadline,
     /// Metering points per tick.
     rate: u64,
-    /// [`INTERRUPT_CHECK`] in ticks.
-    check: u64,
-    interrupt: Arc<AtomicBool>,
 }
 
 impl Clock {
-    fn new(now: Arc<AtomicU64>, rate_per_ms: u64, deadline: Option<Duration>, interrupt: Arc<AtomicBool>) -> Self {
-        let ticks = |d: Duration| u64::try_from(d.as_nanos().div_ceil(TICK.as_nanos())).unwrap_or(u64::MAX).max(1);
-        let rate = u64::try_from(u128::from(rate_per_ms) * TICK.as_nanos() / 1_000_000).unwrap_or(u64::MAX).max(1);
-        Self {
-            started: 0,
-            deadline: deadline.map(|d| (ticks(d), d)),
-            rate,
-            check: ticks(INTERRUPT_CHECK),
-            now,
-            interrupt,
-        }
+    fn new(clock: CoarseClock, rate_per_ms: u64, deadline: Option<Duration>, interrupt: Arc<AtomicBool>) -> Self {
+        let rate = u128::from(rate_per_ms) * clock.tick().as_nanos() / 1_000_000;
+        let rate = u64::try_from(rate).unwrap_or(u64::MAX).max(1);
+        Self { deadline: CallDeadline::new(clock, deadline, INTERRUPT_CHECK, interrupt), rate }
     }
 
-    fn elapsed(&self) -> u64 {
-        self.now.load(Ordering::Acquire).saturating_sub(self.started)
-    }
-
-    /// Starts a top-level call: a fresh deadline, and interrupt requests made before the call
-    /// are dropped (the handle stops the running call only). Returns the first slice of points.
+    /// Starts a top-level call (a fresh deadline, stale interrupt requests dropped). Returns
+    /// the first slice of points.
     fn start(&mut self) -> u64 {
-        self.started = self.now.load(Ordering::Acquire);
-        self.interrupt.store(false, Ordering::Release);
+        self.deadline.start();
         self.slice(0)
     }
 
     /// Points until the next check: the rest of the deadline, capped by [`INTERRUPT_CHECK`],
     /// and at least `required`.
     fn slice(&self, required: u64) -> u64 {
-        let rest = self.deadline.map_or(u64::MAX, |(ticks, _)| ticks.saturating_sub(self.elapsed()));
-        rest.min(self.check).max(1).saturating_mul(self.rate).max(required)
+        self.deadline.next_check().saturating_mul(self.rate).max(required)
     }
 
     /// Whether the call must stop: interrupted, or past the deadline.
     pub(crate) fn check(&self) -> Result<(), Stopped> {
-        if self.interrupt.load(Ordering::Acquire) {
-            return Err(Stopped::Interrupted);
-        }
-        match self.deadline {
-            Some((ticks, deadline)) if self.elapsed() >= ticks => Err(Stopped::Deadline(deadline)),
-            _ => Ok(()),
-        }
+        self.deadline.check()
     }
 
     /// The metering points ran out: stop, or grant the next slice.
@@ -169,7 +143,7 @@ impl WasmerInstance {
         let mut store = Store::new(module.store_engine(limits.max_stack_bytes));
         let interrupt = Arc::new(AtomicBool::new(false));
         let mut clock =
-            Clock::new(shared.now.clone(), shared.config.rate(), limits.callback_deadline, interrupt.clone());
+            Clock::new(shared.clock.clone(), shared.config.rate(), limits.callback_deadline, interrupt.clone());
         // Start-up (a `start` function) runs under the callback deadline too.
         clock.start();
         let data = StoreData {

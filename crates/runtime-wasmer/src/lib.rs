@@ -92,10 +92,10 @@ mod typed;
 
 use std::fmt;
 use std::hash::Hasher as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use wasmux_abi::deadline::CoarseClock;
 use wasmux_abi::{Error, Result, WasmEngine, WasmModule};
 
 pub use instance::WasmerInstance;
@@ -244,8 +244,9 @@ pub(crate) struct Shared {
     pub(crate) config: WasmerConfig,
     /// The engine name (after the compiler).
     pub(crate) name: &'static str,
-    /// Ticks since the engine started, kept by the clock thread.
-    pub(crate) now: Arc<AtomicU64>,
+    /// The coarse clock deadlines are checked against (its thread stops with the last engine,
+    /// module or instance).
+    pub(crate) clock: CoarseClock,
 }
 
 /// A [`WasmEngine`] on wasmer with cranelift or singlepass.
@@ -269,34 +270,15 @@ impl WasmerEngine {
     /// [`Error::Engine`] when the clock thread cannot start.
     pub fn new(config: WasmerConfig) -> Result<Self> {
         let name = config.compiler.engine_name();
-        let now = Arc::new(AtomicU64::new(0));
-        spawn_clock(name, Arc::downgrade(&now))?;
-        Ok(Self { shared: Arc::new(Shared { config, name, now }) })
+        let clock = CoarseClock::start("wasmux-wasmer-clock", TICK, || true)
+            .map_err(|e| Error::Engine { engine: name, message: format!("cannot start the clock thread: {e}") })?;
+        Ok(Self { shared: Arc::new(Shared { config, name, clock }) })
     }
 
     /// The settings.
     pub fn config(&self) -> &WasmerConfig {
         &self.shared.config
     }
-}
-
-/// Publishes the ticks elapsed since the start in `now` every [`TICK`], until every engine,
-/// module and instance holding `now` is gone. `now` counts wall-clock ticks, so an
-/// oversleeping thread does not slow it down.
-fn spawn_clock(name: &'static str, now: Weak<AtomicU64>) -> Result<()> {
-    let start = Instant::now();
-    std::thread::Builder::new()
-        .name("wasmux-wasmer-clock".into())
-        .spawn(move || {
-            while let Some(now) = now.upgrade() {
-                let ticks = start.elapsed().as_nanos() / TICK.as_nanos();
-                now.store(u64::try_from(ticks).unwrap_or(u64::MAX), Ordering::Release);
-                drop(now);
-                std::thread::sleep(TICK);
-            }
-        })
-        .map(drop)
-        .map_err(|e| Error::Engine { engine: name, message: format!("cannot start the clock thread: {e}") })
 }
 
 impl WasmEngine for WasmerEngine {

@@ -1,13 +1,13 @@
 //! A running instance: its store, resolved exports, deadlines and memory access.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use wasmtime::{AsContext, AsContextMut, Func, Memory, ResourceLimiter, Store, UpdateDeadline, Val};
+use wasmux_abi::deadline::CallDeadline;
 use wasmux_abi::{FuncRef, HostState, Limits, OutOfBounds, Result, ValType, WasmInstance};
 
-use crate::error::{self, Stopped};
+use crate::error;
 use crate::imports::{from_wasmtime, raw_to_val, val_to_raw};
 use crate::typed::TypedExport;
 use crate::{ENGINE_NAME, INTERRUPT_CHECK, Shared};
@@ -26,7 +26,7 @@ pub(crate) struct StoreData {
     /// Memory growth policy and what it refused.
     pub(crate) limiter: Limiter,
     /// Deadline bookkeeping of the current top-level call.
-    pub(crate) clock: Clock,
+    pub(crate) clock: CallDeadline,
 }
 
 /// A resolved function export.
@@ -39,55 +39,11 @@ pub(crate) struct Export {
     typed: Option<TypedExport>,
 }
 
-/// The deadline of the running top-level call and the interrupt flag.
-pub(crate) struct Clock {
-    /// The engine's coarse clock, in ticks.
-    now: Arc<AtomicU64>,
-    /// When the current top-level call started, in ticks.
-    started: u64,
-    /// The callback deadline, in ticks (rounded up), and as configured (for messages).
-    deadline: Option<(u64, Duration)>,
-    /// [`INTERRUPT_CHECK`] in ticks.
-    check: u64,
-    interrupt: Arc<AtomicBool>,
-}
-
-impl Clock {
-    fn new(now: Arc<AtomicU64>, tick: Duration, deadline: Option<Duration>, interrupt: Arc<AtomicBool>) -> Self {
-        let ticks = |d: Duration| u64::try_from(d.as_nanos().div_ceil(tick.as_nanos())).unwrap_or(u64::MAX).max(1);
-        Self { started: 0, deadline: deadline.map(|d| (ticks(d), d)), check: ticks(INTERRUPT_CHECK), now, interrupt }
-    }
-
-    fn elapsed(&self) -> u64 {
-        self.now.load(Ordering::Acquire).saturating_sub(self.started)
-    }
-
-    /// Starts a top-level call: a fresh deadline, and interrupt requests made before the call
-    /// are dropped (the handle stops the running call only). Returns the ticks to arm.
-    fn start(&mut self) -> u64 {
-        self.started = self.now.load(Ordering::Acquire);
-        self.interrupt.store(false, Ordering::Release);
-        self.next_check()
-    }
-
-    /// Ticks until the next check: the rest of the deadline, capped by [`INTERRUPT_CHECK`].
-    fn next_check(&self) -> u64 {
-        let rest = self.deadline.map_or(u64::MAX, |(ticks, _)| ticks.saturating_sub(self.elapsed()));
-        rest.min(self.check).max(1)
-    }
-
-    /// The epoch callback: trap when interrupted or past the deadline, otherwise re-arm.
-    fn on_epoch(&self) -> wasmtime::Result<UpdateDeadline> {
-        if self.interrupt.swap(false, Ordering::AcqRel) {
-            return Err(wasmtime::Error::new(Stopped::Interrupted));
-        }
-        if let Some((ticks, deadline)) = self.deadline
-            && self.elapsed() >= ticks
-        {
-            return Err(wasmtime::Error::new(Stopped::Deadline(deadline)));
-        }
-        Ok(UpdateDeadline::Continue(self.next_check()))
-    }
+/// The epoch callback: trap when interrupted or past the deadline, otherwise re-arm for the
+/// next check.
+fn on_epoch(clock: &CallDeadline) -> wasmtime::Result<UpdateDeadline> {
+    clock.check().map_err(wasmtime::Error::new)?;
+    Ok(UpdateDeadline::Continue(clock.next_check()))
 }
 
 /// Refuses memory growth beyond the configured limit and remembers that it did.
@@ -153,14 +109,19 @@ impl WasmtimeInstance {
                 max_memory: usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX),
                 denied: false,
             },
-            clock: Clock::new(shared.now.clone(), shared.config.tick, limits.callback_deadline, interrupt.clone()),
+            clock: CallDeadline::new(
+                shared.clock.clone(),
+                limits.callback_deadline,
+                INTERRUPT_CHECK,
+                interrupt.clone(),
+            ),
         };
         let mut store = Store::new(pre.module().engine(), data);
         store.limiter(|data| &mut data.limiter);
-        store.epoch_deadline_callback(|cx| cx.data().clock.on_epoch());
+        store.epoch_deadline_callback(|cx| on_epoch(&cx.data().clock));
         // Start-up (data segments, a `start` function) runs under the callback deadline too.
-        let check = store.data_mut().clock.start();
-        store.set_epoch_deadline(check);
+        store.data_mut().clock.start();
+        store.set_epoch_deadline(store.data().clock.next_check());
         let instance = pre.instantiate(&mut store).map_err(|e| {
             let denied = store.data().limiter.denied;
             error::from_instantiate(e, denied)
@@ -203,7 +164,8 @@ impl WasmInstance for WasmtimeInstance {
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
         let data = self.store.data_mut();
         data.limiter.denied = false;
-        let check = data.clock.start();
+        data.clock.start();
+        let check = data.clock.next_check();
         self.store.set_epoch_deadline(check);
         call(&mut self.store, func, args)
     }

@@ -65,9 +65,9 @@ mod typed;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use wasmux_abi::deadline::CoarseClock;
 use wasmux_abi::{Error, Limits, Result, WasmEngine, WasmModule};
 
 pub use instance::WasmtimeInstance;
@@ -128,8 +128,8 @@ impl WasmtimeConfig {
 /// The state every module and instance of an engine shares.
 pub(crate) struct Shared {
     pub(crate) engine: wasmtime::Engine,
-    /// Ticks since the engine started, kept by the epoch thread.
-    pub(crate) now: Arc<AtomicU64>,
+    /// The coarse clock deadlines are checked against; its thread advances the epoch.
+    pub(crate) clock: CoarseClock,
     pub(crate) linker: wasmtime::Linker<instance::StoreData>,
     pub(crate) config: WasmtimeConfig,
 }
@@ -162,39 +162,19 @@ impl WasmtimeEngine {
             .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(BACKTRACE_FRAMES));
         let engine = wasmtime::Engine::new(&wt).map_err(error::engine)?;
         let linker = imports::linker(&engine)?;
-        let now = Arc::new(AtomicU64::new(0));
-        spawn_ticker(&engine, config.tick, now.clone())?;
-        Ok(Self { shared: Arc::new(Shared { engine, now, linker, config }) })
+        // The clock thread also advances the engine's epoch, until the engine is dropped.
+        let weak = engine.weak();
+        let clock = CoarseClock::start("wasmux-wasmtime-epoch", config.tick, move || {
+            weak.upgrade().map(|engine| engine.increment_epoch()).is_some()
+        })
+        .map_err(|e| Error::Engine { engine: ENGINE_NAME, message: format!("cannot start the epoch thread: {e}") })?;
+        Ok(Self { shared: Arc::new(Shared { engine, clock, linker, config }) })
     }
 
     /// The underlying wasmtime engine.
     pub fn wasmtime(&self) -> &wasmtime::Engine {
         &self.shared.engine
     }
-}
-
-/// Advances the engine's epoch and the coarse clock `now` every `tick` until the engine is
-/// dropped. `now` counts wall-clock ticks, so an oversleeping thread does not slow it down.
-fn spawn_ticker(engine: &wasmtime::Engine, tick: Duration, now: Arc<AtomicU64>) -> Result<()> {
-    let weak = engine.weak();
-    let start = Instant::now();
-    std::thread::Builder::new()
-        .name("wasmux-wasmtime-epoch".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(tick);
-                match weak.upgrade() {
-                    Some(engine) => {
-                        let ticks = start.elapsed().as_nanos() / tick.as_nanos();
-                        now.store(u64::try_from(ticks).unwrap_or(u64::MAX), Ordering::Release);
-                        engine.increment_epoch();
-                    }
-                    None => break,
-                }
-            }
-        })
-        .map(drop)
-        .map_err(|e| Error::Engine { engine: ENGINE_NAME, message: format!("cannot start the epoch thread: {e}") })
 }
 
 impl WasmEngine for WasmtimeEngine {
