@@ -80,6 +80,12 @@
 //! fixes of the 48.0.x releases (GHSA-x84v-gj2h-g759, GHSA-vqjp-4c8c-hfgg). wasmer 7.3.0 pins
 //! cranelift 0.134.3, another semver bucket, so both engines live in one build; the cost is
 //! cranelift compiled twice.
+//!
+//! The crate is ready for 7.4 otherwise: built against wasmer 7.4.2 in a workspace of its own
+//! (this crate and `wasmux-abi`, so a lockfile without wasmtime), it needs one change (7.4
+//! replaced `BaseTunables::for_target(target)` with `BaseTunables::new()`, in `module.rs`) and
+//! then passes all its tests, the shared backend suite on both compilers included. Move once
+//! wasmer and wasmtime agree on a cranelift release again.
 
 #![deny(unsafe_code)]
 
