@@ -124,11 +124,6 @@ impl CallDeadline {
             _ => Ok(()),
         }
     }
-
-    /// The clock.
-    pub fn clock(&self) -> &CoarseClock {
-        &self.clock
-    }
 }
 
 #[cfg(test)]

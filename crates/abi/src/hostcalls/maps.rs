@@ -53,13 +53,13 @@ pub(super) fn get_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, out
     // The key is looked up where it lies in guest memory, and the value copied from the map
     // into the block the guest allocates: neither is copied on the way.
     let found = with_guest_bytes(cx, key, key_len, |key, state| {
-        let abi = state.abi;
-        map(state, ty).map(|m| (abi, m.position(key).and_then(|i| Some((i, m.value_at(i)?.len())))))
+        let m = map(state, ty)?;
+        Ok::<_, Status>(m.position(key).map(|i| (i, m.value_at(i).map_or(0, <[u8]>::len))))
     })??;
     match found {
-        (_, Some((i, len))) => copy_out_from(cx, len, out_ptr, out_len, |state| map(state, ty).ok()?.value_at(i)),
-        (AbiVersion::V0_1_0, None) => copy_out(cx, &[], out_ptr, out_len),
-        (_, None) => Ok(Status::NotFound),
+        Some((i, len)) => copy_out_from(cx, len, out_ptr, out_len, |state| map(state, ty).ok()?.value_at(i)),
+        None if cx.state().abi == AbiVersion::V0_1_0 => copy_out(cx, &[], out_ptr, out_len),
+        None => Ok(Status::NotFound),
     }
 }
 
