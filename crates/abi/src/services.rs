@@ -20,7 +20,37 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------------------------
 // Logging
 
-/// One log line from a filter (`proxy_log`, or WASI stdout/stderr).
+/// One log line from a filter (`proxy_log`, or WASI stdout/stderr), as the sink receives it:
+/// borrowed from the VM's environment and the guest's memory, so a line costs no allocation
+/// before the sink decides what to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLine<'a> {
+    /// The VM id.
+    pub vm_id: &'a str,
+    /// Root id of the plugin whose context logged (empty during VM start-up).
+    pub root_id: &'a str,
+    /// The context that logged.
+    pub context_id: u32,
+    /// Level.
+    pub level: LogLevel,
+    /// Message (invalid UTF-8 from the guest is replaced before the sink sees it).
+    pub message: &'a str,
+}
+
+impl LogLine<'_> {
+    /// An owned copy, for sinks that keep lines.
+    pub fn to_record(&self) -> LogRecord {
+        LogRecord {
+            vm_id: self.vm_id.to_owned(),
+            root_id: self.root_id.to_owned(),
+            context_id: self.context_id,
+            level: self.level,
+            message: self.message.to_owned(),
+        }
+    }
+}
+
+/// An owned [`LogLine`], as [`MemoryLog`] keeps them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRecord {
     /// The VM id.
@@ -37,8 +67,9 @@ pub struct LogRecord {
 
 /// Where filter logs go.
 pub trait LogSink: Send + Sync + fmt::Debug {
-    /// Receives one line at or above the VM's log level.
-    fn log(&self, record: LogRecord);
+    /// Receives one line at or above the VM's log level. The line is borrowed for the call:
+    /// copy what outlives it ([`LogLine::to_record`]).
+    fn log(&self, line: &LogLine<'_>);
 }
 
 /// Logs through `tracing`, target `wasmux::filter`.
@@ -46,8 +77,8 @@ pub trait LogSink: Send + Sync + fmt::Debug {
 pub struct TracingLog;
 
 impl LogSink for TracingLog {
-    fn log(&self, r: LogRecord) {
-        let (root, ctx, msg) = (r.root_id.as_str(), r.context_id, r.message.as_str());
+    fn log(&self, r: &LogLine<'_>) {
+        let (root, ctx, msg) = (r.root_id, r.context_id, r.message);
         match r.level {
             LogLevel::Trace => tracing::trace!(target: "wasmux::filter", root, ctx, "{msg}"),
             LogLevel::Debug => tracing::debug!(target: "wasmux::filter", root, ctx, "{msg}"),
@@ -74,7 +105,8 @@ impl MemoryLog {
 }
 
 impl LogSink for MemoryLog {
-    fn log(&self, record: LogRecord) {
+    fn log(&self, line: &LogLine<'_>) {
+        let record = line.to_record();
         lock(&self.records).push(record);
     }
 }
@@ -339,6 +371,11 @@ impl SharedQueues for InMemoryQueues {
     }
 
     fn take_ready(&self, vm_uid: u64) -> Vec<(u32, u32)> {
+        // The host asks after every callback: without a notification anywhere, answer without
+        // the lock. One published concurrently is seen by the next call.
+        if !self.has_pending() {
+            return Vec::new();
+        }
         let mut inner = lock(&self.inner);
         let taken = inner.ready.remove(&vm_uid).unwrap_or_default();
         if !taken.is_empty() {

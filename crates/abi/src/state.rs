@@ -70,9 +70,19 @@ impl std::fmt::Debug for SmallBytes {
 ///
 /// Names are stored lower-cased (HTTP/2 style, as Envoy does) and compared case-insensitively.
 /// Values are raw bytes: the pairs format allows any byte in a value.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct HeaderMap {
     entries: Vec<(SmallBytes, SmallBytes)>,
+}
+
+/// A clone keeps [`HeaderMap::HEADROOM`] too (a derived clone would allocate exactly the
+/// entries).
+impl Clone for HeaderMap {
+    fn clone(&self) -> Self {
+        let mut entries = Vec::with_capacity(self.entries.len() + Self::HEADROOM);
+        entries.extend_from_slice(&self.entries);
+        Self { entries }
+    }
 }
 
 impl HeaderMap {
@@ -81,10 +91,14 @@ impl HeaderMap {
         Self::default()
     }
 
+    /// Room [`Self::from_pairs`] leaves for entries added later: filters commonly add a few
+    /// headers, and growing the list on the first one would copy the whole map.
+    const HEADROOM: usize = 4;
+
     /// Builds a map from pairs, lower-casing names.
     pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
         let pairs = pairs.into_iter();
-        let mut m = Self { entries: Vec::with_capacity(pairs.size_hint().0) };
+        let mut m = Self { entries: Vec::with_capacity(pairs.size_hint().0 + Self::HEADROOM) };
         for (k, v) in pairs {
             m.add(k.as_ref(), v.as_ref());
         }
@@ -118,13 +132,20 @@ impl HeaderMap {
 
     /// The index of the first entry named `name`, for [`Self::value_at`].
     pub fn position(&self, name: &[u8]) -> Option<usize> {
-        if name.iter().any(u8::is_ascii_uppercase) {
-            return self.entries.iter().position(|(k, _)| k.eq_ignore_ascii_case(name));
-        }
-        // Names are stored lower-cased, so a lower-case name (what SDKs send) compares as bytes.
-        // The first byte rules most names out without a call to `memcmp`.
+        let is = Self::matcher(name);
+        self.entries.iter().position(|(k, _)| is(k))
+    }
+
+    /// A test for stored names equal to `name`, ignoring ASCII case. Names are stored
+    /// lower-cased, so a lower-case name (what SDKs send) compares as bytes, and its length and
+    /// first byte rule most names out without a call to `memcmp`.
+    fn matcher(name: &[u8]) -> impl Fn(&[u8]) -> bool + '_ {
+        let lower = !name.iter().any(u8::is_ascii_uppercase);
         let first = name.first();
-        self.entries.iter().position(|(k, _)| k.len() == name.len() && k.first() == first && **k == *name)
+        move |k: &[u8]| {
+            k.len() == name.len()
+                && if lower { k.first() == first && *k == *name } else { k.eq_ignore_ascii_case(name) }
+        }
     }
 
     /// The value of entry `index` (in [`Self::iter`] order).
@@ -143,8 +164,9 @@ impl HeaderMap {
     /// absent names are appended.
     pub fn replace(&mut self, name: &[u8], value: &[u8]) {
         let mut seen = false;
+        let is = Self::matcher(name);
         self.entries.retain_mut(|(k, v)| {
-            if !k.eq_ignore_ascii_case(name) {
+            if !is(k) {
                 return true;
             }
             if seen {
@@ -161,7 +183,8 @@ impl HeaderMap {
 
     /// Removes every entry of `name`.
     pub fn remove(&mut self, name: &[u8]) {
-        self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        let is = Self::matcher(name);
+        self.entries.retain(|(k, _)| !is(k));
     }
 
     /// Sum of name and value lengths (what Envoy reports as the map's byte size).

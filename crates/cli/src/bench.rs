@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use wasmux::abi::WasmEngine;
-use wasmux::abi::services::{LogRecord, LogSink};
+use wasmux::abi::services::{LogLine, LogSink};
 use wasmux::{CompiledPlugin, HeaderMap, LogLevel, ModuleCache, Plugin, PluginOptions, Runtime, Services};
 
 /// The fixtures the defaults use, built into the binary so that `wasmux bench` works anywhere.
@@ -93,9 +93,7 @@ pub(crate) struct Args {
 struct DropLog;
 
 impl LogSink for DropLog {
-    fn log(&self, record: LogRecord) {
-        drop(record);
-    }
+    fn log(&self, _line: &LogLine<'_>) {}
 }
 
 /// One filter with its configuration, as a measure uses it.

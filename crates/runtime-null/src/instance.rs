@@ -6,7 +6,7 @@ use std::ffi::c_void;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::thread::{self, ThreadId};
 
-use wasmux_abi::services::{LogRecord, LogSink};
+use wasmux_abi::services::{LogLine, LogSink};
 use wasmux_abi::{
     AbiVersion, Callback, Error, FuncRef, Guest, HostState, OutOfBounds, Result, Services, VmEnv, WasmInstance,
 };
@@ -231,7 +231,7 @@ static SILENT: LazyLock<Arc<VmEnv>> = LazyLock::new(|| {
 struct Discard;
 
 impl LogSink for Discard {
-    fn log(&self, _record: LogRecord) {}
+    fn log(&self, _line: &LogLine<'_>) {}
 }
 
 /// Resolves an export into the instance's table.

@@ -1,7 +1,7 @@
 //! Logging: `proxy_log`, `proxy_get_log_level`.
 
-use crate::guest::{HostResult, check_range, read_string, write_u32};
-use crate::services::LogRecord;
+use crate::guest::{HostResult, check_range, with_guest_bytes, write_u32};
+use crate::services::LogLine;
 use crate::state::ContextKind;
 use crate::vm::Guest;
 use crate::{HostState, LogLevel, Status};
@@ -14,8 +14,11 @@ pub(super) fn log(cx: &mut dyn Guest, level: u64, msg: u64, len: u64) -> HostRes
         check_range(cx, msg, len)?;
         return Ok(Status::Ok);
     }
-    let message = read_string(cx, msg, len)?;
-    emit(cx.state(), level, message);
+    // The message is read where it lies in guest memory where the engine lends it.
+    with_guest_bytes(cx, msg, len, |bytes, state| match std::str::from_utf8(bytes) {
+        Ok(text) => emit(state, level, text),
+        Err(_) => emit(state, level, &String::from_utf8_lossy(bytes)),
+    })?;
     Ok(Status::Ok)
 }
 
@@ -28,7 +31,7 @@ pub(super) fn get_log_level(cx: &mut dyn Guest, out: u64) -> HostResult {
 
 /// Sends one line to the log sink, attributed to the effective context, if at or above the
 /// VM's level.
-pub(crate) fn emit(state: &HostState, level: LogLevel, message: String) {
+pub(crate) fn emit(state: &HostState, level: LogLevel, message: &str) {
     if level < state.env.log_level {
         return;
     }
@@ -38,9 +41,9 @@ pub(crate) fn emit(state: &HostState, level: LogLevel, message: String) {
         .get(&id)
         .and_then(|c| state.contexts.get(&c.root))
         .and_then(|r| match &r.kind {
-            ContextKind::Root(r) => Some(r.plugin.root_id.clone()),
+            ContextKind::Root(r) => Some(r.plugin.root_id.as_str()),
             _ => None,
         })
         .unwrap_or_default();
-    state.env.services.log.log(LogRecord { vm_id: state.env.vm_id.clone(), root_id, context_id: id, level, message });
+    state.env.services.log.log(&LogLine { vm_id: &state.env.vm_id, root_id, context_id: id, level, message });
 }

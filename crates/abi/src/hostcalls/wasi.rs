@@ -57,8 +57,7 @@ fn write_stdio(cx: &mut dyn Guest, fd: u64, iovs: u64, iovs_len: u64, nwritten: 
     if text.last() == Some(&b'\n') {
         text.pop();
     }
-    let msg = String::from_utf8_lossy(&text).into_owned();
-    emit(cx.state(), level, msg);
+    emit(cx.state(), level, &String::from_utf8_lossy(&text));
     Ok(Errno::SUCCESS)
 }
 
@@ -278,7 +277,7 @@ pub(super) fn poll_oneoff(cx: &mut dyn Guest, _input: u64, _output: u64, n: u64,
 /// `proc_exit`: logged as an error; the call returns (the guest traps right after, on its own
 /// `unreachable`).
 pub(super) fn proc_exit(cx: &mut dyn Guest, code: u64) -> HostResult<()> {
-    emit(cx.state(), LogLevel::Error, format!("proc_exit({})", code as u32 as i32));
+    emit(cx.state(), LogLevel::Error, &format!("proc_exit({})", code as u32 as i32));
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use wasmux::abi::WasmEngine;
-use wasmux::abi::services::{LogRecord, LogSink};
+use wasmux::abi::services::{LogLine, LogSink};
 use wasmux::{CompiledPlugin, HeaderMap, LogLevel, Plugin, PluginOptions, Runtime, Services};
 
 /// A log sink that drops every record: the headers fixture logs on every callback, and the
@@ -19,9 +19,7 @@ use wasmux::{CompiledPlugin, HeaderMap, LogLevel, Plugin, PluginOptions, Runtime
 pub(crate) struct DropLog;
 
 impl LogSink for DropLog {
-    fn log(&self, record: LogRecord) {
-        drop(record);
-    }
+    fn log(&self, _line: &LogLine<'_>) {}
 }
 
 /// Plugin options with a dropping log sink, log level info, and `config`.
