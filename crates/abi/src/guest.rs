@@ -3,7 +3,7 @@
 //! Every guest range is bounds-checked here; a bad range becomes `INVALID_MEMORY_ACCESS` for the
 //! guest, never a host panic.
 
-use crate::vm::Guest;
+use crate::vm::{Guest, GuestMemory};
 use crate::{Error, HostState, Status};
 
 /// Why a host function stopped early: a raw status/errno for the guest, or a trap.
@@ -43,6 +43,9 @@ pub(crate) fn check_range(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<(), 
 pub(crate) fn read_bytes(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<Vec<u8>, Status> {
     if len == 0 {
         return Ok(Vec::new());
+    }
+    if let Some(mem) = cx.memory() {
+        return mem.get(ptr, len).map(<[u8]>::to_vec).ok_or(Status::InvalidMemoryAccess);
     }
     check_range(cx, ptr, len)?;
     let len = usize::try_from(len).map_err(|_| Status::InvalidMemoryAccess)?;
@@ -90,11 +93,9 @@ pub(crate) fn read_scratch(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<Scr
     let len = len as usize;
     let mut buf = [0; Scratch::INLINE];
     if len > 0 {
-        // One memory lookup: the slice bounds the range (and the engine caches its size).
+        // One memory lookup: the lent memory bounds the range (and the engine caches its size).
         if let Some(mem) = cx.memory() {
-            let start = usize::try_from(ptr).map_err(|_| Status::InvalidMemoryAccess)?;
-            let src = start.checked_add(len).and_then(|end| mem.get(start..end));
-            buf[..len].copy_from_slice(src.ok_or(Status::InvalidMemoryAccess)?);
+            buf[..len].copy_from_slice(mem.get(ptr, len as u64).ok_or(Status::InvalidMemoryAccess)?);
         } else {
             check_range(cx, ptr, len as u64)?;
             cx.read(ptr, &mut buf[..len]).map_err(|_| Status::InvalidMemoryAccess)?;
@@ -176,11 +177,11 @@ pub(crate) fn copy_out_from(
         return Ok(status);
     }
     let ptr = alloc(cx, len as u64)?;
-    if cx.word_size() == 4
-        && let (Some(mem), state) = cx.memory_and_state()
+    let word = cx.word_size();
+    if let (Some(mut mem), state) = cx.memory_and_state()
         && let Some(data) = fetch(state)
         && data.len() == len
-        && let Some(()) = put_out(mem, data, ptr, out_ptr, out_len)
+        && let Some(()) = put_out(&mut mem, word, data, ptr, out_ptr, out_len)
     {
         return Ok(Status::Ok);
     }
@@ -207,9 +208,9 @@ fn check_out(cx: &mut dyn Guest, len: usize, out_ptr: u64, out_len: u64) -> Host
 
 /// The end of [`copy_out`]: `data` into the block at `ptr`, then `(ptr, len)`.
 fn fill_out(cx: &mut dyn Guest, ptr: u64, data: &[u8], out_ptr: u64, out_len: u64) -> HostResult {
-    if cx.word_size() == 4
-        && let Some(mem) = cx.memory()
-        && let Some(()) = put_out(mem, data, ptr, out_ptr, out_len)
+    let word = cx.word_size();
+    if let Some(mut mem) = cx.memory()
+        && let Some(()) = put_out(&mut mem, word, data, ptr, out_ptr, out_len)
     {
         return Ok(Status::Ok);
     }
@@ -220,7 +221,7 @@ fn fill_out(cx: &mut dyn Guest, ptr: u64, data: &[u8], out_ptr: u64, out_len: u6
 }
 
 /// Runs `f` on the guest bytes at `[ptr, ptr+len)` and the host state: the bytes are borrowed
-/// from linear memory where the engine lends it, else copied once. `(any, 0)` is empty.
+/// from guest memory where the engine lends it, else copied once. `(any, 0)` is empty.
 pub(crate) fn with_guest_bytes<R>(
     cx: &mut dyn Guest,
     ptr: u64,
@@ -228,28 +229,45 @@ pub(crate) fn with_guest_bytes<R>(
     f: impl FnOnce(&[u8], &mut HostState) -> R,
 ) -> Result<R, Status> {
     if let (Some(mem), state) = cx.memory_and_state() {
-        let bytes = if len == 0 { Some(&[][..]) } else { range(ptr, len).and_then(|r| mem.get(r)) };
-        return Ok(f(bytes.ok_or(Status::InvalidMemoryAccess)?, state));
+        return Ok(f(mem.get(ptr, len).ok_or(Status::InvalidMemoryAccess)?, state));
     }
     let bytes = read_scratch(cx, ptr, len)?;
     Ok(f(&bytes, cx.state()))
 }
 
-/// `[at, at+len)` as a `usize` range, when it does not overflow.
-fn range(at: u64, len: u64) -> Option<std::ops::Range<usize>> {
-    let start = usize::try_from(at).ok()?;
-    Some(start..start.checked_add(usize::try_from(len).ok()?)?)
+/// [`with_guest_bytes`] for two ranges at once (a name and a value).
+pub(crate) fn with_guest_pair<R>(
+    cx: &mut dyn Guest,
+    (a, a_len): (u64, u64),
+    (b, b_len): (u64, u64),
+    f: impl FnOnce(&[u8], &[u8], &mut HostState) -> R,
+) -> Result<R, Status> {
+    if let (Some(mem), state) = cx.memory_and_state() {
+        let first = mem.get(a, a_len).ok_or(Status::InvalidMemoryAccess)?;
+        let second = mem.get(b, b_len).ok_or(Status::InvalidMemoryAccess)?;
+        return Ok(f(first, second, state));
+    }
+    let first = read_scratch(cx, a, a_len)?;
+    let second = read_scratch(cx, b, b_len)?;
+    Ok(f(&first, &second, cx.state()))
 }
 
-/// One-slice version of the end of [`copy_out`] for wasm32: the data, then the two words.
-/// `None` when a range is out of bounds (the caller falls back to the checked path).
-fn put_out(mem: &mut [u8], data: &[u8], ptr: u64, out_ptr: u64, out_len: u64) -> Option<()> {
-    let (d, p, l) = (range(ptr, data.len() as u64)?, range(out_ptr, 4)?, range(out_len, 4)?);
-    if d.end > mem.len() || p.end > mem.len() || l.end > mem.len() {
-        return None;
+/// The end of [`copy_out`] in lent memory: the data, then the two words (`word` bytes each).
+/// `None` when a range is out of bounds (the caller falls back to the checked path, which
+/// reports it).
+fn put_out(mem: &mut GuestMemory<'_>, word: usize, data: &[u8], ptr: u64, out_ptr: u64, out_len: u64) -> Option<()> {
+    mem.get_mut(ptr, data.len() as u64)?.copy_from_slice(data);
+    put_word(mem, word, out_ptr, ptr)?;
+    put_word(mem, word, out_len, data.len() as u64)
+}
+
+/// Writes one little-endian word of `word` bytes (4 or 8) into lent memory.
+fn put_word(mem: &mut GuestMemory<'_>, word: usize, at: u64, value: u64) -> Option<()> {
+    let dst = mem.get_mut(at, word as u64)?;
+    if word == 8 {
+        dst.copy_from_slice(&value.to_le_bytes());
+    } else {
+        dst.copy_from_slice(&u32::try_from(value).ok()?.to_le_bytes());
     }
-    mem[d].copy_from_slice(data);
-    mem[p].copy_from_slice(&u32::try_from(ptr).ok()?.to_le_bytes());
-    mem[l].copy_from_slice(&u32::try_from(data.len()).ok()?.to_le_bytes());
     Some(())
 }

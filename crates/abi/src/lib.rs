@@ -53,6 +53,6 @@ pub use state::{
 };
 pub use types::{AbiSet, AbiVersion, Action, BufferType, LogLevel, MapType, MetricType, PeerType, Status, StreamType};
 pub use vm::{
-    ExportDesc, ExternType, FuncRef, FuncType, Guest, ImportDesc, Limits, OutOfBounds, StableHasher, StopReason,
-    ValType, WasmEngine, WasmInstance, WasmModule, stable_hash,
+    ExportDesc, ExternType, FuncRef, FuncType, Guest, GuestMemory, ImportDesc, Limits, NativeMemory, OutOfBounds,
+    StableHasher, StopReason, ValType, WasmEngine, WasmInstance, WasmModule, stable_hash,
 };

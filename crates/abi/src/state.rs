@@ -163,28 +163,38 @@ impl HeaderMap {
     /// Sets `name` to one value: the first entry is overwritten in place, later ones removed;
     /// absent names are appended.
     pub fn replace(&mut self, name: &[u8], value: &[u8]) {
-        let mut seen = false;
         let is = Self::matcher(name);
-        self.entries.retain_mut(|(k, v)| {
-            if !is(k) {
-                return true;
+        match self.entries.iter().position(|(k, _)| is(k)) {
+            Some(i) => {
+                self.entries[i].1 = value.into();
+                self.remove_from(i + 1, name);
             }
-            if seen {
-                return false;
-            }
-            seen = true;
-            *v = value.into();
-            true
-        });
-        if !seen {
-            self.add(name, value);
+            None => self.add(name, value),
         }
     }
 
     /// Removes every entry of `name`.
     pub fn remove(&mut self, name: &[u8]) {
+        self.remove_from(0, name);
+    }
+
+    /// Removes the entries of `name` at or after index `from`. Most names occur once or not at
+    /// all, so this is a scan and at most one shift of the entries after it.
+    fn remove_from(&mut self, from: usize, name: &[u8]) {
         let is = Self::matcher(name);
-        self.entries.retain(|(k, _)| !is(k));
+        let Some(first) = self.entries.get(from..).and_then(|rest| rest.iter().position(|(k, _)| is(k))) else {
+            return;
+        };
+        let first = from + first;
+        if self.entries[first + 1..].iter().any(|(k, _)| is(k)) {
+            let mut i = 0;
+            self.entries.retain(|(k, _)| {
+                i += 1;
+                i <= first || !is(k)
+            });
+        } else {
+            self.entries.remove(first);
+        }
     }
 
     /// Sum of name and value lengths (what Envoy reports as the map's byte size).
@@ -516,5 +526,50 @@ impl HostState {
             ContextKind::Tcp(t) => Some(t),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeaderMap;
+
+    fn names_values(m: &HeaderMap) -> Vec<(String, String)> {
+        m.iter().map(|(k, v)| (String::from_utf8_lossy(k).into(), String::from_utf8_lossy(v).into())).collect()
+    }
+
+    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn edits_keep_order_and_handle_duplicates() {
+        let base = [("a", "1"), ("X-D", "2"), ("b", "3"), ("x-d", "4"), ("c", "5"), ("x-d", "6")];
+        let mut m = HeaderMap::from_pairs(base);
+        m.remove(b"X-d");
+        assert_eq!(names_values(&m), owned(&[("a", "1"), ("b", "3"), ("c", "5")]));
+        m.remove(b"missing");
+        m.remove(b"c");
+        assert_eq!(names_values(&m), owned(&[("a", "1"), ("b", "3")]));
+
+        let mut m = HeaderMap::from_pairs(base);
+        m.replace(b"x-d", b"new");
+        assert_eq!(names_values(&m), owned(&[("a", "1"), ("x-d", "new"), ("b", "3"), ("c", "5")]));
+        m.replace(b"C", b"six");
+        m.replace(b"Z", b"7");
+        assert_eq!(names_values(&m), owned(&[("a", "1"), ("x-d", "new"), ("b", "3"), ("c", "six"), ("z", "7")]));
+        assert_eq!(m.get(b"Z"), Some(&b"7"[..]));
+        assert_eq!(m.position(b"b"), Some(2));
+        assert_eq!(m.get(b"bb"), None);
+    }
+
+    #[test]
+    fn long_names_and_values_live_on_the_heap() {
+        let long = "x".repeat(100);
+        let mut m = HeaderMap::from_pairs([(long.as_str(), long.as_str())]);
+        assert_eq!(m.get(long.as_bytes()), Some(long.as_bytes()));
+        m.replace(long.as_bytes(), b"short");
+        assert_eq!(m.get(long.as_bytes()), Some(&b"short"[..]));
+        let c = m.clone();
+        assert_eq!(c, m);
     }
 }

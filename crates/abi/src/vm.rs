@@ -266,17 +266,17 @@ pub trait Guest {
     /// [`OutOfBounds`] when the range is not inside linear memory.
     fn write(&mut self, ptr: u64, data: &[u8]) -> Result<(), OutOfBounds>;
 
-    /// The whole linear memory as one slice, when the engine can lend it: a fast path for
-    /// helpers that touch several ranges at once. Valid until the next [`Self::call`]; native
-    /// (null) filters have no bounded memory and return `None`, as may any engine.
-    fn memory(&mut self) -> Option<&mut [u8]> {
+    /// Guest memory lent by reference, when the engine can lend it: a fast path for helpers
+    /// that touch several ranges at once, or look guest bytes up without copying them. Valid
+    /// until the next [`Self::call`]. `None` when the engine lends nothing.
+    fn memory(&mut self) -> Option<GuestMemory<'_>> {
         self.memory_and_state().0
     }
 
     /// [`Self::memory`] and [`Self::state`] at once, so that host functions can look guest
     /// bytes up in host state (or copy host state into the guest) without copying them first.
     /// Engines that lend memory implement this one; the default lends none.
-    fn memory_and_state(&mut self) -> (Option<&mut [u8]>, &mut HostState) {
+    fn memory_and_state(&mut self) -> (Option<GuestMemory<'_>>, &mut HostState) {
         (None, self.state())
     }
 
@@ -285,6 +285,65 @@ pub trait Guest {
     /// # Errors
     /// Traps propagate and end the outer call too.
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>>;
+}
+
+/// Guest memory lent to a host function ([`Guest::memory`]).
+pub enum GuestMemory<'a> {
+    /// A wasm linear memory: one slice, indexed by guest address.
+    Linear(&'a mut [u8]),
+    /// A native filter's memory: the host's own address space, sliced by the backend.
+    Native(&'a mut dyn NativeMemory),
+}
+
+impl fmt::Debug for GuestMemory<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Linear(m) => write!(f, "Linear({} bytes)", m.len()),
+            Self::Native(_) => f.write_str("Native"),
+        }
+    }
+}
+
+impl GuestMemory<'_> {
+    /// The bytes at `[ptr, ptr+len)`; `None` when the range is out of bounds. An empty range
+    /// is the empty slice wherever it points.
+    pub fn get(&self, ptr: u64, len: u64) -> Option<&[u8]> {
+        if len == 0 {
+            return Some(&[]);
+        }
+        match self {
+            Self::Linear(m) => m.get(range(ptr, len)?),
+            Self::Native(m) => m.bytes(ptr, usize::try_from(len).ok()?),
+        }
+    }
+
+    /// [`Self::get`], writable.
+    pub fn get_mut(&mut self, ptr: u64, len: u64) -> Option<&mut [u8]> {
+        if len == 0 {
+            return Some(&mut []);
+        }
+        match self {
+            Self::Linear(m) => m.get_mut(range(ptr, len)?),
+            Self::Native(m) => m.bytes_mut(ptr, usize::try_from(len).ok()?),
+        }
+    }
+}
+
+/// `[at, at+len)` as a `usize` range, when it does not overflow.
+fn range(at: u64, len: u64) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(at).ok()?;
+    Some(start..start.checked_add(usize::try_from(len).ok()?)?)
+}
+
+/// The memory of a native (null) guest: the host's own address space, which the backend
+/// slices by address. Only a backend that runs trusted native code implements it; wasm
+/// engines lend [`GuestMemory::Linear`].
+pub trait NativeMemory {
+    /// The `len > 0` bytes at address `ptr`; `None` for an address no filter can pass (null,
+    /// or a range that wraps around).
+    fn bytes(&self, ptr: u64, len: usize) -> Option<&[u8]>;
+    /// [`Self::bytes`], writable.
+    fn bytes_mut(&mut self, ptr: u64, len: usize) -> Option<&mut [u8]>;
 }
 
 /// Why a backend stopped a running call: the CPU deadline or the embedder's interrupt handle.

@@ -218,32 +218,12 @@ fn dispatch(sym: Sym, args: &[u64]) -> u32 {
         return func.invoke(&mut orphan, args).map_or(Status::InternalFailure as u32, |raw| raw as u32);
     }
     let mut guest = NullGuest::new(inner);
-    // Maps from a 0.1.x SDK filter may use 8-byte integers (see `wide`); `held` keeps the
-    // re-encoded copies alive for the call.
-    let mut local = [0u64; 16];
-    let mut held: Vec<Vec<u8>> = Vec::new();
-    let maps = if guest.state().abi() == AbiVersion::V0_1_0 { wide::map_args(func.name) } else { &[] };
-    let args = if maps.is_empty() || args.len() > local.len() {
-        args
+    let wide_maps = if guest.state().abi() == AbiVersion::V0_1_0 { wide::map_args(func.name) } else { &[] };
+    let ret = if wide_maps.is_empty() {
+        func.invoke(&mut guest, args)
     } else {
-        let local = &mut local[..args.len()];
-        local.copy_from_slice(args);
-        for &(p, l) in maps {
-            let Some(len) = usize::try_from(local[l]).ok().filter(|&n| n <= 2 * MAX_PAIRS_BYTES) else { continue };
-            let mut buf = vec![0; len];
-            if guest.read(local[p], &mut buf).is_err() {
-                continue;
-            }
-            if let Some(narrow) = wide::narrow(&buf) {
-                local[p] = narrow.as_ptr().expose_provenance() as u64;
-                local[l] = narrow.len() as u64;
-                held.push(narrow);
-            }
-        }
-        &*local
+        invoke_wide(func, &mut guest, args, wide_maps)
     };
-    let ret = func.invoke(&mut guest, args);
-    drop(held);
     match ret {
         Ok(raw) => {
             if raw == Status::Ok as u64 {
@@ -262,6 +242,37 @@ fn dispatch(sym: Sym, args: &[u64]) -> u32 {
             Status::InternalFailure as u32
         }
     }
+}
+
+/// Runs a host function whose map arguments may come from a 0.1.x SDK filter with 8-byte
+/// integers (see `wide`): `maps` names the (pointer, length) argument pairs, which are
+/// re-encoded into copies that live for the call.
+#[cold]
+fn invoke_wide(
+    func: &HostFunc,
+    guest: &mut NullGuest,
+    args: &[u64],
+    maps: &[(usize, usize)],
+) -> wasmux_abi::Result<u64> {
+    let mut local = [0u64; 16];
+    let Some(local) = local.get_mut(..args.len()) else { return func.invoke(guest, args) };
+    local.copy_from_slice(args);
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for &(p, l) in maps {
+        let Some(len) = usize::try_from(local[l]).ok().filter(|&n| n <= 2 * MAX_PAIRS_BYTES) else { continue };
+        let mut buf = vec![0; len];
+        if guest.read(local[p], &mut buf).is_err() {
+            continue;
+        }
+        if let Some(narrow) = wide::narrow(&buf) {
+            local[p] = narrow.as_ptr().expose_provenance() as u64;
+            local[l] = narrow.len() as u64;
+            held.push(narrow);
+        }
+    }
+    let ret = func.invoke(guest, local);
+    drop(held);
+    ret
 }
 
 /// The guest of a host call made outside any call from the host: native memory, no instance.

@@ -8,7 +8,8 @@ use std::thread::{self, ThreadId};
 
 use wasmux_abi::services::{LogLine, LogSink};
 use wasmux_abi::{
-    AbiVersion, Callback, Error, FuncRef, Guest, HostState, OutOfBounds, Result, Services, VmEnv, WasmInstance,
+    AbiVersion, Callback, Error, FuncRef, Guest, GuestMemory, HostState, NativeMemory, OutOfBounds, Result, Services,
+    VmEnv, WasmInstance,
 };
 
 use crate::ENGINE_NAME;
@@ -326,12 +327,13 @@ impl WasmInstance for NullInstance {
 /// The guest seen from a host function: the current instance, through its raw pointer.
 pub(crate) struct NullGuest {
     inner: *mut Inner,
+    memory: AddressSpace,
 }
 
 impl NullGuest {
     /// A view of the current instance.
     pub(crate) fn new(inner: *mut Inner) -> Self {
-        Self { inner }
+        Self { inner, memory: AddressSpace }
     }
 
     fn inner(&mut self) -> &mut Inner {
@@ -384,10 +386,37 @@ impl Guest for NullGuest {
         write(ptr, data)
     }
 
+    fn memory_and_state(&mut self) -> (Option<GuestMemory<'_>>, &mut HostState) {
+        // SAFETY: as in `inner`; the memory view is a separate field and holds no reference.
+        let state = unsafe { &mut (*self.inner).state };
+        (Some(GuestMemory::Native(&mut self.memory)), state)
+    }
+
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
         // SAFETY: the instance is current (this is a host function of its running call) and
         // no reference into it is held across the call.
         unsafe { call_export(self.inner, func, args) }
+    }
+}
+
+/// A native filter's memory, lent to host functions: the process's address space.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct AddressSpace;
+
+impl NativeMemory for AddressSpace {
+    fn bytes(&self, ptr: u64, len: usize) -> Option<&[u8]> {
+        let addr = range(ptr, len).ok()??;
+        // SAFETY: as in `read`: a pointer a native filter passes is valid for the length it
+        // gives. The slice lives no longer than the host function's borrow of the guest, and
+        // the filter, stopped in the host call, does not touch the range meanwhile.
+        Some(unsafe { std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(addr), len) })
+    }
+
+    fn bytes_mut(&mut self, ptr: u64, len: usize) -> Option<&mut [u8]> {
+        let addr = range(ptr, len).ok()??;
+        // SAFETY: as in `write` (out-pointers and blocks the filter's allocator returned for
+        // this size are valid for writes of that length), and as in `bytes` for the lifetime.
+        Some(unsafe { std::slice::from_raw_parts_mut(std::ptr::with_exposed_provenance_mut::<u8>(addr), len) })
     }
 }
 

@@ -3,7 +3,7 @@
 //! [`Guest`] view a host function gets of the calling instance.
 
 use wasmtime::{Caller, Linker, Val};
-use wasmux_abi::{Error, FuncRef, Guest, HOST_FUNCS, HostFunc, HostState, OutOfBounds, Result, ValType};
+use wasmux_abi::{Error, FuncRef, Guest, GuestMemory, HOST_FUNCS, HostFunc, HostState, OutOfBounds, Result, ValType};
 
 use crate::instance::{self, StoreData};
 use crate::{error, typed};
@@ -128,12 +128,12 @@ impl Guest for Cx<'_> {
         memory.write(&mut self.caller, offset, data).map_err(|_| OutOfBounds)
     }
 
-    fn memory_and_state(&mut self) -> (Option<&mut [u8]>, &mut HostState) {
+    fn memory_and_state(&mut self) -> (Option<GuestMemory<'_>>, &mut HostState) {
         match self.caller.data().memory {
             Some(memory) => {
                 let (data, store) = memory.data_and_store_mut(&mut self.caller);
                 self.memory_size = Some(data.len() as u64);
-                (Some(data), &mut store.host)
+                (Some(GuestMemory::Linear(data)), &mut store.host)
             }
             None => (None, &mut self.caller.data_mut().host),
         }

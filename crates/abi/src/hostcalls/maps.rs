@@ -1,6 +1,6 @@
 //! HTTP fields: the `proxy_*_header_map_*` functions.
 
-use crate::guest::{HostResult, copy_out, copy_out_from, read_bytes, read_scratch, with_guest_bytes, write_word};
+use crate::guest::{HostResult, copy_out, copy_out_from, read_bytes, with_guest_bytes, with_guest_pair, write_word};
 use crate::vm::Guest;
 use crate::{AbiVersion, HeaderMap, HostState, MapType, Status, pairs};
 
@@ -65,23 +65,20 @@ pub(super) fn get_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, out
 
 /// `proxy_add_header_map_value(type, key, key_len, value, value_len)`: appends.
 pub(super) fn add_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, val: u64, val_len: u64) -> HostResult {
-    let key = read_scratch(cx, key, key_len)?;
-    let val = read_scratch(cx, val, val_len)?;
-    map(cx.state(), ty)?.add(&key, &val);
+    with_guest_pair(cx, (key, key_len), (val, val_len), |key, val, state| map(state, ty).map(|m| m.add(key, val)))??;
     Ok(Status::Ok)
 }
 
 /// `proxy_replace_header_map_value(type, key, key_len, value, value_len)`: sets one value.
 pub(super) fn replace_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, val: u64, val_len: u64) -> HostResult {
-    let key = read_scratch(cx, key, key_len)?;
-    let val = read_scratch(cx, val, val_len)?;
-    map(cx.state(), ty)?.replace(&key, &val);
+    with_guest_pair(cx, (key, key_len), (val, val_len), |key, val, state| {
+        map(state, ty).map(|m| m.replace(key, val))
+    })??;
     Ok(Status::Ok)
 }
 
 /// `proxy_remove_header_map_value(type, key, key_len)`: OK even when absent.
 pub(super) fn remove_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64) -> HostResult {
-    let key = read_scratch(cx, key, key_len)?;
-    map(cx.state(), ty)?.remove(&key);
+    with_guest_bytes(cx, key, key_len, |key, state| map(state, ty).map(|m| m.remove(key)))??;
     Ok(Status::Ok)
 }
