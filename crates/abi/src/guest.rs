@@ -173,19 +173,42 @@ pub(crate) fn copy_out_from(
     out_len: u64,
     fetch: impl Fn(&mut HostState) -> Option<&[u8]>,
 ) -> HostResult {
+    let fill = |state: &mut HostState, dst: &mut [u8]| match fetch(state) {
+        Some(data) if data.len() == dst.len() => {
+            dst.copy_from_slice(data);
+            true
+        }
+        _ => false,
+    };
+    copy_out_filled(cx, len, out_ptr, out_len, fill, |state| fetch(state).map(Scratch::from_slice))
+}
+
+/// [`copy_out`] for `len` bytes that host state produces straight into the guest's block:
+/// `fill` writes them into lent memory, or returns false when the state no longer has `len`
+/// bytes to give (the allocator is guest code, and may have changed it). Otherwise `fetch`
+/// produces the bytes afresh, and they are copied (NOT_FOUND when they are gone).
+pub(crate) fn copy_out_filled(
+    cx: &mut dyn Guest,
+    len: usize,
+    out_ptr: u64,
+    out_len: u64,
+    fill: impl FnOnce(&mut HostState, &mut [u8]) -> bool,
+    fetch: impl FnOnce(&mut HostState) -> Option<Scratch>,
+) -> HostResult {
     if let Some(status) = check_out(cx, len, out_ptr, out_len)? {
         return Ok(status);
     }
     let ptr = alloc(cx, len as u64)?;
     let word = cx.word_size();
     if let (Some(mut mem), state) = cx.memory_and_state()
-        && let Some(data) = fetch(state)
-        && data.len() == len
-        && let Some(()) = put_out(&mut mem, word, data, ptr, out_ptr, out_len)
+        && let Some(dst) = mem.get_mut(ptr, len as u64)
+        && fill(state, dst)
+        && let Some(()) = put_word(&mut mem, word, out_ptr, ptr)
+        && let Some(()) = put_word(&mut mem, word, out_len, len as u64)
     {
         return Ok(Status::Ok);
     }
-    match fetch(cx.state()).map(Scratch::from_slice) {
+    match fetch(cx.state()) {
         Some(data) if data.len() == len => fill_out(cx, ptr, &data, out_ptr, out_len),
         Some(changed) => copy_out(cx, &changed, out_ptr, out_len),
         None => Ok(Status::NotFound),

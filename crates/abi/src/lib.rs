@@ -44,7 +44,7 @@ mod vm;
 pub use driver::{HttpCallResponse, Vm};
 pub use error::{Error, Incompatibility, Rejection, Result, Trap, TrapKind};
 pub use exports::Callback;
-pub use hostcalls::{HOST_FUNCS, HostFunc, ImportModule, find_host_func, proxy_funcs};
+pub use hostcalls::{HOST_FUNCS, HostFunc, ImportModule, direct, find_host_func, proxy_funcs};
 pub use load::{ModuleInfo, check_module, detect_abi};
 pub use services::Services;
 pub use state::{

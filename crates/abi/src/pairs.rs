@@ -39,20 +39,39 @@ pub type Pair = (Vec<u8>, Vec<u8>);
 
 /// Serializes pairs. An empty map is `N = 0` (4 bytes).
 pub fn encode<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
-    let size = 4 + pairs.iter().map(|(k, v)| 10 + k.as_ref().len() + v.as_ref().len()).sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
-        out.extend_from_slice(&(k.as_ref().len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.as_ref().len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_ref());
-        out.push(0);
-        out.extend_from_slice(v.as_ref());
-        out.push(0);
-    }
+    let mut out = vec![0; encoded_len(pairs)];
+    encode_into(pairs, &mut out);
     out
+}
+
+/// The size of [`encode`]'s output.
+pub fn encoded_len<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> usize {
+    4 + pairs.iter().map(|(k, v)| 10 + k.as_ref().len() + v.as_ref().len()).sum::<usize>()
+}
+
+/// Serializes pairs into `out`, which is exactly [`encoded_len`] bytes long (into guest memory,
+/// say, with no buffer on the way).
+///
+/// # Panics
+/// When `out` has another length: a bug in the caller.
+pub fn encode_into<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)], out: &mut [u8]) {
+    assert_eq!(out.len(), encoded_len(pairs), "pairs::encode_into: wrong output length");
+    let (count, rest) = out.split_at_mut(4);
+    count.copy_from_slice(&(pairs.len() as u32).to_le_bytes());
+    let (mut lens, mut data) = rest.split_at_mut(8 * pairs.len());
+    for (k, v) in pairs {
+        let (k, v) = (k.as_ref(), v.as_ref());
+        let (this, next) = lens.split_at_mut(8);
+        this[..4].copy_from_slice(&(k.len() as u32).to_le_bytes());
+        this[4..].copy_from_slice(&(v.len() as u32).to_le_bytes());
+        lens = next;
+        for bytes in [k, v] {
+            let (this, next) = data.split_at_mut(bytes.len() + 1);
+            this[..bytes.len()].copy_from_slice(bytes);
+            this[bytes.len()] = 0;
+            data = next;
+        }
+    }
 }
 
 /// Parses a serialized map. Inputs shorter than 4 bytes (including empty) are the empty map.

@@ -129,7 +129,10 @@ macro_rules! host_symbols {
             #[doc = concat!("`", stringify!($name), "` for native filters: runs the ABI's implementation.")]
             #[unsafe(no_mangle)]
             pub(crate) extern "C" fn $name($($arg: $t),*) -> u32 {
-                dispatch(Sym::$name, &[$(Widen::widen($arg)),*])
+                if Sym::$name.needs_dispatch() {
+                    return dispatch(Sym::$name, &[$(Widen::widen($arg)),*]);
+                }
+                run(Sym::$name, |guest| wasmux_abi::direct::$name(guest, $(Widen::widen($arg)),*))
             }
         )*
     };
@@ -201,21 +204,63 @@ host_symbols! {
 static TABLE: LazyLock<Vec<Option<&'static HostFunc>>> =
     LazyLock::new(|| NAMES.iter().map(|n| HOST_FUNCS.iter().find(|f| f.name == *n)).collect());
 
-/// Runs a host function for the native guest that is current on this thread. Never panics (a
-/// panic here would abort the process: these are `extern "C"` functions).
+impl Sym {
+    /// Whether the symbol needs more than the ABI's implementation, and so goes through
+    /// [`dispatch`]: maps a 0.1.x SDK may encode with 8-byte integers (see `wide`), and callouts
+    /// whose tokens the instance tracks. The others run [`wasmux_abi::direct`] at once.
+    const fn needs_dispatch(self) -> bool {
+        matches!(
+            self,
+            Self::proxy_set_header_map_pairs
+                | Self::proxy_send_local_response
+                | Self::proxy_http_call
+                | Self::proxy_grpc_call
+                | Self::proxy_grpc_stream
+        )
+    }
+}
+
+/// Runs `call` (one typed host function) for the native guest that is current on this thread.
+/// Never panics (a panic here would abort the process: these are `extern "C"` functions).
+#[inline(always)]
+fn run(sym: Sym, call: impl FnOnce(&mut dyn Guest) -> wasmux_abi::Result<u64>) -> u32 {
+    let inner = CURRENT.try_with(Cell::get).unwrap_or(std::ptr::null_mut());
+    if inner.is_null() {
+        return orphan(sym, call);
+    }
+    let mut guest = NullGuest::new(inner);
+    match call(&mut guest) {
+        Ok(raw) => raw as u32,
+        Err(e) => {
+            // The guest cannot be unwound natively: it gets INTERNAL_FAILURE now, and the
+            // error ends the top-level call once the guest returns.
+            guest.fail(e);
+            Status::InternalFailure as u32
+        }
+    }
+}
+
+/// A host call outside any call from the host: a destructor at thread exit, or a thread the
+/// filter started. There is no instance to act on; the call runs against a scratch state whose
+/// services go nowhere, so the SDK gets ordinary answers (OK for a log line) instead of
+/// panicking, which would abort the process.
+#[cold]
+fn orphan(sym: Sym, call: impl FnOnce(&mut dyn Guest) -> wasmux_abi::Result<u64>) -> u32 {
+    let name = NAMES.get(sym as usize).copied().unwrap_or("?");
+    tracing::debug!(target: "wasmux::null", "{name} called outside a call from the host: ignored");
+    let mut orphan = Orphan { state: HostState::new(AbiVersion::V0_2_1, silent_env()) };
+    call(&mut orphan).map_or(Status::InternalFailure as u32, |raw| raw as u32)
+}
+
+/// Runs a host function for the native guest that is current on this thread, with the extra
+/// work of [`Sym::needs_dispatch`]. Never panics.
 fn dispatch(sym: Sym, args: &[u64]) -> u32 {
     let Some(func) = TABLE.get(sym as usize).copied().flatten() else {
         return Status::InternalFailure as u32;
     };
     let inner = CURRENT.try_with(Cell::get).unwrap_or(std::ptr::null_mut());
     if inner.is_null() {
-        // Outside any call from the host: a destructor at thread exit, or a thread the filter
-        // started. There is no instance to act on; the call runs against a scratch state whose
-        // services go nowhere, so the SDK gets ordinary answers (OK for a log line) instead of
-        // panicking, which would abort the process.
-        tracing::debug!(target: "wasmux::null", "{} called outside a call from the host: ignored", func.name);
-        let mut orphan = Orphan { state: HostState::new(AbiVersion::V0_2_1, silent_env()) };
-        return func.invoke(&mut orphan, args).map_or(Status::InternalFailure as u32, |raw| raw as u32);
+        return orphan(sym, |guest| func.invoke(guest, args));
     }
     let mut guest = NullGuest::new(inner);
     let wide_maps = if guest.state().abi() == AbiVersion::V0_1_0 { wide::map_args(func.name) } else { &[] };

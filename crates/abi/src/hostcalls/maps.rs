@@ -1,6 +1,8 @@
 //! HTTP fields: the `proxy_*_header_map_*` functions.
 
-use crate::guest::{HostResult, copy_out, copy_out_from, read_bytes, with_guest_bytes, with_guest_pair, write_word};
+use crate::guest::{
+    HostResult, Scratch, copy_out, copy_out_filled, copy_out_from, read_bytes, with_guest_bytes, with_guest_pair, write_word,
+};
 use crate::vm::Guest;
 use crate::{AbiVersion, HeaderMap, HostState, MapType, Status, pairs};
 
@@ -25,8 +27,23 @@ fn map(state: &mut HostState, raw: u64) -> Result<&mut HeaderMap, Status> {
 /// an empty map is `(0, 0)`.
 pub(super) fn get_pairs(cx: &mut dyn Guest, ty: u64, out_ptr: u64, out_len: u64) -> HostResult {
     let m = map(cx.state(), ty)?;
-    let bytes = if m.is_empty() { Vec::new() } else { pairs::encode(m.entries()) };
-    copy_out(cx, &bytes, out_ptr, out_len)
+    if m.is_empty() {
+        return copy_out(cx, &[], out_ptr, out_len);
+    }
+    // Encoded straight into the block the guest allocates, where the engine lends memory.
+    let len = pairs::encoded_len(m.entries());
+    let fill = |state: &mut HostState, dst: &mut [u8]| match map(state, ty) {
+        Ok(m) if !m.is_empty() && pairs::encoded_len(m.entries()) == dst.len() => {
+            pairs::encode_into(m.entries(), dst);
+            true
+        }
+        _ => false,
+    };
+    let fetch = |state: &mut HostState| {
+        let m = map(state, ty).ok()?;
+        Some(Scratch::Heap(if m.is_empty() { Vec::new() } else { pairs::encode(m.entries()) }))
+    };
+    copy_out_filled(cx, len, out_ptr, out_len, fill, fetch)
 }
 
 /// `proxy_set_header_map_pairs(type, data, len)`: replaces the whole map. A malformed or

@@ -99,19 +99,23 @@ impl HostFunc {
     /// Only for traps: a re-entrant guest call (the allocator) that trapped. Bad guest input is
     /// answered with a status, never an error.
     pub fn invoke(&self, cx: &mut dyn Guest, args: &[u64]) -> Result<u64> {
-        let state = cx.state();
-        state.coverage |= 1u128 << self.index();
-        if args.len() != self.params.len() {
-            return Ok(Status::BadArgument as u64);
-        }
-        if !tracing::enabled!(target: "wasmux::strace", tracing::Level::TRACE) {
-            return (self.imp)(cx, args);
-        }
-        tracing::trace!(target: "wasmux::strace", "[vm->host] {}({:?})", self.name, args);
-        let ret = (self.imp)(cx, args);
-        tracing::trace!(target: "wasmux::strace", "[vm<-host] {} return: {:?}", self.name, ret.as_ref().ok());
-        ret
+        (self.imp)(cx, args)
     }
+}
+
+/// What every host function does around its implementation: coverage, and the strace lines
+/// (target `wasmux::strace`, level TRACE).
+#[inline(always)]
+fn around(index: Index, cx: &mut dyn Guest, args: &[u64], imp: impl FnOnce(&mut dyn Guest) -> Result<u64>) -> Result<u64> {
+    cx.state().coverage |= 1u128 << index as usize;
+    if !tracing::enabled!(target: "wasmux::strace", tracing::Level::TRACE) {
+        return imp(cx);
+    }
+    let name = HOST_FUNCS[index as usize].name;
+    tracing::trace!(target: "wasmux::strace", "[vm->host] {name}({args:?})");
+    let ret = imp(cx);
+    tracing::trace!(target: "wasmux::strace", "[vm<-host] {name} return: {:?}", ret.as_ref().ok());
+    ret
 }
 
 /// Lowers a host function's typed return value into a raw word.
@@ -155,15 +159,42 @@ macro_rules! host_funcs {
                 versions: AbiSet::$ver,
                 imp: |cx, args| {
                     #[allow(unused_variables, reason = "zero-argument functions ignore args")]
-                    let &[$($arg),*] = args else { return Ok(Status::BadArgument as u64) };
-                    match $imp(cx, $($arg),*) {
-                        Ok(v) => Ok(IntoRaw::into_raw(v)),
-                        Err(Fail::Raw(raw)) => Ok(u64::from(raw)),
-                        Err(Fail::Trap(e)) => Err(e),
-                    }
+                    let &[$($arg),*] = args else {
+                        // Counted as called, like any call that reaches the host.
+                        cx.state().coverage |= 1u128 << Index::$name as usize;
+                        return Ok(Status::BadArgument as u64);
+                    };
+                    direct::$name(cx, $($arg),*)
                 },
             },
         )*];
+
+        /// Position of each function in [`HOST_FUNCS`].
+        #[allow(non_camel_case_types, reason = "variants are named after the functions")]
+        #[derive(Clone, Copy)]
+        enum Index { $($name),* }
+
+        /// Every host function as a typed Rust function of raw words, for backends that bind
+        /// each import to its own native symbol (the null engine): the same implementation,
+        /// coverage and tracing as [`HostFunc::invoke`], without the argument slice.
+        pub mod direct {
+            #[allow(clippy::wildcard_imports, reason = "the implementations of the parent module")]
+            use super::*;
+            $(
+                #[doc = concat!("`", stringify!($name), "`.")]
+                ///
+                /// # Errors
+                /// As [`HostFunc::invoke`].
+                #[allow(clippy::too_many_arguments, reason = "one parameter per ABI parameter")]
+                pub fn $name(cx: &mut dyn Guest, $($arg: u64),*) -> Result<u64> {
+                    around(Index::$name, cx, &[$($arg),*], |cx| match $imp(cx, $($arg),*) {
+                        Ok(v) => Ok(IntoRaw::into_raw(v)),
+                        Err(Fail::Raw(raw)) => Ok(u64::from(raw)),
+                        Err(Fail::Trap(e)) => Err(e),
+                    })
+                }
+            )*
+        }
     };
 }
 
