@@ -127,14 +127,17 @@ impl Vm {
     fn settle(&mut self) -> Result<()> {
         loop {
             let state = self.inst.state();
-            let ready: Vec<u32> =
-                state.contexts.iter().filter(|(_, c)| c.life == Lifecycle::DoneReady).map(|(id, _)| *id).collect();
+            let ready = std::mem::take(&mut state.done_ready);
             let queued = state.env.services.queues.take_ready(state.uid);
             if ready.is_empty() && queued.is_empty() {
                 return Ok(());
             }
             for id in ready {
-                self.log_and_delete(id)?;
+                // Still waiting: not deleted meanwhile (by `finish`, when `proxy_on_done` both
+                // called `proxy_done` and returned true).
+                if self.inst.state().contexts.get(&id).is_some_and(|c| c.life == Lifecycle::DoneReady) {
+                    self.log_and_delete(id)?;
+                }
             }
             for (root, queue) in queued {
                 if self.is_root(root) {

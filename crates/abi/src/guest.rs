@@ -31,7 +31,7 @@ impl From<Error> for Fail {
 pub(crate) type HostResult<T = Status> = Result<T, Fail>;
 
 /// Checks that `[ptr, ptr+len)` lies inside guest memory.
-pub(crate) fn check_range(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<(), Status> {
+pub(crate) fn check_range(cx: &mut (impl Guest + ?Sized), ptr: u64, len: u64) -> Result<(), Status> {
     let end = ptr.checked_add(len).ok_or(Status::InvalidMemoryAccess)?;
     if end > cx.memory_size() {
         return Err(Status::InvalidMemoryAccess);
@@ -40,7 +40,7 @@ pub(crate) fn check_range(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<(), 
 }
 
 /// Reads a guest byte range. `(any, 0)` is the empty slice.
-pub(crate) fn read_bytes(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<Vec<u8>, Status> {
+pub(crate) fn read_bytes(cx: &mut (impl Guest + ?Sized), ptr: u64, len: u64) -> Result<Vec<u8>, Status> {
     if len == 0 {
         return Ok(Vec::new());
     }
@@ -86,7 +86,7 @@ impl std::ops::Deref for Scratch {
 }
 
 /// Reads a guest byte range into a [`Scratch`] (no allocation for small ranges).
-pub(crate) fn read_scratch(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<Scratch, Status> {
+pub(crate) fn read_scratch(cx: &mut (impl Guest + ?Sized), ptr: u64, len: u64) -> Result<Scratch, Status> {
     if len > Scratch::INLINE as u64 {
         return read_bytes(cx, ptr, len).map(Scratch::Heap);
     }
@@ -105,12 +105,12 @@ pub(crate) fn read_scratch(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<Scr
 }
 
 /// Writes bytes into guest memory.
-pub(crate) fn write_bytes(cx: &mut dyn Guest, ptr: u64, data: &[u8]) -> Result<(), Status> {
+pub(crate) fn write_bytes(cx: &mut (impl Guest + ?Sized), ptr: u64, data: &[u8]) -> Result<(), Status> {
     cx.write(ptr, data).map_err(|_| Status::InvalidMemoryAccess)
 }
 
 /// Writes one native word (4 bytes on wasm32, 8 for native filters), little-endian.
-pub(crate) fn write_word(cx: &mut dyn Guest, ptr: u64, value: u64) -> Result<(), Status> {
+pub(crate) fn write_word(cx: &mut (impl Guest + ?Sized), ptr: u64, value: u64) -> Result<(), Status> {
     if cx.word_size() == 8 {
         write_bytes(cx, ptr, &value.to_le_bytes())
     } else {
@@ -120,17 +120,17 @@ pub(crate) fn write_word(cx: &mut dyn Guest, ptr: u64, value: u64) -> Result<(),
 }
 
 /// Writes a little-endian u32 (fixed 4 bytes regardless of word size).
-pub(crate) fn write_u32(cx: &mut dyn Guest, ptr: u64, value: u32) -> Result<(), Status> {
+pub(crate) fn write_u32(cx: &mut (impl Guest + ?Sized), ptr: u64, value: u32) -> Result<(), Status> {
     write_bytes(cx, ptr, &value.to_le_bytes())
 }
 
 /// Writes a little-endian u64.
-pub(crate) fn write_u64(cx: &mut dyn Guest, ptr: u64, value: u64) -> Result<(), Status> {
+pub(crate) fn write_u64(cx: &mut (impl Guest + ?Sized), ptr: u64, value: u64) -> Result<(), Status> {
     write_bytes(cx, ptr, &value.to_le_bytes())
 }
 
 /// Reads a UTF-8 string (lossy).
-pub(crate) fn read_string(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<String, Status> {
+pub(crate) fn read_string(cx: &mut (impl Guest + ?Sized), ptr: u64, len: u64) -> Result<String, Status> {
     let b = read_bytes(cx, ptr, len)?;
     Ok(String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
@@ -140,7 +140,7 @@ pub(crate) fn read_string(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<Stri
 /// A missing allocator or a null pointer is `INVALID_MEMORY_ACCESS` (and so is a block that
 /// does not fit in memory, when the caller writes it); a trap inside the allocator ends the
 /// callback.
-pub(crate) fn alloc(cx: &mut dyn Guest, size: u64) -> HostResult<u64> {
+pub(crate) fn alloc(cx: &mut (impl Guest + ?Sized), size: u64) -> HostResult<u64> {
     let Some(malloc) = cx.state().exports.allocator else {
         return Err(Status::InvalidMemoryAccess.into());
     };
@@ -154,7 +154,7 @@ pub(crate) fn alloc(cx: &mut dyn Guest, size: u64) -> HostResult<u64> {
 
 /// Hands a host buffer to the guest: allocate in the guest, copy, and write `(ptr, len)` into
 /// the two out-pointers. Empty data writes `(0, 0)` without calling the allocator.
-pub(crate) fn copy_out(cx: &mut dyn Guest, data: &[u8], out_ptr: u64, out_len: u64) -> HostResult {
+pub(crate) fn copy_out(cx: &mut (impl Guest + ?Sized), data: &[u8], out_ptr: u64, out_len: u64) -> HostResult {
     if let Some(status) = check_out(cx, data.len(), out_ptr, out_len)? {
         return Ok(status);
     }
@@ -167,7 +167,7 @@ pub(crate) fn copy_out(cx: &mut dyn Guest, data: &[u8], out_ptr: u64, out_len: u
 /// code and may call host functions: if it changed what `fetch` returns, the new bytes are
 /// handed out instead (NOT_FOUND when they are gone).
 pub(crate) fn copy_out_from(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     len: usize,
     out_ptr: u64,
     out_len: u64,
@@ -188,7 +188,7 @@ pub(crate) fn copy_out_from(
 /// bytes to give (the allocator is guest code, and may have changed it). Otherwise `fetch`
 /// produces the bytes afresh, and they are copied (NOT_FOUND when they are gone).
 pub(crate) fn copy_out_filled(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     len: usize,
     out_ptr: u64,
     out_len: u64,
@@ -217,7 +217,7 @@ pub(crate) fn copy_out_filled(
 
 /// The checks before an allocation for [`copy_out`]: both out-pointers in bounds, and `(0, 0)`
 /// written at once for empty data (`Some(OK)`: nothing left to do).
-fn check_out(cx: &mut dyn Guest, len: usize, out_ptr: u64, out_len: u64) -> HostResult<Option<Status>> {
+fn check_out(cx: &mut (impl Guest + ?Sized), len: usize, out_ptr: u64, out_len: u64) -> HostResult<Option<Status>> {
     let word = cx.word_size() as u64;
     check_range(cx, out_ptr, word)?;
     check_range(cx, out_len, word)?;
@@ -230,7 +230,7 @@ fn check_out(cx: &mut dyn Guest, len: usize, out_ptr: u64, out_len: u64) -> Host
 }
 
 /// The end of [`copy_out`]: `data` into the block at `ptr`, then `(ptr, len)`.
-fn fill_out(cx: &mut dyn Guest, ptr: u64, data: &[u8], out_ptr: u64, out_len: u64) -> HostResult {
+fn fill_out(cx: &mut (impl Guest + ?Sized), ptr: u64, data: &[u8], out_ptr: u64, out_len: u64) -> HostResult {
     let word = cx.word_size();
     if let Some(mut mem) = cx.memory()
         && let Some(()) = put_out(&mut mem, word, data, ptr, out_ptr, out_len)
@@ -246,7 +246,7 @@ fn fill_out(cx: &mut dyn Guest, ptr: u64, data: &[u8], out_ptr: u64, out_len: u6
 /// Runs `f` on the guest bytes at `[ptr, ptr+len)` and the host state: the bytes are borrowed
 /// from guest memory where the engine lends it, else copied once. `(any, 0)` is empty.
 pub(crate) fn with_guest_bytes<R>(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     ptr: u64,
     len: u64,
     f: impl FnOnce(&[u8], &mut HostState) -> R,
@@ -260,7 +260,7 @@ pub(crate) fn with_guest_bytes<R>(
 
 /// [`with_guest_bytes`] for two ranges at once (a name and a value).
 pub(crate) fn with_guest_pair<R>(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     (a, a_len): (u64, u64),
     (b, b_len): (u64, u64),
     f: impl FnOnce(&[u8], &[u8], &mut HostState) -> R,

@@ -24,6 +24,7 @@ impl SmallBytes {
 }
 
 impl From<&[u8]> for SmallBytes {
+    #[inline]
     fn from(data: &[u8]) -> Self {
         if data.len() <= Self::INLINE {
             let mut buf = [0; Self::INLINE];
@@ -37,6 +38,7 @@ impl From<&[u8]> for SmallBytes {
 
 impl std::ops::Deref for SmallBytes {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         match self {
             Self::Inline { len, buf } => &buf[..usize::from(*len)],
@@ -46,6 +48,7 @@ impl std::ops::Deref for SmallBytes {
 }
 
 impl std::ops::DerefMut for SmallBytes {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         match self {
             Self::Inline { len, buf } => &mut buf[..usize::from(*len)],
@@ -55,6 +58,7 @@ impl std::ops::DerefMut for SmallBytes {
 }
 
 impl AsRef<[u8]> for SmallBytes {
+    #[inline]
     fn as_ref(&self) -> &[u8] {
         self
     }
@@ -447,6 +451,9 @@ pub struct HostState {
     pub(crate) current: u32,
     /// The context host calls act on (`proxy_set_effective_context`).
     pub(crate) effective: u32,
+    /// Contexts that called `proxy_done` during the running callback, in order: log and
+    /// delete run for them once it returns.
+    pub(crate) done_ready: Vec<u32>,
     /// A local reply was sent during this call: the callback's result is forced to Pause.
     pub(crate) stop_iteration: bool,
     /// The root context being configured (plugin configuration is readable).
@@ -473,6 +480,7 @@ impl HostState {
             next_context: 1,
             current: 0,
             effective: 0,
+            done_ready: Vec::new(),
             stop_iteration: false,
             configuring: None,
             inputs: CallInputs::default(),

@@ -307,6 +307,7 @@ impl fmt::Debug for GuestMemory<'_> {
 impl GuestMemory<'_> {
     /// The bytes at `[ptr, ptr+len)`; `None` when the range is out of bounds. An empty range
     /// is the empty slice wherever it points.
+    #[inline]
     pub fn get(&self, ptr: u64, len: u64) -> Option<&[u8]> {
         if len == 0 {
             return Some(&[]);
@@ -318,6 +319,7 @@ impl GuestMemory<'_> {
     }
 
     /// [`Self::get`], writable.
+    #[inline]
     pub fn get_mut(&mut self, ptr: u64, len: u64) -> Option<&mut [u8]> {
         if len == 0 {
             return Some(&mut []);
@@ -330,6 +332,7 @@ impl GuestMemory<'_> {
 }
 
 /// `[at, at+len)` as a `usize` range, when it does not overflow.
+#[inline]
 fn range(at: u64, len: u64) -> Option<std::ops::Range<usize>> {
     let start = usize::try_from(at).ok()?;
     Some(start..start.checked_add(usize::try_from(len).ok()?)?)

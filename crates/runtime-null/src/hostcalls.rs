@@ -132,7 +132,12 @@ macro_rules! host_symbols {
                 if Sym::$name.needs_dispatch() {
                     return dispatch(Sym::$name, &[$(Widen::widen($arg)),*]);
                 }
-                run(Sym::$name, |guest| wasmux_abi::direct::$name(guest, $(Widen::widen($arg)),*))
+                let Some(mut guest) = current() else {
+                    return orphan(Sym::$name, |g| wasmux_abi::direct::$name::<dyn Guest>(g, $(Widen::widen($arg)),*));
+                };
+                // Compiled for `NullGuest`: no dynamic calls between the symbol and the ABI's code.
+                let ret = wasmux_abi::direct::$name(&mut guest, $(Widen::widen($arg)),*);
+                settle(&mut guest, ret)
             }
         )*
     };
@@ -220,16 +225,18 @@ impl Sym {
     }
 }
 
-/// Runs `call` (one typed host function) for the native guest that is current on this thread.
-/// Never panics (a panic here would abort the process: these are `extern "C"` functions).
+/// The guest of the instance whose call is running on this thread, if any.
 #[inline(always)]
-fn run(sym: Sym, call: impl FnOnce(&mut dyn Guest) -> wasmux_abi::Result<u64>) -> u32 {
+fn current() -> Option<NullGuest> {
     let inner = CURRENT.try_with(Cell::get).unwrap_or(std::ptr::null_mut());
-    if inner.is_null() {
-        return orphan(sym, call);
-    }
-    let mut guest = NullGuest::new(inner);
-    match call(&mut guest) {
+    (!inner.is_null()).then(|| NullGuest::new(inner))
+}
+
+/// A host function's raw result for the native guest. Never panics (a panic here would abort
+/// the process: these are `extern "C"` functions).
+#[inline(always)]
+fn settle(guest: &mut NullGuest, ret: wasmux_abi::Result<u64>) -> u32 {
+    match ret {
         Ok(raw) => raw as u32,
         Err(e) => {
             // The guest cannot be unwound natively: it gets INTERNAL_FAILURE now, and the
@@ -258,35 +265,23 @@ fn dispatch(sym: Sym, args: &[u64]) -> u32 {
     let Some(func) = TABLE.get(sym as usize).copied().flatten() else {
         return Status::InternalFailure as u32;
     };
-    let inner = CURRENT.try_with(Cell::get).unwrap_or(std::ptr::null_mut());
-    if inner.is_null() {
+    let Some(mut guest) = current() else {
         return orphan(sym, |guest| func.invoke(guest, args));
-    }
-    let mut guest = NullGuest::new(inner);
+    };
     let wide_maps = if guest.state().abi() == AbiVersion::V0_1_0 { wide::map_args(func.name) } else { &[] };
     let ret = if wide_maps.is_empty() {
         func.invoke(&mut guest, args)
     } else {
         invoke_wide(func, &mut guest, args, wide_maps)
     };
-    match ret {
-        Ok(raw) => {
-            if raw == Status::Ok as u64 {
-                match sym {
-                    Sym::proxy_http_call => guest.issued(false, args.last().copied()),
-                    Sym::proxy_grpc_call | Sym::proxy_grpc_stream => guest.issued(true, args.last().copied()),
-                    _ => {}
-                }
-            }
-            raw as u32
-        }
-        Err(e) => {
-            // The guest cannot be unwound natively: it gets INTERNAL_FAILURE now, and the
-            // error ends the top-level call once the guest returns.
-            guest.fail(e);
-            Status::InternalFailure as u32
+    if ret.as_ref().is_ok_and(|&raw| raw == Status::Ok as u64) {
+        match sym {
+            Sym::proxy_http_call => guest.issued(false, args.last().copied()),
+            Sym::proxy_grpc_call | Sym::proxy_grpc_stream => guest.issued(true, args.last().copied()),
+            _ => {}
         }
     }
+    settle(&mut guest, ret)
 }
 
 /// Runs a host function whose map arguments may come from a 0.1.x SDK filter with 8-byte

@@ -45,7 +45,7 @@ fn read_buffer(state: &mut HostState, ty: BufferType) -> Result<(&[u8], bool), S
 /// `max_size` bytes from `start`; ranges past the end (and `start + max_size` overflowing) are
 /// clamped, and an empty result is `(0, 0)`.
 pub(super) fn get_buffer_bytes(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     ty: u64,
     start: u64,
     max: u64,
@@ -65,7 +65,14 @@ pub(super) fn get_buffer_bytes(
 /// `proxy_set_buffer_bytes(type, start, size, data, len)`: replaces `size` bytes at `start`
 /// with the data. `start = 0, size = 0` prepends; `start >= len` appends; `start = 0,
 /// size >= len` replaces everything; any other range is spliced.
-pub(super) fn set_buffer_bytes(cx: &mut dyn Guest, ty: u64, start: u64, size: u64, ptr: u64, len: u64) -> HostResult {
+pub(super) fn set_buffer_bytes(
+    cx: &mut (impl Guest + ?Sized),
+    ty: u64,
+    start: u64,
+    size: u64,
+    ptr: u64,
+    len: u64,
+) -> HostResult {
     let ty = buffer_type(cx.state(), ty)?;
     let data = read_bytes(cx, ptr, len)?;
     let state = cx.state();
@@ -89,7 +96,7 @@ pub(super) fn set_buffer_bytes(cx: &mut dyn Guest, ty: u64, start: u64, size: u6
 
 /// `proxy_get_buffer_status(type, return_size*, return_flags*)`: the size, and flag bit 0
 /// (`EndOfStream`) when the stream's last chunk has arrived.
-pub(super) fn get_buffer_status(cx: &mut dyn Guest, ty: u64, out_len: u64, out_flags: u64) -> HostResult {
+pub(super) fn get_buffer_status(cx: &mut (impl Guest + ?Sized), ty: u64, out_len: u64, out_flags: u64) -> HostResult {
     let state = cx.state();
     let ty = buffer_type(state, ty)?;
     let (buf, eos) = read_buffer(state, ty)?;
@@ -104,7 +111,7 @@ pub(super) fn get_buffer_status(cx: &mut dyn Guest, ty: u64, out_len: u64, out_f
 
 /// `proxy_get_configuration(return_data**, return_size*)` (0.1.0): the plugin configuration
 /// inside `proxy_on_configure`, the VM configuration otherwise (`proxy_on_vm_start`).
-pub(super) fn get_configuration(cx: &mut dyn Guest, out_ptr: u64, out_len: u64) -> HostResult {
+pub(super) fn get_configuration(cx: &mut (impl Guest + ?Sized), out_ptr: u64, out_len: u64) -> HostResult {
     let state = cx.state();
     let data = match state.configuring {
         Some(_) => plugin_configuration(state).unwrap_or_default().to_vec(),

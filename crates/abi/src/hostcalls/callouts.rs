@@ -12,7 +12,7 @@ use crate::state::{Callout, CalloutKind};
 use crate::vm::Guest;
 use crate::{HeaderMap, HostState, Status, pairs};
 
-fn read_map(cx: &mut dyn Guest, ptr: u64, len: u64) -> Result<HeaderMap, Status> {
+fn read_map(cx: &mut (impl Guest + ?Sized), ptr: u64, len: u64) -> Result<HeaderMap, Status> {
     let bytes = read_bytes(cx, ptr, len)?;
     Ok(HeaderMap::from_pairs(pairs::decode(&bytes).map_err(|_| Status::BadArgument)?))
 }
@@ -41,7 +41,7 @@ fn new_token(state: &mut HostState, kind: CalloutKind, timeout: Duration) -> Res
 
 /// `proxy_get_status(return_code*, return_message**, return_message_size*)`: the status of the
 /// callout whose response is being delivered.
-pub(super) fn get_status(cx: &mut dyn Guest, out_code: u64, out_ptr: u64, out_len: u64) -> HostResult {
+pub(super) fn get_status(cx: &mut (impl Guest + ?Sized), out_code: u64, out_ptr: u64, out_len: u64) -> HostResult {
     let (code, msg) = cx.state().status.clone();
     check_range(cx, out_code, 4)?;
     let s = copy_out(cx, &msg, out_ptr, out_len)?;
@@ -53,7 +53,7 @@ pub(super) fn get_status(cx: &mut dyn Guest, out_code: u64, out_ptr: u64, out_le
 /// must hold `:method`, `:path` and `:authority` (else BAD_ARGUMENT).
 #[allow(clippy::too_many_arguments, reason = "mirrors the ABI signature")]
 pub(super) fn http_call(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     up: u64,
     up_len: u64,
     hdr: u64,
@@ -87,7 +87,7 @@ pub(super) fn http_call(
 
 #[allow(clippy::too_many_arguments, reason = "mirrors the ABI signature")]
 fn grpc_open(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     stream: bool,
     strings: [(u64, u64); 3],
     md: (u64, u64),
@@ -116,7 +116,7 @@ fn grpc_open(
 /// return_token*)`.
 #[allow(clippy::too_many_arguments, reason = "mirrors the ABI signature")]
 pub(super) fn grpc_call(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     up: u64,
     up_len: u64,
     svc: u64,
@@ -138,7 +138,7 @@ pub(super) fn grpc_call(
 /// `proxy_grpc_stream(upstream, service, method, initial_metadata, return_token*)`.
 #[allow(clippy::too_many_arguments, reason = "mirrors the ABI signature")]
 pub(super) fn grpc_stream(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     up: u64,
     up_len: u64,
     svc: u64,
@@ -178,17 +178,17 @@ fn grpc_act(state: &mut HostState, token: u64, action: GrpcAction) -> HostResult
 }
 
 /// `proxy_grpc_send(token, message, message_len, end_stream)`: streams only.
-pub(super) fn grpc_send(cx: &mut dyn Guest, token: u64, msg: u64, msg_len: u64, end: u64) -> HostResult {
+pub(super) fn grpc_send(cx: &mut (impl Guest + ?Sized), token: u64, msg: u64, msg_len: u64, end: u64) -> HostResult {
     let message = read_bytes(cx, msg, msg_len)?;
     grpc_act(cx.state(), token, GrpcAction::Send { message, end_stream: end as u32 != 0 })
 }
 
 /// `proxy_grpc_cancel(token)`: no further callbacks for the call or stream.
-pub(super) fn grpc_cancel(cx: &mut dyn Guest, token: u64) -> HostResult {
+pub(super) fn grpc_cancel(cx: &mut (impl Guest + ?Sized), token: u64) -> HostResult {
     grpc_act(cx.state(), token, GrpcAction::Cancel)
 }
 
 /// `proxy_grpc_close(token)`: closes the call or stream; no further callbacks.
-pub(super) fn grpc_close(cx: &mut dyn Guest, token: u64) -> HostResult {
+pub(super) fn grpc_close(cx: &mut (impl Guest + ?Sized), token: u64) -> HostResult {
     grpc_act(cx.state(), token, GrpcAction::Close)
 }

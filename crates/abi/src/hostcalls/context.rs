@@ -7,7 +7,7 @@ use crate::vm::Guest;
 
 /// `proxy_set_effective_context(context_id)`: later host calls in this callback act on that
 /// context. BAD_ARGUMENT for an unknown id.
-pub(super) fn set_effective_context(cx: &mut dyn Guest, id: u64) -> HostResult {
+pub(super) fn set_effective_context(cx: &mut (impl Guest + ?Sized), id: u64) -> HostResult {
     let state = cx.state();
     let Ok(id) = u32::try_from(id) else { return Ok(Status::BadArgument) };
     if !state.contexts.contains_key(&id) {
@@ -19,11 +19,12 @@ pub(super) fn set_effective_context(cx: &mut dyn Guest, id: u64) -> HostResult {
 
 /// `proxy_done()`: finishes the effective context after its `proxy_on_done` returned false.
 /// NOT_FOUND when that context is not waiting for it.
-pub(super) fn done(cx: &mut dyn Guest) -> HostResult {
+pub(super) fn done(cx: &mut (impl Guest + ?Sized)) -> HostResult {
     let state = cx.state();
     match state.effective_context() {
         Some(c) if c.life == Lifecycle::DonePending => {
             c.life = Lifecycle::DoneReady;
+            state.done_ready.push(state.effective);
             Ok(Status::Ok)
         }
         _ => Ok(Status::NotFound),

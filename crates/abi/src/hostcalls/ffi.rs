@@ -8,7 +8,7 @@ use crate::vm::Guest;
 /// return_size*)`: NOT_FOUND for an unknown name. With both out-pointers 0 the result is
 /// discarded.
 pub(super) fn call_foreign_function(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     name: u64,
     name_len: u64,
     args: u64,

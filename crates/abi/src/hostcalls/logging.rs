@@ -7,7 +7,7 @@ use crate::vm::Guest;
 use crate::{HostState, LogLevel, Status};
 
 /// `proxy_log(level, msg_ptr, msg_len)`: BAD_ARGUMENT for an unknown level.
-pub(super) fn log(cx: &mut dyn Guest, level: u64, msg: u64, len: u64) -> HostResult {
+pub(super) fn log(cx: &mut (impl Guest + ?Sized), level: u64, msg: u64, len: u64) -> HostResult {
     let level = u32::try_from(level).ok().and_then(LogLevel::from_raw).ok_or(Status::BadArgument)?;
     if level < cx.state().env.log_level {
         // Dropped without copying, but a bad range is still reported.
@@ -23,7 +23,7 @@ pub(super) fn log(cx: &mut dyn Guest, level: u64, msg: u64, len: u64) -> HostRes
 }
 
 /// `proxy_get_log_level(return_level*)` (0.2.1).
-pub(super) fn get_log_level(cx: &mut dyn Guest, out: u64) -> HostResult {
+pub(super) fn get_log_level(cx: &mut (impl Guest + ?Sized), out: u64) -> HostResult {
     let level = cx.state().env.log_level as u32;
     write_u32(cx, out, level)?;
     Ok(Status::Ok)

@@ -1,7 +1,8 @@
 //! HTTP fields: the `proxy_*_header_map_*` functions.
 
 use crate::guest::{
-    HostResult, Scratch, copy_out, copy_out_filled, copy_out_from, read_bytes, with_guest_bytes, with_guest_pair, write_word,
+    HostResult, Scratch, copy_out, copy_out_filled, copy_out_from, read_bytes, with_guest_bytes, with_guest_pair,
+    write_word,
 };
 use crate::vm::Guest;
 use crate::{AbiVersion, HeaderMap, HostState, MapType, Status, pairs};
@@ -25,7 +26,7 @@ fn map(state: &mut HostState, raw: u64) -> Result<&mut HeaderMap, Status> {
 
 /// `proxy_get_header_map_pairs(type, return_data**, return_size*)`: the whole map, serialized;
 /// an empty map is `(0, 0)`.
-pub(super) fn get_pairs(cx: &mut dyn Guest, ty: u64, out_ptr: u64, out_len: u64) -> HostResult {
+pub(super) fn get_pairs(cx: &mut (impl Guest + ?Sized), ty: u64, out_ptr: u64, out_len: u64) -> HostResult {
     let m = map(cx.state(), ty)?;
     if m.is_empty() {
         return copy_out(cx, &[], out_ptr, out_len);
@@ -48,7 +49,7 @@ pub(super) fn get_pairs(cx: &mut dyn Guest, ty: u64, out_ptr: u64, out_len: u64)
 
 /// `proxy_set_header_map_pairs(type, data, len)`: replaces the whole map. A malformed or
 /// over-limit map is BAD_ARGUMENT and changes nothing.
-pub(super) fn set_pairs(cx: &mut dyn Guest, ty: u64, ptr: u64, len: u64) -> HostResult {
+pub(super) fn set_pairs(cx: &mut (impl Guest + ?Sized), ty: u64, ptr: u64, len: u64) -> HostResult {
     let bytes = read_bytes(cx, ptr, len)?;
     let parsed = pairs::decode(&bytes).map_err(|_| Status::BadArgument)?;
     let m = map(cx.state(), ty)?;
@@ -57,7 +58,7 @@ pub(super) fn set_pairs(cx: &mut dyn Guest, ty: u64, ptr: u64, len: u64) -> Host
 }
 
 /// `proxy_get_header_map_size(type, return_size*)`: the size of the serialized map.
-pub(super) fn get_size(cx: &mut dyn Guest, ty: u64, out: u64) -> HostResult {
+pub(super) fn get_size(cx: &mut (impl Guest + ?Sized), ty: u64, out: u64) -> HostResult {
     let m = map(cx.state(), ty)?;
     let size = if m.is_empty() { 0 } else { 4 + m.iter().map(|(k, v)| 10 + k.len() + v.len()).sum::<usize>() };
     write_word(cx, out, size as u64)?;
@@ -66,7 +67,14 @@ pub(super) fn get_size(cx: &mut dyn Guest, ty: u64, out: u64) -> HostResult {
 
 /// `proxy_get_header_map_value(type, key, key_len, return_value**, return_size*)`: the first
 /// value. A missing key is OK with an empty value in 0.1.0 and NOT_FOUND from 0.2.0.
-pub(super) fn get_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, out_ptr: u64, out_len: u64) -> HostResult {
+pub(super) fn get_value(
+    cx: &mut (impl Guest + ?Sized),
+    ty: u64,
+    key: u64,
+    key_len: u64,
+    out_ptr: u64,
+    out_len: u64,
+) -> HostResult {
     // The key is looked up where it lies in guest memory, and the value copied from the map
     // into the block the guest allocates: neither is copied on the way.
     let found = with_guest_bytes(cx, key, key_len, |key, state| {
@@ -81,13 +89,27 @@ pub(super) fn get_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, out
 }
 
 /// `proxy_add_header_map_value(type, key, key_len, value, value_len)`: appends.
-pub(super) fn add_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, val: u64, val_len: u64) -> HostResult {
+pub(super) fn add_value(
+    cx: &mut (impl Guest + ?Sized),
+    ty: u64,
+    key: u64,
+    key_len: u64,
+    val: u64,
+    val_len: u64,
+) -> HostResult {
     with_guest_pair(cx, (key, key_len), (val, val_len), |key, val, state| map(state, ty).map(|m| m.add(key, val)))??;
     Ok(Status::Ok)
 }
 
 /// `proxy_replace_header_map_value(type, key, key_len, value, value_len)`: sets one value.
-pub(super) fn replace_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64, val: u64, val_len: u64) -> HostResult {
+pub(super) fn replace_value(
+    cx: &mut (impl Guest + ?Sized),
+    ty: u64,
+    key: u64,
+    key_len: u64,
+    val: u64,
+    val_len: u64,
+) -> HostResult {
     with_guest_pair(cx, (key, key_len), (val, val_len), |key, val, state| {
         map(state, ty).map(|m| m.replace(key, val))
     })??;
@@ -95,7 +117,7 @@ pub(super) fn replace_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64,
 }
 
 /// `proxy_remove_header_map_value(type, key, key_len)`: OK even when absent.
-pub(super) fn remove_value(cx: &mut dyn Guest, ty: u64, key: u64, key_len: u64) -> HostResult {
+pub(super) fn remove_value(cx: &mut (impl Guest + ?Sized), ty: u64, key: u64, key_len: u64) -> HostResult {
     with_guest_bytes(cx, key, key_len, |key, state| map(state, ty).map(|m| m.remove(key)))??;
     Ok(Status::Ok)
 }

@@ -106,7 +106,12 @@ impl HostFunc {
 /// What every host function does around its implementation: coverage, and the strace lines
 /// (target `wasmux::strace`, level TRACE).
 #[inline(always)]
-fn around(index: Index, cx: &mut dyn Guest, args: &[u64], imp: impl FnOnce(&mut dyn Guest) -> Result<u64>) -> Result<u64> {
+fn around<G: Guest + ?Sized>(
+    index: Index,
+    cx: &mut G,
+    args: &[u64],
+    imp: impl FnOnce(&mut G) -> Result<u64>,
+) -> Result<u64> {
     cx.state().coverage |= 1u128 << index as usize;
     if !tracing::enabled!(target: "wasmux::strace", tracing::Level::TRACE) {
         return imp(cx);
@@ -164,7 +169,7 @@ macro_rules! host_funcs {
                         cx.state().coverage |= 1u128 << Index::$name as usize;
                         return Ok(Status::BadArgument as u64);
                     };
-                    direct::$name(cx, $($arg),*)
+                    direct::$name::<dyn Guest>(cx, $($arg),*)
                 },
             },
         )*];
@@ -176,7 +181,8 @@ macro_rules! host_funcs {
 
         /// Every host function as a typed Rust function of raw words, for backends that bind
         /// each import to its own native symbol (the null engine): the same implementation,
-        /// coverage and tracing as [`HostFunc::invoke`], without the argument slice.
+        /// coverage and tracing as [`HostFunc::invoke`], without the argument slice, and
+        /// compiled for the backend's own [`Guest`] type (no dynamic calls inside).
         pub mod direct {
             #[allow(clippy::wildcard_imports, reason = "the implementations of the parent module")]
             use super::*;
@@ -186,7 +192,7 @@ macro_rules! host_funcs {
                 /// # Errors
                 /// As [`HostFunc::invoke`].
                 #[allow(clippy::too_many_arguments, reason = "one parameter per ABI parameter")]
-                pub fn $name(cx: &mut dyn Guest, $($arg: u64),*) -> Result<u64> {
+                pub fn $name<G: Guest + ?Sized>(cx: &mut G, $($arg: u64),*) -> Result<u64> {
                     around(Index::$name, cx, &[$($arg),*], |cx| match $imp(cx, $($arg),*) {
                         Ok(v) => Ok(IntoRaw::into_raw(v)),
                         Err(Fail::Raw(raw)) => Ok(u64::from(raw)),

@@ -100,7 +100,13 @@ fn lookup(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `proxy_get_property(path, path_len, return_value**, return_size*)`: NOT_FOUND when unknown.
-pub(super) fn get_property(cx: &mut dyn Guest, path: u64, path_len: u64, out_ptr: u64, out_len: u64) -> HostResult {
+pub(super) fn get_property(
+    cx: &mut (impl Guest + ?Sized),
+    path: u64,
+    path_len: u64,
+    out_ptr: u64,
+    out_len: u64,
+) -> HostResult {
     let raw = read_bytes(cx, path, path_len)?;
     let Some(value) = lookup(cx.state(), &raw) else {
         return Ok(Status::NotFound);
@@ -111,7 +117,13 @@ pub(super) fn get_property(cx: &mut dyn Guest, path: u64, path_len: u64, out_ptr
 /// `proxy_set_property(path, path_len, value, value_len)`: stored on the effective context
 /// (stream or connection; the root context when called outside a stream) and visible to later
 /// reads there.
-pub(super) fn set_property(cx: &mut dyn Guest, path: u64, path_len: u64, val: u64, val_len: u64) -> HostResult {
+pub(super) fn set_property(
+    cx: &mut (impl Guest + ?Sized),
+    path: u64,
+    path_len: u64,
+    val: u64,
+    val_len: u64,
+) -> HostResult {
     let raw = read_bytes(cx, path, path_len)?;
     let value = read_bytes(cx, val, val_len)?;
     if raw.is_empty() {

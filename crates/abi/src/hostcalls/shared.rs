@@ -7,7 +7,7 @@ use crate::vm::Guest;
 
 /// `proxy_get_shared_data(key, key_len, return_value**, return_size*, return_cas*)`.
 pub(super) fn get_shared_data(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     key: u64,
     key_len: u64,
     out_ptr: u64,
@@ -28,7 +28,7 @@ pub(super) fn get_shared_data(
 /// `proxy_set_shared_data(key, key_len, value, value_len, cas)`: a non-zero `cas` must match,
 /// else CAS_MISMATCH. An empty value is stored as empty (the Rust SDK's delete).
 pub(super) fn set_shared_data(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     key: u64,
     key_len: u64,
     val: u64,
@@ -46,7 +46,7 @@ pub(super) fn set_shared_data(
 
 /// `proxy_register_shared_queue(name, name_len, return_id*)`: creates or opens a queue owned by
 /// the effective context's root context.
-pub(super) fn register_queue(cx: &mut dyn Guest, name: u64, name_len: u64, out: u64) -> HostResult {
+pub(super) fn register_queue(cx: &mut (impl Guest + ?Sized), name: u64, name_len: u64, out: u64) -> HostResult {
     let name = read_bytes(cx, name, name_len)?;
     check_range(cx, out, 4)?;
     let state = cx.state();
@@ -62,7 +62,7 @@ pub(super) fn register_queue(cx: &mut dyn Guest, name: u64, name_len: u64, out: 
 /// `proxy_resolve_shared_queue(vm_id, vm_id_len, name, name_len, return_id*)`: an empty VM id
 /// means this VM. NOT_FOUND when absent.
 pub(super) fn resolve_queue(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     vm: u64,
     vm_len: u64,
     name: u64,
@@ -81,7 +81,7 @@ pub(super) fn resolve_queue(
 }
 
 /// `proxy_enqueue_shared_queue(id, value, value_len)`.
-pub(super) fn enqueue(cx: &mut dyn Guest, id: u64, val: u64, val_len: u64) -> HostResult {
+pub(super) fn enqueue(cx: &mut (impl Guest + ?Sized), id: u64, val: u64, val_len: u64) -> HostResult {
     let value = read_bytes(cx, val, val_len)?;
     Ok(match cx.state().env.services.queues.enqueue(id as u32, &value) {
         Ok(()) => Status::Ok,
@@ -90,7 +90,7 @@ pub(super) fn enqueue(cx: &mut dyn Guest, id: u64, val: u64, val_len: u64) -> Ho
 }
 
 /// `proxy_dequeue_shared_queue(id, return_value**, return_size*)`: EMPTY when nothing is queued.
-pub(super) fn dequeue(cx: &mut dyn Guest, id: u64, out_ptr: u64, out_len: u64) -> HostResult {
+pub(super) fn dequeue(cx: &mut (impl Guest + ?Sized), id: u64, out_ptr: u64, out_len: u64) -> HostResult {
     let word = cx.word_size() as u64;
     check_range(cx, out_ptr, word)?;
     check_range(cx, out_len, word)?;

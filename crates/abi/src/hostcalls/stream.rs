@@ -39,31 +39,31 @@ fn stream_type(raw: u64) -> Result<StreamType, Status> {
 }
 
 /// `proxy_continue_stream(stream_type)` (0.2.0+).
-pub(super) fn continue_stream(cx: &mut dyn Guest, ty: u64) -> HostResult {
+pub(super) fn continue_stream(cx: &mut (impl Guest + ?Sized), ty: u64) -> HostResult {
     control(cx.state(), StreamControl::Continue(stream_type(ty)?))?;
     Ok(Status::Ok)
 }
 
 /// `proxy_close_stream(stream_type)` (0.2.0+).
-pub(super) fn close_stream(cx: &mut dyn Guest, ty: u64) -> HostResult {
+pub(super) fn close_stream(cx: &mut (impl Guest + ?Sized), ty: u64) -> HostResult {
     control(cx.state(), StreamControl::Close(stream_type(ty)?))?;
     Ok(Status::Ok)
 }
 
 /// `proxy_continue_request()` (0.1.0).
-pub(super) fn continue_request(cx: &mut dyn Guest) -> HostResult {
+pub(super) fn continue_request(cx: &mut (impl Guest + ?Sized)) -> HostResult {
     control(cx.state(), StreamControl::Continue(StreamType::HttpRequest))?;
     Ok(Status::Ok)
 }
 
 /// `proxy_continue_response()` (0.1.0).
-pub(super) fn continue_response(cx: &mut dyn Guest) -> HostResult {
+pub(super) fn continue_response(cx: &mut (impl Guest + ?Sized)) -> HostResult {
     control(cx.state(), StreamControl::Continue(StreamType::HttpResponse))?;
     Ok(Status::Ok)
 }
 
 /// `proxy_clear_route_cache()` (0.1.0).
-pub(super) fn clear_route_cache(cx: &mut dyn Guest) -> HostResult {
+pub(super) fn clear_route_cache(cx: &mut (impl Guest + ?Sized)) -> HostResult {
     control(cx.state(), StreamControl::ClearRouteCache)?;
     Ok(Status::Ok)
 }
@@ -73,7 +73,7 @@ pub(super) fn clear_route_cache(cx: &mut dyn Guest) -> HostResult {
 /// running callback's result to Pause. `grpc_status = -1` means a plain HTTP reply.
 #[allow(clippy::too_many_arguments, reason = "mirrors the ABI signature")]
 pub(super) fn send_local_response(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     code: u64,
     details: u64,
     details_len: u64,

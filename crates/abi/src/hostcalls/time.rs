@@ -8,7 +8,7 @@ use crate::state::ContextKind;
 use crate::vm::Guest;
 
 /// `proxy_get_current_time_nanoseconds(return_time*)`: wall clock, u64 nanoseconds.
-pub(super) fn get_current_time(cx: &mut dyn Guest, out: u64) -> HostResult {
+pub(super) fn get_current_time(cx: &mut (impl Guest + ?Sized), out: u64) -> HostResult {
     let now = cx.state().env.services.clock.realtime_nanos();
     write_u64(cx, out, now)?;
     Ok(Status::Ok)
@@ -16,7 +16,7 @@ pub(super) fn get_current_time(cx: &mut dyn Guest, out: u64) -> HostResult {
 
 /// `proxy_set_tick_period_milliseconds(period)`: sets the timer of the effective context's
 /// root context; 0 disables it.
-pub(super) fn set_tick_period(cx: &mut dyn Guest, period: u64) -> HostResult {
+pub(super) fn set_tick_period(cx: &mut (impl Guest + ?Sized), period: u64) -> HostResult {
     let period = period as u32;
     let state = cx.state();
     let Some(root) = state.contexts.get(&state.effective).map(|c| c.root) else {

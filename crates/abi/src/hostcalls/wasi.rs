@@ -35,7 +35,7 @@ fn stdio_result(fd: u64) -> HostResult<u32> {
     Ok(if is_stdio(fd) { Errno::SUCCESS } else { Errno::BADF })
 }
 
-fn write_stdio(cx: &mut dyn Guest, fd: u64, iovs: u64, iovs_len: u64, nwritten: u64) -> Result<u32, u32> {
+fn write_stdio(cx: &mut (impl Guest + ?Sized), fd: u64, iovs: u64, iovs_len: u64, nwritten: u64) -> Result<u32, u32> {
     let level = match fd {
         1 => LogLevel::Info,
         2 => LogLevel::Error,
@@ -62,13 +62,19 @@ fn write_stdio(cx: &mut dyn Guest, fd: u64, iovs: u64, iovs_len: u64, nwritten: 
 }
 
 /// `fd_write`: fd 1 logs at INFO, fd 2 at ERROR (one trailing newline stripped); other fds BADF.
-pub(super) fn fd_write(cx: &mut dyn Guest, fd: u64, iovs: u64, iovs_len: u64, nwritten: u64) -> HostResult<u32> {
+pub(super) fn fd_write(
+    cx: &mut (impl Guest + ?Sized),
+    fd: u64,
+    iovs: u64,
+    iovs_len: u64,
+    nwritten: u64,
+) -> HostResult<u32> {
     Ok(write_stdio(cx, fd, iovs, iovs_len, nwritten).unwrap_or_else(|e| e))
 }
 
 /// `fd_pwrite`: as `fd_write`; the offset is ignored.
 pub(super) fn fd_pwrite(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     fd: u64,
     iovs: u64,
     iovs_len: u64,
@@ -79,12 +85,12 @@ pub(super) fn fd_pwrite(
 }
 
 /// `fd_seek`: stdio cannot seek (SPIPE); other fds BADF.
-pub(super) fn fd_seek(_: &mut dyn Guest, fd: u64, _: u64, _: u64, _: u64) -> HostResult<u32> {
+pub(super) fn fd_seek(_: &mut (impl Guest + ?Sized), fd: u64, _: u64, _: u64, _: u64) -> HostResult<u32> {
     Ok(if is_stdio(fd) { Errno::SPIPE } else { Errno::BADF })
 }
 
 /// `fd_tell`: 0 for stdio.
-pub(super) fn fd_tell(cx: &mut dyn Guest, fd: u64, out: u64) -> HostResult<u32> {
+pub(super) fn fd_tell(cx: &mut (impl Guest + ?Sized), fd: u64, out: u64) -> HostResult<u32> {
     if !is_stdio(fd) {
         return Ok(Errno::BADF);
     }
@@ -92,12 +98,12 @@ pub(super) fn fd_tell(cx: &mut dyn Guest, fd: u64, out: u64) -> HostResult<u32> 
 }
 
 /// `fd_close`: stdio "closes" successfully; other fds BADF.
-pub(super) fn fd_close(_: &mut dyn Guest, fd: u64) -> HostResult<u32> {
+pub(super) fn fd_close(_: &mut (impl Guest + ?Sized), fd: u64) -> HostResult<u32> {
     stdio_result(fd)
 }
 
 /// `fd_fdstat_get`: stdio is a write-only character device.
-pub(super) fn fd_fdstat_get(cx: &mut dyn Guest, fd: u64, out: u64) -> HostResult<u32> {
+pub(super) fn fd_fdstat_get(cx: &mut (impl Guest + ?Sized), fd: u64, out: u64) -> HostResult<u32> {
     if !is_stdio(fd) {
         return Ok(Errno::BADF);
     }
@@ -109,7 +115,7 @@ pub(super) fn fd_fdstat_get(cx: &mut dyn Guest, fd: u64, out: u64) -> HostResult
 
 /// `fd_readdir`: no directories.
 pub(super) fn fd_readdir(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     _fd: u64,
     _buf: u64,
     _len: u64,
@@ -121,14 +127,14 @@ pub(super) fn fd_readdir(
 }
 
 /// `fd_renumber`: no renumbering.
-pub(super) fn fd_renumber(_: &mut dyn Guest, _: u64, _: u64) -> HostResult<u32> {
+pub(super) fn fd_renumber(_: &mut (impl Guest + ?Sized), _: u64, _: u64) -> HostResult<u32> {
     Ok(Errno::BADF)
 }
 
 /// `path_open`: there is no filesystem.
 #[allow(clippy::too_many_arguments, reason = "mirrors the WASI signature")]
 pub(super) fn path_open(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     _: u64,
     _: u64,
     _: u64,
@@ -144,20 +150,28 @@ pub(super) fn path_open(
 }
 
 /// `path_readlink`: no links.
-pub(super) fn path_readlink(cx: &mut dyn Guest, _: u64, _: u64, _: u64, _: u64, _: u64, out: u64) -> HostResult<u32> {
+pub(super) fn path_readlink(
+    cx: &mut (impl Guest + ?Sized),
+    _: u64,
+    _: u64,
+    _: u64,
+    _: u64,
+    _: u64,
+    out: u64,
+) -> HostResult<u32> {
     let _ = write_u32(cx, out, 0);
     Ok(Errno::NOTSUP)
 }
 
 /// `sock_accept`: no sockets.
-pub(super) fn sock_accept(cx: &mut dyn Guest, _: u64, _: u64, out: u64) -> HostResult<u32> {
+pub(super) fn sock_accept(cx: &mut (impl Guest + ?Sized), _: u64, _: u64, out: u64) -> HostResult<u32> {
     let _ = write_u32(cx, out, 0);
     Ok(Errno::NOTSUP)
 }
 
 /// `sock_recv`: no sockets.
 pub(super) fn sock_recv(
-    cx: &mut dyn Guest,
+    cx: &mut (impl Guest + ?Sized),
     _: u64,
     _: u64,
     _: u64,
@@ -171,12 +185,12 @@ pub(super) fn sock_recv(
 }
 
 /// `sock_send`: no sockets.
-pub(super) fn sock_send(cx: &mut dyn Guest, _: u64, _: u64, _: u64, _: u64, out: u64) -> HostResult<u32> {
+pub(super) fn sock_send(cx: &mut (impl Guest + ?Sized), _: u64, _: u64, _: u64, _: u64, out: u64) -> HostResult<u32> {
     let _ = write_u32(cx, out, 0);
     Ok(Errno::NOTSUP)
 }
 
-fn environ(cx: &mut dyn Guest) -> Vec<Vec<u8>> {
+fn environ(cx: &mut (impl Guest + ?Sized)) -> Vec<Vec<u8>> {
     cx.state()
         .env
         .environment
@@ -190,7 +204,7 @@ fn environ(cx: &mut dyn Guest) -> Vec<Vec<u8>> {
 }
 
 /// `environ_sizes_get`: count and total size of `KEY=VALUE\0` strings.
-pub(super) fn environ_sizes_get(cx: &mut dyn Guest, count: u64, size: u64) -> HostResult<u32> {
+pub(super) fn environ_sizes_get(cx: &mut (impl Guest + ?Sized), count: u64, size: u64) -> HostResult<u32> {
     let env = environ(cx);
     let total: usize = env.iter().map(Vec::len).sum();
     if write_u32(cx, count, env.len() as u32).is_err() || write_u32(cx, size, total as u32).is_err() {
@@ -200,7 +214,7 @@ pub(super) fn environ_sizes_get(cx: &mut dyn Guest, count: u64, size: u64) -> Ho
 }
 
 /// `environ_get`: writes the strings into `buf` and their addresses into `ptrs`.
-pub(super) fn environ_get(cx: &mut dyn Guest, ptrs: u64, buf: u64) -> HostResult<u32> {
+pub(super) fn environ_get(cx: &mut (impl Guest + ?Sized), ptrs: u64, buf: u64) -> HostResult<u32> {
     let env = environ(cx);
     let mut at = buf;
     for (i, s) in env.iter().enumerate() {
@@ -214,7 +228,7 @@ pub(super) fn environ_get(cx: &mut dyn Guest, ptrs: u64, buf: u64) -> HostResult
 }
 
 /// `args_sizes_get`: no arguments.
-pub(super) fn args_sizes_get(cx: &mut dyn Guest, count: u64, size: u64) -> HostResult<u32> {
+pub(super) fn args_sizes_get(cx: &mut (impl Guest + ?Sized), count: u64, size: u64) -> HostResult<u32> {
     if write_u32(cx, count, 0).is_err() || write_u32(cx, size, 0).is_err() {
         return Ok(Errno::FAULT);
     }
@@ -222,13 +236,13 @@ pub(super) fn args_sizes_get(cx: &mut dyn Guest, count: u64, size: u64) -> HostR
 }
 
 /// `args_get`: nothing to write.
-pub(super) fn args_get(_: &mut dyn Guest, _: u64, _: u64) -> HostResult<u32> {
+pub(super) fn args_get(_: &mut (impl Guest + ?Sized), _: u64, _: u64) -> HostResult<u32> {
     Ok(Errno::SUCCESS)
 }
 
 /// `clock_time_get`: realtime (0) and monotonic (1) from the clock service; CPU-time clocks
 /// are not offered (NOTSUP).
-pub(super) fn clock_time_get(cx: &mut dyn Guest, id: u64, _precision: u64, out: u64) -> HostResult<u32> {
+pub(super) fn clock_time_get(cx: &mut (impl Guest + ?Sized), id: u64, _precision: u64, out: u64) -> HostResult<u32> {
     let clock = cx.state().env.services.clock.clone();
     let now = match id {
         0 => clock.realtime_nanos(),
@@ -239,7 +253,7 @@ pub(super) fn clock_time_get(cx: &mut dyn Guest, id: u64, _precision: u64, out: 
 }
 
 /// `clock_res_get`: 1 ns for realtime and monotonic.
-pub(super) fn clock_res_get(cx: &mut dyn Guest, id: u64, out: u64) -> HostResult<u32> {
+pub(super) fn clock_res_get(cx: &mut (impl Guest + ?Sized), id: u64, out: u64) -> HostResult<u32> {
     if id > 1 {
         return Ok(Errno::NOTSUP);
     }
@@ -247,7 +261,7 @@ pub(super) fn clock_res_get(cx: &mut dyn Guest, id: u64, out: u64) -> HostResult
 }
 
 /// `random_get`: real randomness; more than 64 KiB at once is INVAL.
-pub(super) fn random_get(cx: &mut dyn Guest, buf: u64, len: u64) -> HostResult<u32> {
+pub(super) fn random_get(cx: &mut (impl Guest + ?Sized), buf: u64, len: u64) -> HostResult<u32> {
     if len > MAX_RANDOM {
         return Ok(Errno::INVAL);
     }
@@ -262,12 +276,18 @@ pub(super) fn random_get(cx: &mut dyn Guest, buf: u64, len: u64) -> HostResult<u
 }
 
 /// `sched_yield`: nothing to yield to.
-pub(super) fn sched_yield(_: &mut dyn Guest) -> HostResult<u32> {
+pub(super) fn sched_yield(_: &mut (impl Guest + ?Sized)) -> HostResult<u32> {
     Ok(Errno::SUCCESS)
 }
 
 /// `poll_oneoff`: reports no events (a filter must not block).
-pub(super) fn poll_oneoff(cx: &mut dyn Guest, _input: u64, _output: u64, n: u64, out: u64) -> HostResult<u32> {
+pub(super) fn poll_oneoff(
+    cx: &mut (impl Guest + ?Sized),
+    _input: u64,
+    _output: u64,
+    n: u64,
+    out: u64,
+) -> HostResult<u32> {
     if n == 0 {
         return Ok(Errno::INVAL);
     }
@@ -276,18 +296,18 @@ pub(super) fn poll_oneoff(cx: &mut dyn Guest, _input: u64, _output: u64, n: u64,
 
 /// `proc_exit`: logged as an error; the call returns (the guest traps right after, on its own
 /// `unreachable`).
-pub(super) fn proc_exit(cx: &mut dyn Guest, code: u64) -> HostResult<()> {
+pub(super) fn proc_exit(cx: &mut (impl Guest + ?Sized), code: u64) -> HostResult<()> {
     emit(cx.state(), LogLevel::Error, &format!("proc_exit({})", code as u32 as i32));
     Ok(())
 }
 
 /// `env.emscripten_notify_memory_growth`: nothing to do.
-pub(super) fn notify_memory_growth(_: &mut dyn Guest, _: u64) -> HostResult<()> {
+pub(super) fn notify_memory_growth(_: &mut (impl Guest + ?Sized), _: u64) -> HostResult<()> {
     Ok(())
 }
 
 /// `env.pthread_equal(a, b)`.
-pub(super) fn pthread_equal(_: &mut dyn Guest, a: u64, b: u64) -> HostResult<u32> {
+pub(super) fn pthread_equal(_: &mut (impl Guest + ?Sized), a: u64, b: u64) -> HostResult<u32> {
     Ok(u32::from(a == b))
 }
 
@@ -295,7 +315,7 @@ macro_rules! fixed {
     ($($name:ident($($a:ident),*) => $v:expr;)*) => {$(
         #[doc = concat!("A stub answering `", stringify!($v), "`.")]
         #[allow(clippy::too_many_arguments, reason = "mirrors WASI signatures")]
-        pub(super) fn $name(_: &mut dyn Guest, $($a: u64),*) -> HostResult<u32> {
+        pub(super) fn $name(_: &mut (impl Guest + ?Sized), $($a: u64),*) -> HostResult<u32> {
             $(let _ = $a;)*
             $v
         }
