@@ -70,6 +70,29 @@ impl std::fmt::Debug for SmallBytes {
     }
 }
 
+/// A header name to look for, compared with stored (lower-cased) names ignoring ASCII case.
+#[derive(Clone, Copy)]
+struct Name<'a> {
+    name: &'a [u8],
+    /// No upper-case letter (what SDKs send): then it compares as bytes.
+    lower: bool,
+}
+
+impl<'a> Name<'a> {
+    #[inline]
+    fn new(name: &'a [u8]) -> Self {
+        Self { name, lower: !name.iter().any(u8::is_ascii_uppercase) }
+    }
+
+    /// Whether stored name `k` is this name. The length and first byte rule most names out
+    /// without a call to `memcmp`.
+    #[inline]
+    fn matches(self, k: &[u8]) -> bool {
+        k.len() == self.name.len()
+            && if self.lower { k.first() == self.name.first() && k == self.name } else { k.eq_ignore_ascii_case(self.name) }
+    }
+}
+
 /// An ordered multi-map of header names to values, as proxies keep them.
 ///
 /// Names are stored lower-cased (HTTP/2 style, as Envoy does) and compared case-insensitively.
@@ -136,20 +159,8 @@ impl HeaderMap {
 
     /// The index of the first entry named `name`, for [`Self::value_at`].
     pub fn position(&self, name: &[u8]) -> Option<usize> {
-        let is = Self::matcher(name);
-        self.entries.iter().position(|(k, _)| is(k))
-    }
-
-    /// A test for stored names equal to `name`, ignoring ASCII case. Names are stored
-    /// lower-cased, so a lower-case name (what SDKs send) compares as bytes, and its length and
-    /// first byte rule most names out without a call to `memcmp`.
-    fn matcher(name: &[u8]) -> impl Fn(&[u8]) -> bool + '_ {
-        let lower = !name.iter().any(u8::is_ascii_uppercase);
-        let first = name.first();
-        move |k: &[u8]| {
-            k.len() == name.len()
-                && if lower { k.first() == first && *k == *name } else { k.eq_ignore_ascii_case(name) }
-        }
+        let name = Name::new(name);
+        self.entries.iter().position(|(k, _)| name.matches(k))
     }
 
     /// The value of entry `index` (in [`Self::iter`] order).
@@ -167,11 +178,10 @@ impl HeaderMap {
     /// Sets `name` to one value: the first entry is overwritten in place, later ones removed;
     /// absent names are appended.
     pub fn replace(&mut self, name: &[u8], value: &[u8]) {
-        let is = Self::matcher(name);
-        match self.entries.iter().position(|(k, _)| is(k)) {
+        match self.position(name) {
             Some(i) => {
                 self.entries[i].1 = value.into();
-                self.remove_from(i + 1, name);
+                self.remove_from(i + 1, Name::new(name));
             }
             None => self.add(name, value),
         }
@@ -179,25 +189,19 @@ impl HeaderMap {
 
     /// Removes every entry of `name`.
     pub fn remove(&mut self, name: &[u8]) {
-        self.remove_from(0, name);
+        self.remove_from(0, Name::new(name));
     }
 
-    /// Removes the entries of `name` at or after index `from`. Most names occur once or not at
-    /// all, so this is a scan and at most one shift of the entries after it.
-    fn remove_from(&mut self, from: usize, name: &[u8]) {
-        let is = Self::matcher(name);
-        let Some(first) = self.entries.get(from..).and_then(|rest| rest.iter().position(|(k, _)| is(k))) else {
-            return;
-        };
-        let first = from + first;
-        if self.entries[first + 1..].iter().any(|(k, _)| is(k)) {
-            let mut i = 0;
-            self.entries.retain(|(k, _)| {
+    /// Removes the entries of `name` at or after index `from`, in one pass (most names occur
+    /// once or not at all: a scan, and at most one shift of the entries after it).
+    fn remove_from(&mut self, from: usize, name: Name<'_>) {
+        let mut i = from;
+        while let Some((k, _)) = self.entries.get(i) {
+            if name.matches(k) {
+                self.entries.remove(i);
+            } else {
                 i += 1;
-                i <= first || !is(k)
-            });
-        } else {
-            self.entries.remove(first);
+            }
         }
     }
 
