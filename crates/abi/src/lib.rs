@@ -48,8 +48,8 @@ pub use hostcalls::{HOST_FUNCS, HostFunc, ImportModule, direct, find_host_func, 
 pub use load::{ModuleInfo, check_module, detect_abi};
 pub use services::Services;
 pub use state::{
-    Body, CalloutKind, HeaderMap, HostState, HttpStreamState, LocalReply, PluginConfig, StreamControl, TcpStreamState,
-    VmEnv,
+    Body, CalloutKind, HeaderMap, HostState, HttpStreamState, IdHasher, LocalReply, PluginConfig, StreamControl,
+    TcpStreamState, VmEnv,
 };
 pub use types::{AbiSet, AbiVersion, Action, BufferType, LogLevel, MapType, MetricType, PeerType, Status, StreamType};
 pub use vm::{

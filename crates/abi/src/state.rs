@@ -420,8 +420,10 @@ pub(crate) struct Callout {
 }
 
 /// Hashes context ids (small, dense integers) with one multiplication instead of SipHash.
+/// Public for backends that keep their own maps of context ids; not for untrusted keys.
+#[doc(hidden)]
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct IdHasher(u64);
+pub struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {

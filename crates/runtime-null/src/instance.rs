@@ -1,14 +1,15 @@
 //! A native instance: calls into the library, the [`Guest`] view of native memory, and the
 //! per-thread ownership of the SDK's state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
 use std::ffi::c_void;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::thread::{self, ThreadId};
 
 use wasmux_abi::services::{LogLine, LogSink};
 use wasmux_abi::{
-    AbiVersion, Callback, Error, FuncRef, Guest, GuestMemory, HostState, NativeMemory, OutOfBounds, Result, Services,
+    AbiVersion, Callback, Error, FuncRef, Guest, GuestMemory, HostState, IdHasher, NativeMemory, OutOfBounds, Result, Services,
     VmEnv, WasmInstance,
 };
 
@@ -32,7 +33,7 @@ struct Export {
 /// root) and callout tokens that the SDK still maps to a context.
 #[derive(Debug, Default)]
 struct Debris {
-    contexts: BTreeMap<u32, u32>,
+    contexts: HashMap<u32, u32, BuildHasherDefault<IdHasher>>,
     http_calls: BTreeSet<u32>,
     grpc: BTreeSet<u32>,
 }
@@ -186,9 +187,12 @@ fn clear(lib: Arc<Library>, abi: AbiVersion, debris: Debris) {
         return;
     }
     let mut calls: Vec<(&str, Vec<u64>)> = Vec::new();
-    let streams = debris.contexts.iter().filter(|(_, parent)| **parent != 0);
-    let roots = debris.contexts.iter().filter(|(_, parent)| **parent == 0);
-    for (&id, _) in streams.chain(roots) {
+    // In id order, streams before roots.
+    let mut contexts: Vec<(u32, u32)> = debris.contexts.iter().map(|(&id, &parent)| (id, parent)).collect();
+    contexts.sort_unstable();
+    let streams = contexts.iter().filter(|(_, parent)| *parent != 0);
+    let roots = contexts.iter().filter(|(_, parent)| *parent == 0);
+    for &(id, _) in streams.chain(roots) {
         calls.push(("proxy_on_delete", vec![u64::from(id)]));
     }
     for &token in &debris.http_calls {
