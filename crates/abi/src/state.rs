@@ -89,7 +89,11 @@ impl<'a> Name<'a> {
     #[inline]
     fn matches(self, k: &[u8]) -> bool {
         k.len() == self.name.len()
-            && if self.lower { k.first() == self.name.first() && k == self.name } else { k.eq_ignore_ascii_case(self.name) }
+            && if self.lower {
+                k.first() == self.name.first() && k == self.name
+            } else {
+                k.eq_ignore_ascii_case(self.name)
+            }
     }
 }
 
@@ -102,7 +106,7 @@ pub struct HeaderMap {
     entries: Vec<(SmallBytes, SmallBytes)>,
 }
 
-/// A clone keeps [`HeaderMap::HEADROOM`] too (a derived clone would allocate exactly the
+/// A clone keeps the headroom of `from_pairs` too (a derived clone would allocate exactly the
 /// entries).
 impl Clone for HeaderMap {
     fn clone(&self) -> Self {

@@ -2,15 +2,15 @@
 //! per-thread ownership of the SDK's state.
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::BuildHasherDefault;
 use std::ffi::c_void;
+use std::hash::BuildHasherDefault;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::thread::{self, ThreadId};
 
 use wasmux_abi::services::{LogLine, LogSink};
 use wasmux_abi::{
-    AbiVersion, Callback, Error, FuncRef, Guest, GuestMemory, HostState, IdHasher, NativeMemory, OutOfBounds, Result, Services,
-    VmEnv, WasmInstance,
+    AbiVersion, Callback, Error, FuncRef, Guest, GuestMemory, HostState, IdHasher, NativeMemory, OutOfBounds, Result,
+    Services, VmEnv, WasmInstance,
 };
 
 use crate::ENGINE_NAME;

@@ -43,7 +43,12 @@
 //!   call into a library (the only way: a C call carries no context), and see it through a
 //!   [`Guest`](wasmux_abi::Guest) whose words are 8 bytes and whose memory is the address
 //!   space: pointers are native, `memory_size()` is `u64::MAX`, a null pointer with a non-zero
-//!   length is out of bounds. A host function called outside any call from the host (a
+//!   length is out of bounds. The memory is lent to the ABI layer as
+//!   [`GuestMemory::Native`](wasmux_abi::GuestMemory): keys and messages are read where the
+//!   filter keeps them and copy-outs are written straight into the block its allocator
+//!   returned. Each symbol calls the typed implementation in
+//!   [`wasmux_abi::direct`], compiled for this crate's guest type, so nothing between the
+//!   filter's call and the ABI's code is dynamic. A host function called outside any call from the host (a
 //!   filter's destructor at thread exit, a thread the filter started) runs against a scratch
 //!   state whose services go nowhere, so the SDK gets ordinary answers instead of panicking.
 //! - **Exports** are only the library's own definitions, never a symbol `dlsym` would find in
