@@ -41,26 +41,9 @@ const BODY: &[u8] = include_bytes!("../../../conformance/fixtures/wasm/body.wasi
 /// The configuration given to bench-json: parsed by every new instance.
 const BENCH_JSON_CONFIG: &str = r#"{"header":"x-json-summary","max_depth":16,"redact":["password","token"],"response_headers":{"x-filter":"bench-json"}}"#;
 
-/// A module whose guest loop calls `proxy_get_header_map_value` `n` times, and an empty export.
-const HOSTCALL_WAT: &str = r#"(module
-  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "x-key")
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "malloc") (param $n i32) (result i32) (i32.const 4096))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "empty"))
-  (func (export "bench_get") (param $n i32) (result i32)
-    (local $acc i32)
-    (block $done
-      (loop $l
-        (br_if $done (i32.eqz (local.get $n)))
-        (local.set $acc (i32.add (local.get $acc)
-          (call $get (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 64) (i32.const 72))))
-        (local.set $n (i32.sub (local.get $n) (i32.const 1)))
-        (br $l)))
-    (local.get $acc)))"#;
+/// A module whose guest loop calls `proxy_get_header_map_value` `n` times, and an empty export
+/// (the module of the criterion bench `hostcall`).
+const HOSTCALL_WAT: &str = include_str!("../../host/benches/hostcall.wat");
 
 /// Target duration of one timed batch of a fast operation.
 const BATCH: Duration = Duration::from_millis(20);

@@ -11,31 +11,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use wasmux::{HeaderMap, PluginOptions, Runtime};
 
-const MODULE: &str = r#"
-(module
-  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (global $bump (mut i32) (i32.const 4096))
-  (data (i32.const 16) "x-key")
-  (func (export "proxy_abi_version_0_2_1"))
-  ;; A bump allocator that recycles one scratch area: the benchmark never frees.
-  (func (export "malloc") (param $n i32) (result i32) (i32.const 4096))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "empty"))
-  (func (export "bench_get") (param $n i32) (result i32)
-    (local $acc i32)
-    (block $done
-      (loop $l
-        (br_if $done (i32.eqz (local.get $n)))
-        ;; map 0 = request headers, key at 16 (5 bytes), out pointers at 64 and 72
-        (local.set $acc (i32.add (local.get $acc)
-          (call $get (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 64) (i32.const 72))))
-        (local.set $n (i32.sub (local.get $n) (i32.const 1)))
-        (br $l)))
-    (local.get $acc))
-)
-"#;
+/// The benchmark module (also what `wasmux bench` measures).
+const MODULE: &str = include_str!("hostcall.wat");
 
 fn bench(c: &mut Criterion) {
     let wasm = wat::parse_str(MODULE).expect("bench module parses");
