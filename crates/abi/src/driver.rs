@@ -181,14 +181,14 @@ impl Vm {
             vm.call(Callback::OnContextCreate, id, &[u64::from(id), 0])?;
             let vm_cfg = vm.inst.state().env.vm_configuration.len() as u64;
             if vm.call(Callback::OnVmStart, id, &[u64::from(id), vm_cfg])? == Some(0) {
-                vm.inst.state().contexts.remove(&id);
+                vm.inst.state().remove_context(id);
                 return Err(Error::Rejected(Rejection::VmStart));
             }
             vm.inst.state().configuring = Some(id);
             let r = vm.call(Callback::OnConfigure, id, &[u64::from(id), cfg_len]);
             vm.inst.state().configuring = None;
             if r? == Some(0) {
-                vm.inst.state().contexts.remove(&id);
+                vm.inst.state().remove_context(id);
                 return Err(Error::Rejected(Rejection::Configure));
             }
             Ok(id)
@@ -205,7 +205,8 @@ impl Vm {
     /// Unknown root; traps.
     pub fn create_http_stream(&mut self, root: u32) -> Result<u32> {
         self.check_root(root)?;
-        let id = self.new_context(root, ContextKind::Http(Box::default()));
+        let stream = self.inst.state().new_http_stream();
+        let id = self.new_context(root, ContextKind::Http(stream));
         if self.failed.is_some() {
             // A failed VM runs no guest code: the stream exists host-side only, and every event
             // on it returns `Error::Failed`, for the embedder's failure policy to answer.
@@ -411,7 +412,7 @@ impl Vm {
     fn log_and_delete(&mut self, id: u32) -> Result<()> {
         self.call(Callback::OnLog, id, &[u64::from(id)])?;
         self.call(Callback::OnDelete, id, &[u64::from(id)])?;
-        self.inst.state().contexts.remove(&id);
+        self.inst.state().remove_context(id);
         Ok(())
     }
 
@@ -429,7 +430,7 @@ impl Vm {
         }
         if self.failed.is_some() {
             // No guest code runs on a failed VM; the host side of the context is dropped.
-            self.inst.state().contexts.remove(&id);
+            self.inst.state().remove_context(id);
             return Ok(true);
         }
         self.event(|vm| {

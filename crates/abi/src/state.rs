@@ -461,6 +461,9 @@ pub struct HostState {
     pub(crate) current: u32,
     /// The context host calls act on (`proxy_set_effective_context`).
     pub(crate) effective: u32,
+    /// Stream states of deleted HTTP contexts, reset, for the next streams (no allocation per
+    /// stream in the steady state).
+    pub(crate) spare_streams: Vec<Box<HttpStreamState>>,
     /// Contexts that called `proxy_done` during the running callback, in order: log and
     /// delete run for them once it returns.
     pub(crate) done_ready: Vec<u32>,
@@ -490,6 +493,7 @@ impl HostState {
             next_context: 1,
             current: 0,
             effective: 0,
+            spare_streams: Vec::new(),
             done_ready: Vec::new(),
             stop_iteration: false,
             configuring: None,
@@ -526,6 +530,23 @@ impl HostState {
     /// Names of the host functions this instance has called so far.
     pub fn coverage(&self) -> impl Iterator<Item = &'static str> + '_ {
         crate::HOST_FUNCS.iter().enumerate().filter(|(i, _)| self.coverage & (1u128 << i) != 0).map(|(_, f)| f.name)
+    }
+
+    /// Most spare stream states kept.
+    const SPARE_STREAMS: usize = 16;
+
+    /// A fresh HTTP stream state: a spare one when there is one.
+    pub(crate) fn new_http_stream(&mut self) -> Box<HttpStreamState> {
+        self.spare_streams.pop().unwrap_or_default()
+    }
+
+    /// Removes a context; an HTTP stream's state is reset and kept for the next stream.
+    pub(crate) fn remove_context(&mut self, id: u32) {
+        let Some(Context { kind: ContextKind::Http(mut stream), .. }) = self.contexts.remove(&id) else { return };
+        if self.spare_streams.len() < Self::SPARE_STREAMS {
+            *stream = HttpStreamState::default();
+            self.spare_streams.push(stream);
+        }
     }
 
     pub(crate) fn effective_context(&mut self) -> Option<&mut Context> {

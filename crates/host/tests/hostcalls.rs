@@ -78,6 +78,7 @@ cases! {
     stream::continue_and_close_stream_0_2_x,
     stream::continue_request_response_and_route_cache_0_1_0,
     stream::send_local_response_records_the_reply,
+    stream::finished_streams_leave_nothing_behind,
     // Callouts.
     callouts::http_call_dispatch_and_response,
     callouts::failed_http_call_and_get_status,

@@ -215,3 +215,25 @@ pub(crate) fn send_local_response_records_the_reply() {
         assert_eq!(h.http(s5).local_reply.and_then(|r| r.grpc_status), Some(0), "{v}: gRPC OK is a status");
     }
 }
+
+/// A finished stream leaves nothing behind for the next one (stream states are reused): the
+/// next stream starts with empty maps and bodies, no control entries and no local reply.
+pub(crate) fn finished_streams_leave_nothing_behind() {
+    let wat = Wat::new(AbiVersion::V0_2_1).cb("proxy_on_request_body", "(i32.const 1)").cb(
+        "proxy_on_response_headers",
+        &[st(0, "(call $proxy_close_stream (i32.const 1))"), "(i32.const 0)".into()].concat(),
+    );
+    let mut h = H::new(&wat);
+    for _ in 0..3 {
+        let id = h.stream();
+        assert_eq!(h.http(id), wasmux::abi::HttpStreamState::default(), "stream {id} starts clean");
+        h.plugin.request_headers(id, headers(&[(":method", "POST"), ("x-a", "1")]), false).unwrap();
+        assert_eq!(h.plugin.request_body(id, b"abc", false).unwrap(), Action::Pause);
+        h.plugin.response_headers(id, headers(&[(":status", "200")]), false).unwrap();
+        let state = h.http(id);
+        assert_eq!(state.request_body.buffered, b"abc");
+        assert_eq!(state.control, [StreamControl::Close(StreamType::HttpResponse)]);
+        assert!(h.plugin.finish(id).unwrap());
+        assert!(h.vm().http(id).is_err(), "stream {id} is gone");
+    }
+}
