@@ -463,6 +463,7 @@ pub struct HostState {
     pub(crate) effective: u32,
     /// Stream states of deleted HTTP contexts, reset, for the next streams (no allocation per
     /// stream in the steady state).
+    #[allow(clippy::vec_box, reason = "the boxes are what is reused: `ContextKind::Http` holds one")]
     pub(crate) spare_streams: Vec<Box<HttpStreamState>>,
     /// Contexts that called `proxy_done` during the running callback, in order: log and
     /// delete run for them once it returns.
