@@ -409,7 +409,7 @@ pub(crate) struct AddressSpace;
 
 impl NativeMemory for AddressSpace {
     fn bytes(&self, ptr: u64, len: usize) -> Option<&[u8]> {
-        let addr = range(ptr, len).ok()??;
+        let addr = slice_range(ptr, len)?;
         // SAFETY: as in `read`: a pointer a native filter passes is valid for the length it
         // gives. The slice lives no longer than the host function's borrow of the guest, and
         // the filter, stopped in the host call, does not touch the range meanwhile.
@@ -417,11 +417,19 @@ impl NativeMemory for AddressSpace {
     }
 
     fn bytes_mut(&mut self, ptr: u64, len: usize) -> Option<&mut [u8]> {
-        let addr = range(ptr, len).ok()??;
+        let addr = slice_range(ptr, len)?;
         // SAFETY: as in `write` (out-pointers and blocks the filter's allocator returned for
         // this size are valid for writes of that length), and as in `bytes` for the lifetime.
         Some(unsafe { std::slice::from_raw_parts_mut(std::ptr::with_exposed_provenance_mut::<u8>(addr), len) })
     }
+}
+
+/// [`range`] for a slice: non-empty, and no longer than a slice may be (`isize::MAX` bytes).
+fn slice_range(ptr: u64, len: usize) -> Option<usize> {
+    if isize::try_from(len).is_err() {
+        return None;
+    }
+    range(ptr, len).ok()?
 }
 
 /// Checks a native range: null with a non-zero length, or wrapping around, is out of bounds.
@@ -474,6 +482,14 @@ mod tests {
         // Empty ranges are fine anywhere, null included.
         read(0, &mut []).unwrap();
         write(0, &[]).unwrap();
+        // Lent slices: the same checks, and no slice longer than `isize::MAX` bytes.
+        let mut space = AddressSpace;
+        assert_eq!(space.bytes(p + 2, 2), Some(&[3, 4][..]));
+        space.bytes_mut(p, 1).unwrap()[0] = 7;
+        assert_eq!(buf[0], 7);
+        assert_eq!(space.bytes(0, 1), None);
+        assert_eq!(space.bytes(p, usize::MAX), None);
+        assert_eq!(space.bytes(1, isize::MAX as usize + 1), None);
     }
 
     #[test]
