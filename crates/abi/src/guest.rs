@@ -203,8 +203,7 @@ pub(crate) fn copy_out_filled(
     if let (Some(mut mem), state) = cx.memory_and_state()
         && let Some(dst) = mem.get_mut(ptr, len as u64)
         && fill(state, dst)
-        && let Some(()) = put_word(&mut mem, word, out_ptr, ptr)
-        && let Some(()) = put_word(&mut mem, word, out_len, len as u64)
+        && let Some(()) = put_block(&mut mem, word, (ptr, len as u64), out_ptr, out_len)
     {
         return Ok(Status::Ok);
     }
@@ -280,8 +279,13 @@ pub(crate) fn with_guest_pair<R>(
 /// reports it).
 fn put_out(mem: &mut GuestMemory<'_>, word: usize, data: &[u8], ptr: u64, out_ptr: u64, out_len: u64) -> Option<()> {
     mem.get_mut(ptr, data.len() as u64)?.copy_from_slice(data);
+    put_block(mem, word, (ptr, data.len() as u64), out_ptr, out_len)
+}
+
+/// Writes a block's `(ptr, len)` into the two out-pointers, in lent memory.
+fn put_block(mem: &mut GuestMemory<'_>, word: usize, (ptr, len): (u64, u64), out_ptr: u64, out_len: u64) -> Option<()> {
     put_word(mem, word, out_ptr, ptr)?;
-    put_word(mem, word, out_len, data.len() as u64)
+    put_word(mem, word, out_len, len)
 }
 
 /// Writes one little-endian word of `word` bytes (4 or 8) into lent memory.

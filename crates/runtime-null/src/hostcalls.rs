@@ -109,7 +109,7 @@ macro_rules! host_symbols {
         /// One variant per exported symbol, in table order.
         #[allow(non_camel_case_types, reason = "variants are named after the symbols")]
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        enum Sym { $($name),* }
+        pub(crate) enum Sym { $($name),* }
 
         /// Symbol names, indexed by [`Sym`].
         pub(crate) const NAMES: &[&str] = &[$(stringify!($name)),*];
@@ -211,17 +211,11 @@ static TABLE: LazyLock<Vec<Option<&'static HostFunc>>> =
 
 impl Sym {
     /// Whether the symbol needs more than the ABI's implementation, and so goes through
-    /// [`dispatch`]: maps a 0.1.x SDK may encode with 8-byte integers (see `wide`), and callouts
-    /// whose tokens the instance tracks. The others run [`wasmux_abi::direct`] at once.
+    /// [`dispatch`]: the functions that take serialized maps, which a 0.1.x SDK may encode with
+    /// 8-byte integers (see `wide`); the callouts among them also hand out tokens the instance
+    /// tracks. The others run [`wasmux_abi::direct`] at once.
     const fn needs_dispatch(self) -> bool {
-        matches!(
-            self,
-            Self::proxy_set_header_map_pairs
-                | Self::proxy_send_local_response
-                | Self::proxy_http_call
-                | Self::proxy_grpc_call
-                | Self::proxy_grpc_stream
-        )
+        !wide::map_args(self).is_empty()
     }
 }
 
@@ -268,7 +262,7 @@ fn dispatch(sym: Sym, args: &[u64]) -> u32 {
     let Some(mut guest) = current() else {
         return orphan(sym, |guest| func.invoke(guest, args));
     };
-    let wide_maps = if guest.state().abi() == AbiVersion::V0_1_0 { wide::map_args(func.name) } else { &[] };
+    let wide_maps = if guest.state().abi() == AbiVersion::V0_1_0 { wide::map_args(sym) } else { &[] };
     let ret = if wide_maps.is_empty() {
         func.invoke(&mut guest, args)
     } else {

@@ -9,13 +9,15 @@
 
 use wasmux_abi::pairs::{self, MAX_PAIRS_BYTES, MAX_PAIRS_COUNT, Pair};
 
+use crate::hostcalls::Sym;
+
 /// `(pointer, length)` argument positions of the serialized maps each host function takes.
-pub(crate) fn map_args(name: &str) -> &'static [(usize, usize)] {
-    match name {
-        "proxy_set_header_map_pairs" => &[(1, 2)],
-        "proxy_send_local_response" => &[(5, 6)],
-        "proxy_http_call" => &[(2, 3), (6, 7)],
-        "proxy_grpc_call" | "proxy_grpc_stream" => &[(6, 7)],
+pub(crate) const fn map_args(sym: Sym) -> &'static [(usize, usize)] {
+    match sym {
+        Sym::proxy_set_header_map_pairs => &[(1, 2)],
+        Sym::proxy_send_local_response => &[(5, 6)],
+        Sym::proxy_http_call => &[(2, 3), (6, 7)],
+        Sym::proxy_grpc_call | Sym::proxy_grpc_stream => &[(6, 7)],
         _ => &[],
     }
 }

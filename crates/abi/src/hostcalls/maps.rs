@@ -60,7 +60,7 @@ pub(super) fn set_pairs(cx: &mut (impl Guest + ?Sized), ty: u64, ptr: u64, len: 
 /// `proxy_get_header_map_size(type, return_size*)`: the size of the serialized map.
 pub(super) fn get_size(cx: &mut (impl Guest + ?Sized), ty: u64, out: u64) -> HostResult {
     let m = map(cx.state(), ty)?;
-    let size = if m.is_empty() { 0 } else { 4 + m.iter().map(|(k, v)| 10 + k.len() + v.len()).sum::<usize>() };
+    let size = if m.is_empty() { 0 } else { pairs::encoded_len(m.entries()) };
     write_word(cx, out, size as u64)?;
     Ok(Status::Ok)
 }
@@ -97,8 +97,7 @@ pub(super) fn add_value(
     val: u64,
     val_len: u64,
 ) -> HostResult {
-    with_guest_pair(cx, (key, key_len), (val, val_len), |key, val, state| map(state, ty).map(|m| m.add(key, val)))??;
-    Ok(Status::Ok)
+    edit(cx, ty, (key, key_len), (val, val_len), HeaderMap::add)
 }
 
 /// `proxy_replace_header_map_value(type, key, key_len, value, value_len)`: sets one value.
@@ -110,9 +109,19 @@ pub(super) fn replace_value(
     val: u64,
     val_len: u64,
 ) -> HostResult {
-    with_guest_pair(cx, (key, key_len), (val, val_len), |key, val, state| {
-        map(state, ty).map(|m| m.replace(key, val))
-    })??;
+    edit(cx, ty, (key, key_len), (val, val_len), HeaderMap::replace)
+}
+
+/// Applies a name/value edit to map `ty`, the name and value read where they lie in guest
+/// memory.
+fn edit(
+    cx: &mut (impl Guest + ?Sized),
+    ty: u64,
+    key: (u64, u64),
+    val: (u64, u64),
+    op: fn(&mut HeaderMap, &[u8], &[u8]),
+) -> HostResult {
+    with_guest_pair(cx, key, val, |key, val, state| map(state, ty).map(|m| op(m, key, val)))??;
     Ok(Status::Ok)
 }
 

@@ -112,7 +112,7 @@ fn around<G: Guest + ?Sized>(
     args: &[u64],
     imp: impl FnOnce(&mut G) -> Result<u64>,
 ) -> Result<u64> {
-    cx.state().coverage |= 1u128 << index as usize;
+    cover(index, cx);
     if !tracing::enabled!(target: "wasmux::strace", tracing::Level::TRACE) {
         return imp(cx);
     }
@@ -121,6 +121,12 @@ fn around<G: Guest + ?Sized>(
     let ret = imp(cx);
     tracing::trace!(target: "wasmux::strace", "[vm<-host] {name} return: {:?}", ret.as_ref().ok());
     ret
+}
+
+/// Records that the guest called function `index` ([`HostState::coverage`]).
+#[inline(always)]
+fn cover<G: Guest + ?Sized>(index: Index, cx: &mut G) {
+    cx.state().coverage |= 1u128 << index as usize;
 }
 
 /// Lowers a host function's typed return value into a raw word.
@@ -166,7 +172,7 @@ macro_rules! host_funcs {
                     #[allow(unused_variables, reason = "zero-argument functions ignore args")]
                     let &[$($arg),*] = args else {
                         // Counted as called, like any call that reaches the host.
-                        cx.state().coverage |= 1u128 << Index::$name as usize;
+                        cover(Index::$name, cx);
                         return Ok(Status::BadArgument as u64);
                     };
                     direct::$name::<dyn Guest>(cx, $($arg),*)
