@@ -11,65 +11,6 @@ use crate::exports::Exports;
 use crate::services::Services;
 use crate::{AbiVersion, LogLevel};
 
-/// Bytes stored inline when short (most header names and values), else on the heap: a header
-/// map then costs one allocation for its entry list rather than two per entry.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) enum SmallBytes {
-    Inline { len: u8, buf: [u8; Self::INLINE] },
-    Heap(Box<[u8]>),
-}
-
-impl SmallBytes {
-    const INLINE: usize = 22;
-}
-
-impl From<&[u8]> for SmallBytes {
-    #[inline]
-    fn from(data: &[u8]) -> Self {
-        if data.len() <= Self::INLINE {
-            let mut buf = [0; Self::INLINE];
-            buf[..data.len()].copy_from_slice(data);
-            Self::Inline { len: data.len() as u8, buf }
-        } else {
-            Self::Heap(data.into())
-        }
-    }
-}
-
-impl std::ops::Deref for SmallBytes {
-    type Target = [u8];
-    #[inline]
-    fn deref(&self) -> &[u8] {
-        match self {
-            Self::Inline { len, buf } => &buf[..usize::from(*len)],
-            Self::Heap(b) => b,
-        }
-    }
-}
-
-impl std::ops::DerefMut for SmallBytes {
-    #[inline]
-    fn deref_mut(&mut self) -> &mut [u8] {
-        match self {
-            Self::Inline { len, buf } => &mut buf[..usize::from(*len)],
-            Self::Heap(b) => b,
-        }
-    }
-}
-
-impl AsRef<[u8]> for SmallBytes {
-    #[inline]
-    fn as_ref(&self) -> &[u8] {
-        self
-    }
-}
-
-impl std::fmt::Debug for SmallBytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&**self, f)
-    }
-}
-
 /// A header name to look for, compared with stored (lower-cased) names ignoring ASCII case.
 #[derive(Clone, Copy)]
 struct Name<'a> {
@@ -97,22 +38,84 @@ impl<'a> Name<'a> {
     }
 }
 
+/// Where one entry lies in a [`HeaderMap`]'s buffer.
+#[derive(Clone, Copy)]
+struct Span {
+    /// Position in entry order.
+    index: usize,
+    /// Offset of the name; the value follows its NUL terminator.
+    at: usize,
+    name_len: usize,
+    value_len: usize,
+}
+
+impl Span {
+    fn name(self) -> std::ops::Range<usize> {
+        self.at..self.at + self.name_len
+    }
+
+    fn value(self) -> std::ops::Range<usize> {
+        let start = self.at + self.name_len + 1;
+        start..start + self.value_len
+    }
+
+    /// The name, the value and both terminators.
+    fn whole(self) -> std::ops::Range<usize> {
+        self.at..self.at + self.name_len + self.value_len + 2
+    }
+}
+
+/// The lengths of one entry, from its slot in the length table.
+#[inline]
+fn entry_lens(&[a, b, c, d, e, f, g, h]: &[u8; 8]) -> (usize, usize) {
+    (u32::from_le_bytes([a, b, c, d]) as usize, u32::from_le_bytes([e, f, g, h]) as usize)
+}
+
+/// Reads a little-endian `u32` at `at` (in bounds by the buffer's invariant).
+#[inline]
+fn read_u32(buf: &[u8], at: usize) -> usize {
+    let mut word = [0; 4];
+    word.copy_from_slice(&buf[at..at + 4]);
+    u32::from_le_bytes(word) as usize
+}
+
+/// Writes a length that [`HeaderMap::fits`] checked.
+#[inline]
+fn write_u32(buf: &mut [u8], at: usize, value: usize) {
+    buf[at..at + 4].copy_from_slice(&(value as u32).to_le_bytes());
+}
+
 /// An ordered multi-map of header names to values, as proxies keep them.
 ///
 /// Names are stored lower-cased (HTTP/2 style, as Envoy does) and compared case-insensitively.
 /// Values are raw bytes: the pairs format allows any byte in a value.
-#[derive(Debug, Default, PartialEq, Eq)]
+///
+/// The map is kept in the ABI's serialized form (see [`pairs`](crate::pairs)): a guest asking
+/// for the whole map gets one copy of the buffer, and the entries of a map share one
+/// allocation. A name or value longer than `u32::MAX` bytes cannot be serialized, and is not
+/// stored.
+#[derive(Default, PartialEq, Eq)]
 pub struct HeaderMap {
-    entries: Vec<(SmallBytes, SmallBytes)>,
+    /// Empty for the empty map, else `u32 N`, N × `(u32 name_len, u32 value_len)`, then
+    /// N × `name NUL value NUL`, with every name lower-cased.
+    buf: Vec<u8>,
 }
 
 /// A clone keeps the headroom of `from_pairs` too (a derived clone would allocate exactly the
 /// entries).
 impl Clone for HeaderMap {
     fn clone(&self) -> Self {
-        let mut entries = Vec::with_capacity(self.entries.len() + Self::HEADROOM);
-        entries.extend_from_slice(&self.entries);
-        Self { entries }
+        let mut buf = Vec::with_capacity(self.buf.len() + Self::HEADROOM);
+        buf.extend_from_slice(&self.buf);
+        Self { buf }
+    }
+}
+
+impl std::fmt::Debug for HeaderMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v))))
+            .finish()
     }
 }
 
@@ -122,96 +125,227 @@ impl HeaderMap {
         Self::default()
     }
 
-    /// Room [`Self::from_pairs`] leaves for entries added later: filters commonly add a few
-    /// headers, and growing the list on the first one would copy the whole map.
-    const HEADROOM: usize = 4;
+    /// Bytes [`Self::from_pairs`] and clones leave for entries added later: filters commonly
+    /// add a few headers, and growing the buffer on the first one would copy the whole map.
+    const HEADROOM: usize = 128;
+
+    /// The serialized form of the empty map.
+    const EMPTY: [u8; 4] = [0; 4];
 
     /// Builds a map from pairs, lower-casing names.
     pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
         let pairs = pairs.into_iter();
-        let mut m = Self { entries: Vec::with_capacity(pairs.size_hint().0 + Self::HEADROOM) };
+        let hint = pairs.size_hint().0.min(crate::pairs::MAX_PAIRS_COUNT);
+        // A length table for the pairs announced, then their bytes appended in order; pairs
+        // beyond the announced number are added one by one.
+        let mut m = Self { buf: Vec::with_capacity(4 + 8 * hint + 24 * hint + Self::HEADROOM) };
+        m.buf.resize(4 + 8 * hint, 0);
+        let mut count = 0;
         for (k, v) in pairs {
-            m.add(k.as_ref(), v.as_ref());
+            let (k, v) = (k.as_ref(), v.as_ref());
+            if count == hint {
+                m.add(k, v);
+                continue;
+            }
+            if !Self::fits(k, v) {
+                continue;
+            }
+            write_u32(&mut m.buf, 4 + 8 * count, k.len());
+            write_u32(&mut m.buf, 8 + 8 * count, v.len());
+            m.push_bytes(k, v);
+            count += 1;
+            write_u32(&mut m.buf, 0, count);
+        }
+        if count < hint {
+            // Fewer pairs than announced: drop the unused table slots.
+            m.buf.drain(4 + 8 * count..4 + 8 * hint);
+        }
+        if m.count() == 0 {
+            m.buf.clear();
         }
         m
     }
 
-    /// The entries in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.entries.iter().map(|(k, v)| (&**k, &**v))
+    /// Whether an entry can be serialized (each length fits the format's `u32`).
+    fn fits(name: &[u8], value: &[u8]) -> bool {
+        u32::try_from(name.len()).is_ok() && u32::try_from(value.len()).is_ok()
     }
 
-    /// The entries, for [`pairs::encode`](crate::pairs::encode).
-    pub(crate) fn entries(&self) -> &[(SmallBytes, SmallBytes)] {
-        &self.entries
+    /// Appends `name NUL value NUL`, lower-casing the name.
+    fn push_bytes(&mut self, name: &[u8], value: &[u8]) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(name);
+        self.buf[at..].make_ascii_lowercase();
+        self.buf.push(0);
+        self.buf.extend_from_slice(value);
+        self.buf.push(0);
+    }
+
+    fn count(&self) -> usize {
+        if self.buf.is_empty() { 0 } else { read_u32(&self.buf, 0) }
+    }
+
+    /// The length table: one slot per entry.
+    #[inline]
+    fn table(&self) -> &[[u8; 8]] {
+        self.buf.get(4..4 + 8 * self.count()).map_or(&[], |t| t.as_chunks().0)
+    }
+
+    /// The entries in order.
+    fn spans(&self) -> impl Iterator<Item = Span> + '_ {
+        let table = self.table();
+        let mut at = 4 + 8 * table.len();
+        table.iter().enumerate().map(move |(index, slot)| {
+            let (name_len, value_len) = entry_lens(slot);
+            let span = Span { index, at, name_len, value_len };
+            at += name_len + value_len + 2;
+            span
+        })
+    }
+
+    /// The map in the pairs format (`N = 0` for the empty map).
+    pub fn encoded(&self) -> &[u8] {
+        if self.buf.is_empty() { &Self::EMPTY } else { &self.buf }
+    }
+
+    /// The entries in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans().map(|s| (&self.buf[s.name()], &self.buf[s.value()]))
     }
 
     /// Number of entries (duplicates count separately).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.count()
     }
 
     /// Whether the map is empty.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.buf.is_empty()
     }
 
     /// The first value of `name`.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.position(name).map(|i| &*self.entries[i].1)
+        self.find(Name::new(name)).map(|s| &self.buf[s.value()])
+    }
+
+    fn find(&self, name: Name<'_>) -> Option<Span> {
+        self.find_from(0, 4 + 8 * self.count(), name)
+    }
+
+    /// The first entry named `name` from entry `index` on, which lies at `at`.
+    #[inline]
+    fn find_from(&self, mut index: usize, mut at: usize, name: Name<'_>) -> Option<Span> {
+        let table = self.table();
+        while let Some(slot) = table.get(index) {
+            let (name_len, value_len) = entry_lens(slot);
+            if name_len == name.name.len() && self.buf.get(at..at + name_len).is_some_and(|k| name.matches(k)) {
+                return Some(Span { index, at, name_len, value_len });
+            }
+            index += 1;
+            at += name_len + value_len + 2;
+        }
+        None
     }
 
     /// The index of the first entry named `name`, for [`Self::value_at`].
     pub fn position(&self, name: &[u8]) -> Option<usize> {
-        let name = Name::new(name);
-        self.entries.iter().position(|(k, _)| name.matches(k))
+        self.find(Name::new(name)).map(|s| s.index)
+    }
+
+    /// The index and value length of the first entry named `name`.
+    pub(crate) fn locate(&self, name: &[u8]) -> Option<(usize, usize)> {
+        self.find(Name::new(name)).map(|s| (s.index, s.value_len))
     }
 
     /// The value of entry `index` (in [`Self::iter`] order).
     pub fn value_at(&self, index: usize) -> Option<&[u8]> {
-        self.entries.get(index).map(|(_, v)| &**v)
+        let table = self.table();
+        let (name_len, value_len) = entry_lens(table.get(index)?);
+        let skipped: usize = table[..index].iter().map(entry_lens).map(|(n, v)| n + v + 2).sum();
+        let at = 4 + 8 * table.len() + skipped + name_len + 1;
+        self.buf.get(at..at + value_len)
     }
 
     /// Appends an entry (duplicates allowed).
     pub fn add(&mut self, name: &[u8], value: &[u8]) {
-        let mut name = SmallBytes::from(name);
-        name.make_ascii_lowercase();
-        self.entries.push((name, value.into()));
+        if !Self::fits(name, value) {
+            return;
+        }
+        let count = self.count();
+        if self.buf.is_empty() {
+            self.buf.reserve(4 + 8 + name.len() + value.len() + 2 + Self::HEADROOM);
+            self.buf.extend_from_slice(&Self::EMPTY);
+        }
+        // A new slot at the end of the length table: the bytes after it move up.
+        let table_end = 4 + 8 * count;
+        let end = self.buf.len();
+        self.buf.reserve(8 + name.len() + value.len() + 2);
+        self.buf.resize(end + 8, 0);
+        self.buf.copy_within(table_end..end, table_end + 8);
+        write_u32(&mut self.buf, table_end, name.len());
+        write_u32(&mut self.buf, table_end + 4, value.len());
+        write_u32(&mut self.buf, 0, count + 1);
+        self.push_bytes(name, value);
     }
 
     /// Sets `name` to one value: the first entry is overwritten in place, later ones removed;
     /// absent names are appended.
     pub fn replace(&mut self, name: &[u8], value: &[u8]) {
-        match self.position(name) {
-            Some(i) => {
-                self.entries[i].1 = value.into();
-                self.remove_from(i + 1, Name::new(name));
-            }
-            None => self.add(name, value),
+        let key = Name::new(name);
+        let Some(span) = self.find(key) else { return self.add(name, value) };
+        if u32::try_from(value.len()).is_err() {
+            return;
         }
+        let old = span.value();
+        if old.len() != value.len() {
+            // Move what follows the value to where the new value ends.
+            let end = self.buf.len();
+            let new_end = end - old.len() + value.len();
+            if value.len() > old.len() {
+                self.buf.resize(new_end, 0);
+            }
+            self.buf.copy_within(old.end..end, old.start + value.len());
+            self.buf.truncate(new_end);
+            write_u32(&mut self.buf, 8 + 8 * span.index, value.len());
+        }
+        self.buf[old.start..old.start + value.len()].copy_from_slice(value);
+        let next = Span { index: span.index + 1, at: span.at + span.name_len + value.len() + 2, ..span };
+        self.remove_from(next, key);
     }
 
     /// Removes every entry of `name`.
     pub fn remove(&mut self, name: &[u8]) {
-        self.remove_from(0, Name::new(name));
+        let first = Span { index: 0, at: 4 + 8 * self.count(), name_len: 0, value_len: 0 };
+        self.remove_from(first, Name::new(name));
     }
 
-    /// Removes the entries of `name` at or after index `from`, in one pass (most names occur
-    /// once or not at all: a scan, and at most one shift of the entries after it).
-    fn remove_from(&mut self, from: usize, name: Name<'_>) {
-        let mut i = from;
-        while let Some((k, _)) = self.entries.get(i) {
-            if name.matches(k) {
-                self.entries.remove(i);
-            } else {
-                i += 1;
+    /// Removes the entries of `name` from entry `from.index` (at `from.at`) on, in one pass
+    /// (most names occur once or not at all).
+    fn remove_from(&mut self, from: Span, name: Name<'_>) {
+        let (mut index, mut at) = (from.index, from.at);
+        while let Some(span) = self.find_from(index, at, name) {
+            // Cut the entry's table slot and its bytes: what lay between them moves down by the
+            // slot's 8 bytes, what followed the bytes by both.
+            let slot = 4 + 8 * span.index;
+            let bytes = span.whole();
+            let end = self.buf.len();
+            self.buf.copy_within(slot + 8..bytes.start, slot);
+            self.buf.copy_within(bytes.end..end, bytes.start - 8);
+            self.buf.truncate(end - 8 - bytes.len());
+            let count = self.count() - 1;
+            if count == 0 {
+                self.buf.clear();
+                return;
             }
+            write_u32(&mut self.buf, 0, count);
+            (index, at) = (span.index, span.at - 8);
         }
     }
 
     /// Sum of name and value lengths (what Envoy reports as the map's byte size).
     pub fn byte_size(&self) -> usize {
-        self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
+        let count = self.count();
+        if count == 0 { 0 } else { self.buf.len() - 4 - 10 * count }
     }
 
     /// The entries as owned pairs.
@@ -602,8 +736,74 @@ mod tests {
         assert_eq!(m.get(b"bb"), None);
     }
 
+    /// The buffer is always the pairs encoding of the entries, through every kind of edit.
     #[test]
-    fn long_names_and_values_live_on_the_heap() {
+    fn the_map_stays_its_own_encoding() {
+        let check = |m: &HeaderMap| {
+            let pairs = m.to_pairs();
+            assert_eq!(m.encoded(), &crate::pairs::encode(&pairs)[..], "{m:?}");
+            assert_eq!(m.len(), pairs.len());
+            assert_eq!(m.byte_size(), pairs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>());
+            for (i, (k, v)) in pairs.iter().enumerate() {
+                assert_eq!(m.value_at(i), Some(&v[..]));
+                let first = pairs.iter().position(|(n, _)| n == k).unwrap();
+                assert_eq!(m.position(k), Some(first));
+            }
+            assert_eq!(m.value_at(pairs.len()), None);
+        };
+        let mut m = HeaderMap::from_pairs([("A", "1"), ("b", ""), ("a", "333")]);
+        check(&m);
+        assert_eq!(names_values(&m), owned(&[("a", "1"), ("b", ""), ("a", "333")]));
+        m.replace(b"a", b"longer value");
+        check(&m);
+        assert_eq!(names_values(&m), owned(&[("a", "longer value"), ("b", "")]));
+        m.replace(b"a", b"x");
+        m.replace(b"B", b"yy");
+        check(&m);
+        assert_eq!(names_values(&m), owned(&[("a", "x"), ("b", "yy")]));
+        m.add(b"C", b"3");
+        m.add(b"", b"");
+        check(&m);
+        m.remove(b"a");
+        m.remove(b"");
+        check(&m);
+        assert_eq!(names_values(&m), owned(&[("b", "yy"), ("c", "3")]));
+        m.remove(b"b");
+        m.remove(b"c");
+        check(&m);
+        assert!(m.is_empty());
+        assert_eq!(m, HeaderMap::new());
+        assert_eq!(m.encoded(), &0u32.to_le_bytes());
+        m.add(b"z", b"26");
+        check(&m);
+        assert_eq!(m, HeaderMap::from_pairs([("z", "26")]));
+    }
+
+    /// An iterator that announces more or fewer pairs than it yields builds the same map.
+    #[test]
+    fn from_pairs_does_not_trust_size_hints() {
+        struct Lying(Vec<(&'static str, &'static str)>, usize);
+        impl Iterator for Lying {
+            type Item = (&'static str, &'static str);
+            fn next(&mut self) -> Option<Self::Item> {
+                (!self.0.is_empty()).then(|| self.0.remove(0))
+            }
+            fn size_hint(&self) -> (usize, Option<usize>) {
+                (self.1, Some(self.1))
+            }
+        }
+        let pairs = vec![("a", "1"), ("b", "2"), ("c", "3")];
+        let exact = HeaderMap::from_pairs(pairs.clone());
+        for hint in [0, 1, 3, 5, 100] {
+            let m = HeaderMap::from_pairs(Lying(pairs.clone(), hint));
+            assert_eq!(m, exact, "hint {hint}");
+            assert_eq!(m.encoded(), &crate::pairs::encode(&pairs)[..]);
+        }
+        assert_eq!(HeaderMap::from_pairs(Lying(Vec::new(), 4)), HeaderMap::new());
+    }
+
+    #[test]
+    fn long_names_and_values() {
         let long = "x".repeat(100);
         let mut m = HeaderMap::from_pairs([(long.as_str(), long.as_str())]);
         assert_eq!(m.get(long.as_bytes()), Some(long.as_bytes()));

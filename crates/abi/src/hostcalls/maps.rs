@@ -1,9 +1,6 @@
 //! HTTP fields: the `proxy_*_header_map_*` functions.
 
-use crate::guest::{
-    HostResult, Scratch, copy_out, copy_out_filled, copy_out_from, read_bytes, with_guest_bytes, with_guest_pair,
-    write_word,
-};
+use crate::guest::{HostResult, copy_out, copy_out_from, read_bytes, with_guest_bytes, with_guest_pair, write_word};
 use crate::vm::Guest;
 use crate::{AbiVersion, HeaderMap, HostState, MapType, Status, pairs};
 
@@ -31,20 +28,9 @@ pub(super) fn get_pairs(cx: &mut (impl Guest + ?Sized), ty: u64, out_ptr: u64, o
     if m.is_empty() {
         return copy_out(cx, &[], out_ptr, out_len);
     }
-    // Encoded straight into the block the guest allocates, where the engine lends memory.
-    let len = pairs::encoded_len(m.entries());
-    let fill = |state: &mut HostState, dst: &mut [u8]| match map(state, ty) {
-        Ok(m) if !m.is_empty() && pairs::encoded_len(m.entries()) == dst.len() => {
-            pairs::encode_into(m.entries(), dst);
-            true
-        }
-        _ => false,
-    };
-    let fetch = |state: &mut HostState| {
-        let m = map(state, ty).ok()?;
-        Some(Scratch::Heap(if m.is_empty() { Vec::new() } else { pairs::encode(m.entries()) }))
-    };
-    copy_out_filled(cx, len, out_ptr, out_len, fill, fetch)
+    // The map is kept serialized: one copy, into the block the guest allocates.
+    let len = m.encoded().len();
+    copy_out_from(cx, len, out_ptr, out_len, |state| map(state, ty).ok().filter(|m| !m.is_empty()).map(|m| m.encoded()))
 }
 
 /// `proxy_set_header_map_pairs(type, data, len)`: replaces the whole map. A malformed or
@@ -60,7 +46,7 @@ pub(super) fn set_pairs(cx: &mut (impl Guest + ?Sized), ty: u64, ptr: u64, len: 
 /// `proxy_get_header_map_size(type, return_size*)`: the size of the serialized map.
 pub(super) fn get_size(cx: &mut (impl Guest + ?Sized), ty: u64, out: u64) -> HostResult {
     let m = map(cx.state(), ty)?;
-    let size = if m.is_empty() { 0 } else { pairs::encoded_len(m.entries()) };
+    let size = if m.is_empty() { 0 } else { m.encoded().len() };
     write_word(cx, out, size as u64)?;
     Ok(Status::Ok)
 }
@@ -79,7 +65,7 @@ pub(super) fn get_value(
     // into the block the guest allocates: neither is copied on the way.
     let found = with_guest_bytes(cx, key, key_len, |key, state| {
         let m = map(state, ty)?;
-        Ok::<_, Status>(m.position(key).map(|i| (i, m.value_at(i).map_or(0, <[u8]>::len))))
+        Ok::<_, Status>(m.locate(key))
     })??;
     match found {
         Some((i, len)) => copy_out_from(cx, len, out_ptr, out_len, |state| map(state, ty).ok()?.value_at(i)),

@@ -9,11 +9,11 @@
 use crate::guest::{HostResult, copy_out, read_bytes};
 use crate::state::{ContextKind, HttpStreamState};
 use crate::vm::Guest;
-use crate::{HeaderMap, HostState, Status, pairs};
+use crate::{HeaderMap, HostState, Status};
 
 fn map_value(m: &HeaderMap, rest: &[&[u8]]) -> Option<Vec<u8>> {
     match rest {
-        [] => Some(pairs::encode(m.entries())),
+        [] => Some(m.encoded().to_vec()),
         [key] => m.get(key).map(<[u8]>::to_vec),
         _ => None,
     }
