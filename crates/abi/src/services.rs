@@ -33,11 +33,17 @@ pub struct LogLine<'a> {
     pub context_id: u32,
     /// Level.
     pub level: LogLevel,
-    /// Message (invalid UTF-8 from the guest is replaced before the sink sees it).
-    pub message: &'a str,
+    /// The message as the guest wrote it: any bytes. [`Self::message`] reads it as text.
+    pub bytes: &'a [u8],
 }
 
-impl LogLine<'_> {
+impl<'a> LogLine<'a> {
+    /// The message as text, invalid UTF-8 replaced (U+FFFD). The bytes are checked here, so a
+    /// sink that drops the line never pays for it.
+    pub fn message(&self) -> std::borrow::Cow<'a, str> {
+        String::from_utf8_lossy(self.bytes)
+    }
+
     /// An owned copy, for sinks that keep lines.
     pub fn to_record(&self) -> LogRecord {
         LogRecord {
@@ -45,7 +51,7 @@ impl LogLine<'_> {
             root_id: self.root_id.to_owned(),
             context_id: self.context_id,
             level: self.level,
-            message: self.message.to_owned(),
+            message: self.message().into_owned(),
         }
     }
 }
@@ -78,7 +84,8 @@ pub struct TracingLog;
 
 impl LogSink for TracingLog {
     fn log(&self, r: &LogLine<'_>) {
-        let (root, ctx, msg) = (r.root_id, r.context_id, r.message);
+        // The message is only read (and checked as UTF-8) when the event is enabled.
+        let (root, ctx, msg) = (r.root_id, r.context_id, Lazy(r));
         match r.level {
             LogLevel::Trace => tracing::trace!(target: "wasmux::filter", root, ctx, "{msg}"),
             LogLevel::Debug => tracing::debug!(target: "wasmux::filter", root, ctx, "{msg}"),
@@ -88,6 +95,15 @@ impl LogSink for TracingLog {
                 tracing::error!(target: "wasmux::filter", root, ctx, level = %r.level, "{msg}")
             }
         }
+    }
+}
+
+/// Formats a line's message when a subscriber asks for it.
+struct Lazy<'a, 'b>(&'a LogLine<'b>);
+
+impl fmt::Display for Lazy<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.message())
     }
 }
 

@@ -15,10 +15,7 @@ pub(super) fn log(cx: &mut (impl Guest + ?Sized), level: u64, msg: u64, len: u64
         return Ok(Status::Ok);
     }
     // The message is read where it lies in guest memory where the engine lends it.
-    with_guest_bytes(cx, msg, len, |bytes, state| match std::str::from_utf8(bytes) {
-        Ok(text) => emit(state, level, text),
-        Err(_) => emit(state, level, &String::from_utf8_lossy(bytes)),
-    })?;
+    with_guest_bytes(cx, msg, len, |bytes, state| emit(state, level, bytes))?;
     Ok(Status::Ok)
 }
 
@@ -31,7 +28,7 @@ pub(super) fn get_log_level(cx: &mut (impl Guest + ?Sized), out: u64) -> HostRes
 
 /// Sends one line to the log sink, attributed to the effective context, if at or above the
 /// VM's level.
-pub(crate) fn emit(state: &HostState, level: LogLevel, message: &str) {
+pub(crate) fn emit(state: &HostState, level: LogLevel, message: &[u8]) {
     if level < state.env.log_level {
         return;
     }
@@ -45,5 +42,5 @@ pub(crate) fn emit(state: &HostState, level: LogLevel, message: &str) {
             _ => None,
         })
         .unwrap_or_default();
-    state.env.services.log.log(&LogLine { vm_id: &state.env.vm_id, root_id, context_id: id, level, message });
+    state.env.services.log.log(&LogLine { vm_id: &state.env.vm_id, root_id, context_id: id, level, bytes: message });
 }

@@ -57,7 +57,7 @@ fn write_stdio(cx: &mut (impl Guest + ?Sized), fd: u64, iovs: u64, iovs_len: u64
     if text.last() == Some(&b'\n') {
         text.pop();
     }
-    emit(cx.state(), level, &String::from_utf8_lossy(&text));
+    emit(cx.state(), level, &text);
     Ok(Errno::SUCCESS)
 }
 
@@ -297,7 +297,7 @@ pub(super) fn poll_oneoff(
 /// `proc_exit`: logged as an error; the call returns (the guest traps right after, on its own
 /// `unreachable`).
 pub(super) fn proc_exit(cx: &mut (impl Guest + ?Sized), code: u64) -> HostResult<()> {
-    emit(cx.state(), LogLevel::Error, &format!("proc_exit({})", code as u32 as i32));
+    emit(cx.state(), LogLevel::Error, format!("proc_exit({})", code as u32 as i32).as_bytes());
     Ok(())
 }
 
