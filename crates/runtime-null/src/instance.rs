@@ -262,6 +262,7 @@ fn resolve(inner: &mut Inner, name: &str) -> Option<FuncRef> {
 /// # Safety
 /// `inner` points to a live [`Inner`] that nothing else borrows across this call: only
 /// short-lived references are made from it, and host functions make their own.
+#[inline(always)]
 unsafe fn call_export(inner: *mut Inner, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
     let export = {
         // SAFETY: the function's contract; this borrow ends before the native call.
