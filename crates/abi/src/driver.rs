@@ -112,14 +112,18 @@ impl Vm {
         state.stop_iteration = false;
         match self.inst.call(f, args) {
             Ok(v) => Ok(Some(v.unwrap_or(0))),
-            Err(mut e) => {
-                if let Error::Trap(t) = &mut e {
-                    t.export = Some(cb.name().to_string());
-                }
-                self.failed = Some(e.to_string());
-                Err(e)
-            }
+            Err(e) => Err(self.fail(cb, e)),
         }
+    }
+
+    /// Marks the VM failed by an error from callback `cb`.
+    #[cold]
+    fn fail(&mut self, cb: Callback, mut e: Error) -> Error {
+        if let Error::Trap(t) = &mut e {
+            t.export = Some(cb.name().to_string());
+        }
+        self.failed = Some(e.to_string());
+        e
     }
 
     /// Runs the work that waits for the end of a top-level callback: contexts finished with

@@ -266,11 +266,20 @@ impl Plugin {
     }
 
     /// Applies the failure policy to an error from a stream callback.
+    #[inline]
     fn guard(&mut self, id: u32, r: Result<Action>) -> Result<Action> {
-        let err = match r {
-            Ok(a) => return Ok(a),
-            Err(e @ (Error::Trap(_) | Error::Failed(_))) => e,
-            Err(e) => return Err(e),
+        match r {
+            Ok(a) => Ok(a),
+            Err(e) => self.apply_failure_policy(id, e),
+        }
+    }
+
+    /// [`Self::guard`] for an error.
+    #[cold]
+    fn apply_failure_policy(&mut self, id: u32, e: Error) -> Result<Action> {
+        let err = match e {
+            e @ (Error::Trap(_) | Error::Failed(_)) => e,
+            e => return Err(e),
         };
         self.stats.failures += 1;
         let name = &self.compiled.options.name;
