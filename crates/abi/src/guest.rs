@@ -166,6 +166,7 @@ pub(crate) fn copy_out(cx: &mut (impl Guest + ?Sized), data: &[u8], out_ptr: u64
 /// guest: `fetch` finds them again once the guest allocator has run. The allocator is guest
 /// code and may call host functions: if it changed what `fetch` returns, the new bytes are
 /// handed out instead (NOT_FOUND when they are gone).
+#[inline(always)]
 pub(crate) fn copy_out_from(
     cx: &mut (impl Guest + ?Sized),
     len: usize,
@@ -244,6 +245,7 @@ fn fill_out(cx: &mut (impl Guest + ?Sized), ptr: u64, data: &[u8], out_ptr: u64,
 
 /// Runs `f` on the guest bytes at `[ptr, ptr+len)` and the host state: the bytes are borrowed
 /// from guest memory where the engine lends it, else copied once. `(any, 0)` is empty.
+#[inline(always)]
 pub(crate) fn with_guest_bytes<R>(
     cx: &mut (impl Guest + ?Sized),
     ptr: u64,

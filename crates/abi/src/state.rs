@@ -27,7 +27,7 @@ impl<'a> Name<'a> {
 
     /// Whether stored name `k` is this name. The length and first byte rule most names out
     /// without a call to `memcmp`.
-    #[inline]
+    #[inline(always)]
     fn matches(self, k: &[u8]) -> bool {
         k.len() == self.name.len()
             && if self.lower {
@@ -181,6 +181,7 @@ impl HeaderMap {
         self.buf.push(0);
     }
 
+    #[inline]
     fn count(&self) -> usize {
         if self.buf.is_empty() { 0 } else { read_u32(&self.buf, 0) }
     }
@@ -233,7 +234,7 @@ impl HeaderMap {
     }
 
     /// The first entry named `name` from entry `index` on, which lies at `at`.
-    #[inline]
+    #[inline(always)]
     fn find_from(&self, mut index: usize, mut at: usize, name: Name<'_>) -> Option<Span> {
         let table = self.table();
         while let Some(slot) = table.get(index) {
@@ -253,11 +254,13 @@ impl HeaderMap {
     }
 
     /// The index and value length of the first entry named `name`.
+    #[inline]
     pub(crate) fn locate(&self, name: &[u8]) -> Option<(usize, usize)> {
         self.find(Name::new(name)).map(|s| (s.index, s.value_len))
     }
 
     /// The value of entry `index` (in [`Self::iter`] order).
+    #[inline]
     pub fn value_at(&self, index: usize) -> Option<&[u8]> {
         let table = self.table();
         let (name_len, value_len) = entry_lens(table.get(index)?);
