@@ -21,38 +21,74 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // Logging
 
 /// One log line from a filter (`proxy_log`, or WASI stdout/stderr), as the sink receives it:
-/// borrowed from the VM's environment and the guest's memory, so a line costs no allocation
-/// before the sink decides what to keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// borrowed from the VM's state and the guest's memory, so a line costs no allocation, and no
+/// lookup, before the sink decides what to keep.
+#[derive(Clone, Copy)]
 pub struct LogLine<'a> {
     /// The VM id.
     pub vm_id: &'a str,
-    /// Root id of the plugin whose context logged (empty during VM start-up).
-    pub root_id: &'a str,
     /// The context that logged.
     pub context_id: u32,
     /// Level.
     pub level: LogLevel,
     /// The message as the guest wrote it: any bytes. [`Self::message`] reads it as text.
     pub bytes: &'a [u8],
+    /// Where [`Self::root_id`] is looked up.
+    contexts: &'a crate::state::ContextMap,
 }
 
 impl<'a> LogLine<'a> {
+    /// A line from context `context_id` of a VM whose contexts are `contexts`.
+    pub(crate) fn new(
+        vm_id: &'a str,
+        contexts: &'a crate::state::ContextMap,
+        context_id: u32,
+        level: LogLevel,
+        bytes: &'a [u8],
+    ) -> Self {
+        Self { vm_id, context_id, level, bytes, contexts }
+    }
+
     /// The message as text, invalid UTF-8 replaced (U+FFFD). The bytes are checked here, so a
     /// sink that drops the line never pays for it.
     pub fn message(&self) -> std::borrow::Cow<'a, str> {
         String::from_utf8_lossy(self.bytes)
     }
 
+    /// Root id of the plugin whose context logged (empty during VM start-up). Looked up when
+    /// asked for.
+    pub fn root_id(&self) -> &'a str {
+        self.contexts
+            .get(&self.context_id)
+            .and_then(|c| self.contexts.get(&c.root))
+            .and_then(|r| match &r.kind {
+                crate::state::ContextKind::Root(r) => Some(r.plugin.root_id.as_str()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
     /// An owned copy, for sinks that keep lines.
     pub fn to_record(&self) -> LogRecord {
         LogRecord {
             vm_id: self.vm_id.to_owned(),
-            root_id: self.root_id.to_owned(),
+            root_id: self.root_id().to_owned(),
             context_id: self.context_id,
             level: self.level,
             message: self.message().into_owned(),
         }
+    }
+}
+
+impl fmt::Debug for LogLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogLine")
+            .field("vm_id", &self.vm_id)
+            .field("root_id", &self.root_id())
+            .field("context_id", &self.context_id)
+            .field("level", &self.level)
+            .field("message", &self.message())
+            .finish()
     }
 }
 
@@ -85,14 +121,14 @@ pub struct TracingLog;
 impl LogSink for TracingLog {
     fn log(&self, r: &LogLine<'_>) {
         // The message is only read (and checked as UTF-8) when the event is enabled.
-        let (root, ctx, msg) = (r.root_id, r.context_id, Lazy(r));
+        let (root, ctx, msg) = (LazyRoot(r), r.context_id, Lazy(r));
         match r.level {
-            LogLevel::Trace => tracing::trace!(target: "wasmux::filter", root, ctx, "{msg}"),
-            LogLevel::Debug => tracing::debug!(target: "wasmux::filter", root, ctx, "{msg}"),
-            LogLevel::Info => tracing::info!(target: "wasmux::filter", root, ctx, "{msg}"),
-            LogLevel::Warn => tracing::warn!(target: "wasmux::filter", root, ctx, "{msg}"),
+            LogLevel::Trace => tracing::trace!(target: "wasmux::filter", root = %root, ctx, "{msg}"),
+            LogLevel::Debug => tracing::debug!(target: "wasmux::filter", root = %root, ctx, "{msg}"),
+            LogLevel::Info => tracing::info!(target: "wasmux::filter", root = %root, ctx, "{msg}"),
+            LogLevel::Warn => tracing::warn!(target: "wasmux::filter", root = %root, ctx, "{msg}"),
             LogLevel::Error | LogLevel::Critical => {
-                tracing::error!(target: "wasmux::filter", root, ctx, level = %r.level, "{msg}")
+                tracing::error!(target: "wasmux::filter", root = %root, ctx, level = %r.level, "{msg}")
             }
         }
     }
@@ -104,6 +140,15 @@ struct Lazy<'a, 'b>(&'a LogLine<'b>);
 impl fmt::Display for Lazy<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0.message())
+    }
+}
+
+/// Formats a line's root id when a subscriber asks for it.
+struct LazyRoot<'a, 'b>(&'a LogLine<'b>);
+
+impl fmt::Display for LazyRoot<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.root_id())
     }
 }
 

@@ -2,7 +2,6 @@
 
 use crate::guest::{HostResult, check_range, with_guest_bytes, write_u32};
 use crate::services::LogLine;
-use crate::state::ContextKind;
 use crate::vm::Guest;
 use crate::{HostState, LogLevel, Status};
 
@@ -32,15 +31,6 @@ pub(crate) fn emit(state: &HostState, level: LogLevel, message: &[u8]) {
     if level < state.env.log_level {
         return;
     }
-    let id = state.effective;
-    let root_id = state
-        .contexts
-        .get(&id)
-        .and_then(|c| state.contexts.get(&c.root))
-        .and_then(|r| match &r.kind {
-            ContextKind::Root(r) => Some(r.plugin.root_id.as_str()),
-            _ => None,
-        })
-        .unwrap_or_default();
-    state.env.services.log.log(&LogLine { vm_id: &state.env.vm_id, root_id, context_id: id, level, bytes: message });
+    let line = LogLine::new(&state.env.vm_id, &state.contexts, state.effective, level, message);
+    state.env.services.log.log(&line);
 }
