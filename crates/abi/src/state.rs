@@ -805,6 +805,75 @@ mod tests {
         assert_eq!(HeaderMap::from_pairs(Lying(Vec::new(), 4)), HeaderMap::new());
     }
 
+    /// One edit of the model test.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Add(Vec<u8>, Vec<u8>),
+        Replace(Vec<u8>, Vec<u8>),
+        Remove(Vec<u8>),
+    }
+
+    fn edit() -> impl proptest::strategy::Strategy<Value = Edit> {
+        use proptest::prelude::*;
+        // Few names (so edits hit duplicates), in either case; values of any bytes and length.
+        let name = prop::sample::select(vec!["a", "B", "x-d", "X-D", "", "long-header-name"])
+            .prop_map(|n| n.as_bytes().to_vec());
+        let value = prop::collection::vec(any::<u8>(), 0..24);
+        prop_oneof![
+            (name.clone(), value.clone()).prop_map(|(n, v)| Edit::Add(n, v)),
+            (name.clone(), value).prop_map(|(n, v)| Edit::Replace(n, v)),
+            name.prop_map(Edit::Remove),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any sequence of edits leaves the map equal to a plain list of lower-cased pairs edited
+        /// the same way, and its buffer equal to that list's encoding.
+        #[test]
+        fn edits_match_a_list_model(
+            start in proptest::collection::vec((0u8..4, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8)), 0..6),
+            edits in proptest::collection::vec(edit(), 0..40),
+        ) {
+            let start: Vec<(Vec<u8>, Vec<u8>)> = start.into_iter().map(|(n, v)| (vec![b'a' + n], v)).collect();
+            let mut m = HeaderMap::from_pairs(start.iter().map(|(k, v)| (k, v)));
+            let mut model = start;
+            for e in edits {
+                match e {
+                    Edit::Add(n, v) => {
+                        m.add(&n, &v);
+                        model.push((n.to_ascii_lowercase(), v));
+                    }
+                    Edit::Replace(n, v) => {
+                        m.replace(&n, &v);
+                        let n = n.to_ascii_lowercase();
+                        match model.iter().position(|(k, _)| *k == n) {
+                            Some(i) => {
+                                model[i].1 = v;
+                                let mut j = i + 1;
+                                while j < model.len() {
+                                    if model[j].0 == n { model.remove(j); } else { j += 1; }
+                                }
+                            }
+                            None => model.push((n, v)),
+                        }
+                    }
+                    Edit::Remove(n) => {
+                        m.remove(&n);
+                        let n = n.to_ascii_lowercase();
+                        model.retain(|(k, _)| *k != n);
+                    }
+                }
+                proptest::prop_assert_eq!(&m.to_pairs(), &model);
+                proptest::prop_assert_eq!(m.encoded(), &crate::pairs::encode(&model)[..]);
+                proptest::prop_assert_eq!(m.is_empty(), model.is_empty());
+            }
+            for (k, _) in &model {
+                let first = model.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_slice());
+                proptest::prop_assert_eq!(m.get(&k.to_ascii_uppercase()), first);
+            }
+        }
+    }
+
     #[test]
     fn long_names_and_values() {
         let long = "x".repeat(100);
