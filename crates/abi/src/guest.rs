@@ -174,41 +174,19 @@ pub(crate) fn copy_out_from(
     out_len: u64,
     fetch: impl Fn(&mut HostState) -> Option<&[u8]>,
 ) -> HostResult {
-    let fill = |state: &mut HostState, dst: &mut [u8]| match fetch(state) {
-        Some(data) if data.len() == dst.len() => {
-            dst.copy_from_slice(data);
-            true
-        }
-        _ => false,
-    };
-    copy_out_filled(cx, len, out_ptr, out_len, fill, |state| fetch(state).map(Scratch::from_slice))
-}
-
-/// [`copy_out`] for `len` bytes that host state produces straight into the guest's block:
-/// `fill` writes them into lent memory, or returns false when the state no longer has `len`
-/// bytes to give (the allocator is guest code, and may have changed it). Otherwise `fetch`
-/// produces the bytes afresh, and they are copied (NOT_FOUND when they are gone).
-pub(crate) fn copy_out_filled(
-    cx: &mut (impl Guest + ?Sized),
-    len: usize,
-    out_ptr: u64,
-    out_len: u64,
-    fill: impl FnOnce(&mut HostState, &mut [u8]) -> bool,
-    fetch: impl FnOnce(&mut HostState) -> Option<Scratch>,
-) -> HostResult {
     if let Some(status) = check_out(cx, len, out_ptr, out_len)? {
         return Ok(status);
     }
     let ptr = alloc(cx, len as u64)?;
     let word = cx.word_size();
+    // Straight from host state into lent memory, when the bytes are still the `len` announced.
     if let (Some(mut mem), state) = cx.memory_and_state()
-        && let Some(dst) = mem.get_mut(ptr, len as u64)
-        && fill(state, dst)
-        && let Some(()) = put_block(&mut mem, word, (ptr, len as u64), out_ptr, out_len)
+        && let Some(data) = fetch(state).filter(|data| data.len() == len)
+        && let Some(()) = put_out(&mut mem, word, data, ptr, out_ptr, out_len)
     {
         return Ok(Status::Ok);
     }
-    match fetch(cx.state()) {
+    match fetch(cx.state()).map(Scratch::from_slice) {
         Some(data) if data.len() == len => fill_out(cx, ptr, &data, out_ptr, out_len),
         Some(changed) => copy_out(cx, &changed, out_ptr, out_len),
         None => Ok(Status::NotFound),
@@ -281,13 +259,8 @@ pub(crate) fn with_guest_pair<R>(
 /// reports it).
 fn put_out(mem: &mut GuestMemory<'_>, word: usize, data: &[u8], ptr: u64, out_ptr: u64, out_len: u64) -> Option<()> {
     mem.get_mut(ptr, data.len() as u64)?.copy_from_slice(data);
-    put_block(mem, word, (ptr, data.len() as u64), out_ptr, out_len)
-}
-
-/// Writes a block's `(ptr, len)` into the two out-pointers, in lent memory.
-fn put_block(mem: &mut GuestMemory<'_>, word: usize, (ptr, len): (u64, u64), out_ptr: u64, out_len: u64) -> Option<()> {
     put_word(mem, word, out_ptr, ptr)?;
-    put_word(mem, word, out_len, len)
+    put_word(mem, word, out_len, data.len() as u64)
 }
 
 /// Writes one little-endian word of `word` bytes (4 or 8) into lent memory.

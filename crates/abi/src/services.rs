@@ -60,12 +60,8 @@ impl<'a> LogLine<'a> {
     pub fn root_id(&self) -> &'a str {
         self.contexts
             .get(&self.context_id)
-            .and_then(|c| self.contexts.get(&c.root))
-            .and_then(|r| match &r.kind {
-                crate::state::ContextKind::Root(r) => Some(r.plugin.root_id.as_str()),
-                _ => None,
-            })
-            .unwrap_or_default()
+            .and_then(|c| crate::state::root_state(self.contexts, c.root))
+            .map_or("", |r| r.plugin.root_id.as_str())
     }
 
     /// An owned copy, for sinks that keep lines.
@@ -120,8 +116,11 @@ pub struct TracingLog;
 
 impl LogSink for TracingLog {
     fn log(&self, r: &LogLine<'_>) {
-        // The message is only read (and checked as UTF-8) when the event is enabled.
-        let (root, ctx, msg) = (LazyRoot(r), r.context_id, Lazy(r));
+        // The root id and the message (checked as UTF-8) are only looked at when the event is
+        // enabled.
+        let root = Shown(|f: &mut fmt::Formatter<'_>| f.write_str(r.root_id()));
+        let msg = Shown(|f: &mut fmt::Formatter<'_>| f.write_str(&r.message()));
+        let ctx = r.context_id;
         match r.level {
             LogLevel::Trace => tracing::trace!(target: "wasmux::filter", root = %root, ctx, "{msg}"),
             LogLevel::Debug => tracing::debug!(target: "wasmux::filter", root = %root, ctx, "{msg}"),
@@ -134,21 +133,12 @@ impl LogSink for TracingLog {
     }
 }
 
-/// Formats a line's message when a subscriber asks for it.
-struct Lazy<'a, 'b>(&'a LogLine<'b>);
+/// A value shown by a closure, run only when a subscriber formats it.
+struct Shown<F>(F);
 
-impl fmt::Display for Lazy<'_, '_> {
+impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for Shown<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.message())
-    }
-}
-
-/// Formats a line's root id when a subscriber asks for it.
-struct LazyRoot<'a, 'b>(&'a LogLine<'b>);
-
-impl fmt::Display for LazyRoot<'_, '_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.root_id())
+        (self.0)(f)
     }
 }
 

@@ -85,6 +85,19 @@ fn write_u32(buf: &mut [u8], at: usize, value: usize) {
     buf[at..at + 4].copy_from_slice(&(value as u32).to_le_bytes());
 }
 
+/// Where entry `index`'s slot (its two lengths) lies in the length table.
+#[inline]
+const fn slot_at(index: usize) -> usize {
+    4 + 8 * index
+}
+
+/// Where the entries' bytes start in a buffer of `count` entries: after the count and the
+/// length table.
+#[inline]
+const fn data_at(count: usize) -> usize {
+    slot_at(count)
+}
+
 /// An ordered multi-map of header names to values, as proxies keep them.
 ///
 /// Names are stored lower-cased (HTTP/2 style, as Envoy does) and compared case-insensitively.
@@ -138,8 +151,8 @@ impl HeaderMap {
         let hint = pairs.size_hint().0.min(crate::pairs::MAX_PAIRS_COUNT);
         // A length table for the pairs announced, then their bytes appended in order; pairs
         // beyond the announced number are added one by one.
-        let mut m = Self { buf: Vec::with_capacity(4 + 8 * hint + 24 * hint + Self::HEADROOM) };
-        m.buf.resize(4 + 8 * hint, 0);
+        let mut m = Self { buf: Vec::with_capacity(data_at(hint) + 24 * hint + Self::HEADROOM) };
+        m.buf.resize(data_at(hint), 0);
         let mut count = 0;
         for (k, v) in pairs {
             let (k, v) = (k.as_ref(), v.as_ref());
@@ -150,15 +163,14 @@ impl HeaderMap {
             if !Self::fits(k, v) {
                 continue;
             }
-            write_u32(&mut m.buf, 4 + 8 * count, k.len());
-            write_u32(&mut m.buf, 8 + 8 * count, v.len());
+            m.write_slot(count, k.len(), v.len());
             m.push_bytes(k, v);
             count += 1;
             write_u32(&mut m.buf, 0, count);
         }
         if count < hint {
             // Fewer pairs than announced: drop the unused table slots.
-            m.buf.drain(4 + 8 * count..4 + 8 * hint);
+            m.buf.drain(data_at(count)..data_at(hint));
         }
         if m.count() == 0 {
             m.buf.clear();
@@ -181,6 +193,12 @@ impl HeaderMap {
         self.buf.push(0);
     }
 
+    /// Writes the lengths of entry `index` into its slot of the length table.
+    fn write_slot(&mut self, index: usize, name_len: usize, value_len: usize) {
+        write_u32(&mut self.buf, slot_at(index), name_len);
+        write_u32(&mut self.buf, slot_at(index) + 4, value_len);
+    }
+
     #[inline]
     fn count(&self) -> usize {
         if self.buf.is_empty() { 0 } else { read_u32(&self.buf, 0) }
@@ -189,13 +207,13 @@ impl HeaderMap {
     /// The length table: one slot per entry.
     #[inline]
     fn table(&self) -> &[[u8; 8]] {
-        self.buf.get(4..4 + 8 * self.count()).map_or(&[], |t| t.as_chunks().0)
+        self.buf.get(4..data_at(self.count())).map_or(&[], |t| t.as_chunks().0)
     }
 
     /// The entries in order.
     fn spans(&self) -> impl Iterator<Item = Span> + '_ {
         let table = self.table();
-        let mut at = 4 + 8 * table.len();
+        let mut at = data_at(table.len());
         table.iter().enumerate().map(move |(index, slot)| {
             let (name_len, value_len) = entry_lens(slot);
             let span = Span { index, at, name_len, value_len };
@@ -230,7 +248,7 @@ impl HeaderMap {
     }
 
     fn find(&self, name: Name<'_>) -> Option<Span> {
-        self.find_from(0, 4 + 8 * self.count(), name)
+        self.find_from(0, data_at(self.count()), name)
     }
 
     /// The first entry named `name` from entry `index` on, which lies at `at`.
@@ -250,7 +268,7 @@ impl HeaderMap {
 
     /// The index of the first entry named `name`, for [`Self::value_at`].
     pub fn position(&self, name: &[u8]) -> Option<usize> {
-        self.find(Name::new(name)).map(|s| s.index)
+        self.locate(name).map(|(index, _)| index)
     }
 
     /// The index and value length of the first entry named `name`.
@@ -265,7 +283,7 @@ impl HeaderMap {
         let table = self.table();
         let (name_len, value_len) = entry_lens(table.get(index)?);
         let skipped: usize = table[..index].iter().map(entry_lens).map(|(n, v)| n + v + 2).sum();
-        let at = 4 + 8 * table.len() + skipped + name_len + 1;
+        let at = data_at(table.len()) + skipped + name_len + 1;
         self.buf.get(at..at + value_len)
     }
 
@@ -276,17 +294,16 @@ impl HeaderMap {
         }
         let count = self.count();
         if self.buf.is_empty() {
-            self.buf.reserve(4 + 8 + name.len() + value.len() + 2 + Self::HEADROOM);
+            self.buf.reserve(data_at(1) + name.len() + value.len() + 2 + Self::HEADROOM);
             self.buf.extend_from_slice(&Self::EMPTY);
         }
         // A new slot at the end of the length table: the bytes after it move up.
-        let table_end = 4 + 8 * count;
+        let table_end = data_at(count);
         let end = self.buf.len();
         self.buf.reserve(8 + name.len() + value.len() + 2);
         self.buf.resize(end + 8, 0);
         self.buf.copy_within(table_end..end, table_end + 8);
-        write_u32(&mut self.buf, table_end, name.len());
-        write_u32(&mut self.buf, table_end + 4, value.len());
+        self.write_slot(count, name.len(), value.len());
         write_u32(&mut self.buf, 0, count + 1);
         self.push_bytes(name, value);
     }
@@ -294,11 +311,11 @@ impl HeaderMap {
     /// Sets `name` to one value: the first entry is overwritten in place, later ones removed;
     /// absent names are appended.
     pub fn replace(&mut self, name: &[u8], value: &[u8]) {
-        let key = Name::new(name);
-        let Some(span) = self.find(key) else { return self.add(name, value) };
-        if u32::try_from(value.len()).is_err() {
+        if !Self::fits(name, value) {
             return;
         }
+        let key = Name::new(name);
+        let Some(span) = self.find(key) else { return self.add(name, value) };
         let old = span.value();
         if old.len() != value.len() {
             // Move what follows the value to where the new value ends.
@@ -309,27 +326,24 @@ impl HeaderMap {
             }
             self.buf.copy_within(old.end..end, old.start + value.len());
             self.buf.truncate(new_end);
-            write_u32(&mut self.buf, 8 + 8 * span.index, value.len());
+            self.write_slot(span.index, span.name_len, value.len());
         }
         self.buf[old.start..old.start + value.len()].copy_from_slice(value);
-        let next = Span { index: span.index + 1, at: span.at + span.name_len + value.len() + 2, ..span };
-        self.remove_from(next, key);
+        self.remove_from(span.index + 1, span.at + span.name_len + value.len() + 2, key);
     }
 
     /// Removes every entry of `name`.
     pub fn remove(&mut self, name: &[u8]) {
-        let first = Span { index: 0, at: 4 + 8 * self.count(), name_len: 0, value_len: 0 };
-        self.remove_from(first, Name::new(name));
+        self.remove_from(0, data_at(self.count()), Name::new(name));
     }
 
-    /// Removes the entries of `name` from entry `from.index` (at `from.at`) on, in one pass
+    /// Removes the entries of `name` from entry `index` (which lies at `at`) on, in one pass
     /// (most names occur once or not at all).
-    fn remove_from(&mut self, from: Span, name: Name<'_>) {
-        let (mut index, mut at) = (from.index, from.at);
+    fn remove_from(&mut self, mut index: usize, mut at: usize, name: Name<'_>) {
         while let Some(span) = self.find_from(index, at, name) {
             // Cut the entry's table slot and its bytes: what lay between them moves down by the
             // slot's 8 bytes, what followed the bytes by both.
-            let slot = 4 + 8 * span.index;
+            let slot = slot_at(span.index);
             let bytes = span.whole();
             let end = self.buf.len();
             self.buf.copy_within(slot + 8..bytes.start, slot);
@@ -502,6 +516,14 @@ pub(crate) struct RootState {
     pub(crate) plugin: Arc<PluginConfig>,
     pub(crate) tick_period_ms: u32,
     pub(crate) properties: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// The root state of context `root`, if it is a live root context.
+pub(crate) fn root_state(contexts: &ContextMap, root: u32) -> Option<&RootState> {
+    match &contexts.get(&root)?.kind {
+        ContextKind::Root(r) => Some(r),
+        _ => None,
+    }
 }
 
 /// What a context is.

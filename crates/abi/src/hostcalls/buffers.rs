@@ -2,7 +2,7 @@
 //! 0.1.0's `proxy_get_configuration`.
 
 use crate::guest::{HostResult, check_range, copy_out, read_bytes, write_u32, write_word};
-use crate::state::ContextKind;
+use crate::state::root_state;
 use crate::vm::Guest;
 use crate::{AbiVersion, BufferType, HostState, Status};
 
@@ -17,10 +17,7 @@ fn buffer_type(state: &HostState, raw: u64) -> Result<BufferType, Status> {
 /// The plugin configuration visible to the effective context (or the root being configured).
 fn plugin_configuration(state: &HostState) -> Option<&[u8]> {
     let root = state.configuring.or_else(|| state.contexts.get(&state.effective).map(|c| c.root))?;
-    match &state.contexts.get(&root)?.kind {
-        ContextKind::Root(r) => Some(&r.plugin.configuration),
-        _ => None,
-    }
+    root_state(&state.contexts, root).map(|r| &r.plugin.configuration[..])
 }
 
 /// Read access to a buffer; NOT_FOUND when it does not exist in this callback.

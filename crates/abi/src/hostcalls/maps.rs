@@ -30,7 +30,10 @@ pub(super) fn get_pairs(cx: &mut (impl Guest + ?Sized), ty: u64, out_ptr: u64, o
     }
     // The map is kept serialized: one copy, into the block the guest allocates.
     let len = m.encoded().len();
-    copy_out_from(cx, len, out_ptr, out_len, |state| map(state, ty).ok().filter(|m| !m.is_empty()).map(|m| m.encoded()))
+    // An empty map is no bytes, `(0, 0)`, as above.
+    copy_out_from(cx, len, out_ptr, out_len, |state| {
+        map(state, ty).ok().map(|m| if m.is_empty() { &[][..] } else { m.encoded() })
+    })
 }
 
 /// `proxy_set_header_map_pairs(type, data, len)`: replaces the whole map. A malformed or

@@ -7,7 +7,7 @@
 //! integers 8 bytes little-endian, maps in the pairs format.
 
 use crate::guest::{HostResult, copy_out, read_bytes};
-use crate::state::{ContextKind, HttpStreamState};
+use crate::state::{ContextKind, HttpStreamState, root_state};
 use crate::vm::Guest;
 use crate::{HeaderMap, HostState, Status};
 
@@ -77,9 +77,7 @@ fn lookup(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
         segs = dotted;
     }
     let ctx = state.contexts.get(&state.effective)?;
-    let ContextKind::Root(root) = &state.contexts.get(&ctx.root)?.kind else {
-        return None;
-    };
+    let root = root_state(&state.contexts, ctx.root)?;
     let overlay = match &ctx.kind {
         ContextKind::Http(h) => h.properties.get(raw),
         ContextKind::Tcp(t) => t.properties.get(raw),
