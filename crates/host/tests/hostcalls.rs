@@ -74,6 +74,7 @@ cases! {
     maps::header_map_reads_and_edits,
     maps::header_map_pairs_replace_whole_maps,
     maps::trailers_and_unavailable_maps,
+    maps::allocator_that_empties_the_map,
     // Stream control and local replies.
     stream::continue_and_close_stream_0_2_x,
     stream::continue_request_response_and_route_cache_0_1_0,

@@ -204,3 +204,30 @@ pub(crate) fn trailers_and_unavailable_maps() {
         h.out_untouched(4);
     }
 }
+
+/// The guest allocator is guest code and may edit the map being copied out: when it empties
+/// the map, `proxy_get_header_map_pairs` hands out the map as it is now, `(0, 0)`.
+pub(crate) fn allocator_that_empties_the_map() {
+    for v in AbiVersion::ALL {
+        let wat = Wat::new(v)
+            .without_malloc()
+            .data("xa", "x-a")
+            .func(
+                "(func (export \"malloc\") (param $n i32) (result i32) (local $p i32)
+    (drop (call $proxy_remove_header_map_value (i32.const 0) {xa}))
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.and (i32.add (i32.add (global.get $heap) (local.get $n)) (i32.const 7)) (i32.const -8)))
+    (local.get $p))",
+            )
+            .cb(
+                "proxy_on_request_headers",
+                &[st(0, "(call $proxy_get_header_map_pairs (i32.const 0) {o0})"), "(i32.const 0)".into()].concat(),
+            );
+        let mut h = H::new(&wat);
+        let id = h.stream();
+        h.plugin.request_headers(id, headers(&[("x-a", "1")]), false).unwrap();
+        assert_eq!(h.slot(0), 0, "{v}: OK");
+        assert_eq!(h.out(0), (0, 0), "{v}: the map as the allocator left it: empty");
+        assert!(h.http(id).request_headers.is_empty(), "{v}");
+    }
+}
