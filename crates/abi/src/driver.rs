@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::exports::{Callback, Exports};
+use crate::quota::{CallBudget, QuotaCounts};
 use crate::state::{
-    Body, CallInputs, CalloutKind, Context, ContextKind, HttpStreamState, Lifecycle, RootState, TcpStreamState,
+    Body, CallInputs, CalloutKind, Context, ContextKind, HttpStreamState, Lifecycle, Restriction, RootState,
+    TcpStreamState,
 };
 use crate::vm::{Limits, WasmInstance, WasmModule};
 use crate::{AbiVersion, Action, Error, HeaderMap, HostState, PeerType, PluginConfig, Rejection, Result, VmEnv};
@@ -48,22 +50,39 @@ impl Vm {
     ///
     /// # Errors
     /// Instantiation failures and start-up traps.
+    ///
+    /// During start-up the guest may call only the host functions proxy-wasm-cpp-host allows
+    /// there (`proxy_log` and WASI); any other traps with
+    /// [`TrapKind::Restricted`](crate::TrapKind::Restricted).
     pub fn new(module: &dyn WasmModule, abi: AbiVersion, env: Arc<VmEnv>, limits: &Limits) -> Result<Self> {
-        let mut inst = module.instantiate(HostState::new(abi, env), limits)?;
+        let mut state = HostState::new(abi, env);
+        state.quotas = limits.quotas.clone();
+        let mut inst = module.instantiate(state, limits)?;
+        let engine = inst.engine();
         let exports = Exports::resolve(|n| inst.lookup(n), abi);
-        inst.state().exports = exports;
+        let state = inst.state();
+        state.exports = exports;
+        state.engine = engine;
+        state.restriction = Restriction::StartUp;
         let mut vm = Self { inst, failed: None };
-        if vm.has(Callback::Initialize) {
-            vm.call(Callback::Initialize, 0, &[])?;
-            if vm.has(Callback::Main) {
-                vm.call(Callback::Main, 0, &[0, 0])?;
-            } else if vm.has(Callback::MainVoid) {
-                vm.call(Callback::MainVoid, 0, &[])?;
+        let r = vm.start_up();
+        vm.inst.state().restriction = Restriction::None;
+        r.map(|()| vm)
+    }
+
+    /// Runs the start-up exports: `_initialize` then `main` or `__main_void`, else `_start`.
+    fn start_up(&mut self) -> Result<()> {
+        if self.has(Callback::Initialize) {
+            self.call(Callback::Initialize, 0, &[])?;
+            if self.has(Callback::Main) {
+                self.call(Callback::Main, 0, &[0, 0])?;
+            } else if self.has(Callback::MainVoid) {
+                self.call(Callback::MainVoid, 0, &[])?;
             }
-        } else if vm.has(Callback::Start) {
-            vm.call(Callback::Start, 0, &[])?;
+        } else if self.has(Callback::Start) {
+            self.call(Callback::Start, 0, &[])?;
         }
-        Ok(vm)
+        Ok(())
     }
 
     /// The engine running this VM.
@@ -110,10 +129,29 @@ impl Vm {
         state.current = ctx;
         state.effective = ctx;
         state.stop_iteration = false;
-        match self.inst.call(f, args) {
+        state.budget = CallBudget::default();
+        let r = self.inst.call(f, args);
+        if self.inst.state().budget.dropped_lines > 0 {
+            crate::hostcalls::log_dropped_lines(self.inst.state());
+        }
+        match r {
             Ok(v) => Ok(Some(v.unwrap_or(0))),
             Err(e) => Err(self.fail(cb, e)),
         }
+    }
+
+    /// How often each host-side quota was hit (refused or truncated) over the life of this
+    /// VM.
+    pub fn quota_counts(&mut self) -> QuotaCounts {
+        self.inst.state().quota_counts.clone()
+    }
+
+    /// Tells the host that the embedder has taken `messages` messages the filter sent on gRPC
+    /// stream `token` (written to the connection, or dropped with the stream), so that they
+    /// no longer count against [`Quotas::max_grpc_pending_sends`](crate::Quotas). An embedder
+    /// that sends gRPC streams calls it as its send buffer drains.
+    pub fn on_grpc_sent(&mut self, token: u32, messages: usize) {
+        self.inst.state().release_sends(token, messages);
     }
 
     /// Marks the VM failed by an error from callback `cb`.
@@ -127,13 +165,31 @@ impl Vm {
     }
 
     /// Runs the work that waits for the end of a top-level callback: contexts finished with
-    /// `proxy_done`, and shared-queue notifications for this VM.
+    /// `proxy_done`, and one round of shared-queue notifications for this VM.
+    ///
+    /// A round delivers the notifications pending when it starts, one callback each; those
+    /// raised by its own callbacks (a filter feeding its own queue) wait for the next round,
+    /// at the next event or [`Self::poll`]. A filter can thus make progress through its
+    /// queue, but never hold the host in a loop.
     fn settle(&mut self) -> Result<()> {
+        self.finish_done()?;
+        let state = self.inst.state();
+        let queued = state.env.services.queues.take_ready(state.uid);
+        for (root, queue) in queued {
+            if self.is_root(root) {
+                self.call(Callback::OnQueueReady, root, &[u64::from(root), u64::from(queue)])?;
+                self.finish_done()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Log and delete for the contexts that called `proxy_done`. Each context finishes once,
+    /// so this ends.
+    fn finish_done(&mut self) -> Result<()> {
         loop {
-            let state = self.inst.state();
-            let ready = std::mem::take(&mut state.done_ready);
-            let queued = state.env.services.queues.take_ready(state.uid);
-            if ready.is_empty() && queued.is_empty() {
+            let ready = std::mem::take(&mut self.inst.state().done_ready);
+            if ready.is_empty() {
                 return Ok(());
             }
             for id in ready {
@@ -141,11 +197,6 @@ impl Vm {
                 // called `proxy_done` and returned true).
                 if self.inst.state().contexts.get(&id).is_some_and(|c| c.life == Lifecycle::DoneReady) {
                     self.log_and_delete(id)?;
-                }
-            }
-            for (root, queue) in queued {
-                if self.is_root(root) {
-                    self.call(Callback::OnQueueReady, root, &[u64::from(root), u64::from(queue)])?;
                 }
             }
         }
@@ -307,8 +358,13 @@ impl Vm {
         eos: bool,
         body: fn(&mut ContextKind) -> Option<&mut Body>,
     ) -> Result<Action> {
-        let ctx = self.inst.state().contexts.get_mut(&id).ok_or(ctx_err(id, "unknown context"))?;
+        let state = self.inst.state();
+        let max = state.quotas.max_body_bytes;
+        let ctx = state.contexts.get_mut(&id).ok_or(ctx_err(id, "unknown context"))?;
         let b = body(&mut ctx.kind).ok_or(ctx_err(id, "wrong stream kind"))?;
+        if b.buffered.len().saturating_add(chunk.len()) > max {
+            return Ok(self.overflow(id, cb));
+        }
         b.buffered.extend_from_slice(chunk);
         b.end_of_stream = eos;
         let size = b.buffered.len() as u64;
@@ -322,6 +378,34 @@ impl Vm {
             }
             Ok(action)
         })
+    }
+
+    /// Answers a stream whose buffered body would grow past
+    /// [`Quotas::max_body_bytes`](crate::Quotas) as Envoy answers a buffer overflow: 413
+    /// `request_payload_too_large` for a request body, 500 `response_payload_too_large` for a
+    /// response body, a close for TCP data. The filter is not called.
+    #[cold]
+    fn overflow(&mut self, id: u32, cb: Callback) -> Action {
+        let state = self.inst.state();
+        state.note_quota(crate::Quota::BodyBytes);
+        let (status_code, details) = match cb {
+            Callback::OnRequestBody => (413, "request_payload_too_large"),
+            _ => (500, "response_payload_too_large"),
+        };
+        match state.contexts.get_mut(&id).map(|c| &mut c.kind) {
+            Some(ContextKind::Http(h)) => {
+                h.local_reply.get_or_insert_with(|| crate::LocalReply {
+                    status_code,
+                    details: details.into(),
+                    body: Vec::new(),
+                    headers: HeaderMap::new(),
+                    grpc_status: None,
+                });
+            }
+            Some(ContextKind::Tcp(t)) => t.control.push(crate::StreamControl::Close(crate::StreamType::Downstream)),
+            _ => {}
+        }
+        Action::Pause
     }
 
     /// Delivers a request body chunk. The chunk joins the buffered body; on Continue the
@@ -527,7 +611,7 @@ impl Vm {
     /// Unknown token; traps.
     pub fn on_http_call_response(&mut self, token: u32, response: Option<HttpCallResponse>) -> Result<()> {
         let root = self.callout_root(token)?;
-        self.inst.state().callouts.remove(&token);
+        self.inst.state().remove_callout(token);
         let (inputs, status, counts) = match response {
             Some(r) => {
                 let counts = [r.headers.len(), r.body.len(), r.trailers.len()];
@@ -627,7 +711,7 @@ impl Vm {
     /// Unknown token; traps.
     pub fn on_grpc_close(&mut self, token: u32, status: i32, message: &str) -> Result<()> {
         let root = self.callout_root(token)?;
-        self.inst.state().callouts.remove(&token);
+        self.inst.state().remove_callout(token);
         let st = (status as u32, message.as_bytes().to_vec());
         self.event(|vm| {
             vm.with_inputs(CallInputs::default(), st, |vm| {

@@ -26,6 +26,14 @@ pub enum TrapKind {
     MemoryLimit,
     /// A host function asked the call to stop (for example `proc_exit`).
     Host,
+    /// The guest kept asking for host resources past its quotas
+    /// ([`Quotas::max_violations_per_callback`](crate::Quotas::max_violations_per_callback)),
+    /// or re-entered the host deeper than the host allows.
+    Quota,
+    /// The guest called a host function it may not call at that point: inside its allocator,
+    /// or during start-up (`_initialize`, `main`, `_start`), as proxy-wasm-cpp-host restricts
+    /// them.
+    Restricted,
     /// Any other trap.
     Other,
 }
@@ -42,13 +50,15 @@ impl TrapKind {
             Self::Deadline => "deadline",
             Self::MemoryLimit => "memory_limit",
             Self::Host => "host",
+            Self::Quota => "quota",
+            Self::Restricted => "restricted",
             Self::Other => "other",
         }
     }
 
     /// Whether this trap is a configured limit being hit.
     pub fn is_limit(self) -> bool {
-        matches!(self, Self::StackOverflow | Self::Deadline | Self::MemoryLimit)
+        matches!(self, Self::StackOverflow | Self::Deadline | Self::MemoryLimit | Self::Quota)
     }
 }
 

@@ -3,8 +3,9 @@
 //! Every guest range is bounds-checked here; a bad range becomes `INVALID_MEMORY_ACCESS` for the
 //! guest, never a host panic.
 
+use crate::state::Restriction;
 use crate::vm::{Guest, GuestMemory};
-use crate::{Error, HostState, Status};
+use crate::{Error, HostState, Refused, Status, TrapKind};
 
 /// Why a host function stopped early: a raw status/errno for the guest, or a trap.
 #[derive(Debug)]
@@ -29,6 +30,17 @@ impl From<Error> for Fail {
 
 /// Result of a host function implementation.
 pub(crate) type HostResult<T = Status> = Result<T, Fail>;
+
+/// The answer to a request an embedder service (or the host state) refused: its status, or,
+/// for a quota, the quota's status once the refusal is counted (a trap for a guest past
+/// [`Quotas::max_violations_per_callback`](crate::Quotas)).
+#[cold]
+pub(crate) fn refused(state: &mut HostState, r: Refused) -> HostResult {
+    match r {
+        Refused::Status(s) => Ok(s),
+        Refused::Quota(q) => Ok(state.refuse(q)?),
+    }
+}
 
 /// Checks that `[ptr, ptr+len)` lies inside guest memory.
 pub(crate) fn check_range(cx: &mut (impl Guest + ?Sized), ptr: u64, len: u64) -> Result<(), Status> {
@@ -140,11 +152,24 @@ pub(crate) fn read_string(cx: &mut (impl Guest + ?Sized), ptr: u64, len: u64) ->
 /// A missing allocator or a null pointer is `INVALID_MEMORY_ACCESS` (and so is a block that
 /// does not fit in memory, when the caller writes it); a trap inside the allocator ends the
 /// callback.
+///
+/// While the allocator runs, the guest may call only the host functions proxy-wasm-cpp-host
+/// allows there (logging and what language runtimes need to allocate): the host never
+/// recurses through the guest, so its native stack cannot overflow from guest input.
 pub(crate) fn alloc(cx: &mut (impl Guest + ?Sized), size: u64) -> HostResult<u64> {
-    let Some(malloc) = cx.state().exports.allocator else {
+    let state = cx.state();
+    let Some(malloc) = state.exports.allocator else {
         return Err(Status::InvalidMemoryAccess.into());
     };
-    let ptr = cx.call(malloc, &[size])?.unwrap_or(0);
+    if state.restriction == Restriction::Allocator {
+        // Unreachable (the allocator cannot call a host function that allocates), kept as
+        // the bound on re-entrant depth should a future host function try.
+        return Err(Error::new_trap(state.engine, TrapKind::Restricted, "nested call of the guest allocator").into());
+    }
+    let outer = std::mem::replace(&mut state.restriction, Restriction::Allocator);
+    let r = cx.call(malloc, &[size]);
+    cx.state().restriction = outer;
+    let ptr = r?.unwrap_or(0);
     if ptr == 0 {
         return Err(Status::InvalidMemoryAccess.into());
     }

@@ -34,11 +34,13 @@ mod guest;
 mod hostcalls;
 mod load;
 pub mod pairs;
+pub mod quota;
 pub mod services;
 mod state;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 mod types;
+pub mod validate;
 mod vm;
 
 pub use driver::{HttpCallResponse, Vm};
@@ -46,6 +48,8 @@ pub use error::{Error, Incompatibility, Rejection, Result, Trap, TrapKind};
 pub use exports::Callback;
 pub use hostcalls::{HOST_FUNCS, HostFunc, ImportModule, direct, find_host_func, proxy_funcs};
 pub use load::{ModuleInfo, check_module, detect_abi};
+pub use quota::{Quota, QuotaCounts, Quotas, Refused};
+pub use validate::{ModuleShape, validate};
 pub use services::Services;
 pub use state::{
     Body, CalloutKind, HeaderMap, HostState, HttpStreamState, IdHasher, LocalReply, PluginConfig, StreamControl,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::{HeaderMap, LogLevel, MetricType, Status};
+use crate::{HeaderMap, LogLevel, MetricType, Quota, Quotas, Refused, Status};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -273,54 +273,79 @@ impl Properties for StaticProperties {
 pub trait SharedData: Send + Sync + fmt::Debug {
     /// The value and its CAS token.
     fn get(&self, vm_id: &str, key: &[u8]) -> Option<(Vec<u8>, u32)>;
-    /// Sets a value. A non-zero `cas` must equal the current token, else `CAS_MISMATCH`.
+    /// Sets a value. A non-zero `cas` must equal the current token, else `CAS_MISMATCH`. The
+    /// store keeps the VM id within the shared-data quotas of the plugin that writes
+    /// ([`Quotas::max_shared_data_keys`], [`Quotas::max_shared_data_bytes`]; the host checks
+    /// [`Quotas::max_shared_data_value_bytes`] before calling).
     ///
     /// # Errors
-    /// The status to return to the guest.
-    fn set(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> Result<(), Status>;
+    /// The status for the guest, or the quota the write would break.
+    fn set(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32, quotas: &Quotas) -> Result<(), Refused>;
     /// Every entry of a VM id, sorted by key: `(key, value, cas)`.
     fn entries(&self, vm_id: &str) -> Vec<(Vec<u8>, Vec<u8>, u32)>;
 }
 
-/// `(vm_id, key)`.
-type SharedKey = (String, Vec<u8>);
+/// The shared data of one VM id.
+#[derive(Debug, Default)]
+struct VmShared {
+    map: HashMap<Vec<u8>, (Vec<u8>, u32)>,
+    /// Keys plus values.
+    bytes: usize,
+}
 
 /// The in-memory store: one lock, one global CAS counter.
 #[derive(Debug, Default)]
 pub struct InMemorySharedData {
-    map: Mutex<HashMap<SharedKey, (Vec<u8>, u32)>>,
+    vms: Mutex<HashMap<String, VmShared>>,
     cas: AtomicU32,
 }
 
 impl SharedData for InMemorySharedData {
     fn get(&self, vm_id: &str, key: &[u8]) -> Option<(Vec<u8>, u32)> {
-        lock(&self.map).get(&(vm_id.to_string(), key.to_vec())).cloned()
+        lock(&self.vms).get(vm_id)?.map.get(key).cloned()
     }
 
-    fn set(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> Result<(), Status> {
-        let mut map = lock(&self.map);
-        let k = (vm_id.to_string(), key.to_vec());
+    fn set(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32, quotas: &Quotas) -> Result<(), Refused> {
+        let mut vms = lock(&self.vms);
+        if !vms.contains_key(vm_id) {
+            vms.insert(vm_id.to_string(), VmShared::default());
+        }
+        let Some(vm) = vms.get_mut(vm_id) else { return Err(Status::InternalFailure.into()) };
+        let current = vm.map.get(key);
         if cas != 0 {
-            match map.get(&k) {
+            match current {
                 Some((_, cur)) if *cur == cas => {}
-                _ => return Err(Status::CasMismatch),
+                _ => return Err(Status::CasMismatch.into()),
             }
+        }
+        let old = current.map_or(0, |(v, _)| key.len() + v.len());
+        if current.is_none() && vm.map.len() >= quotas.max_shared_data_keys {
+            return Err(Quota::SharedDataKeys.into());
+        }
+        if vm.bytes - old + key.len() + value.len() > quotas.max_shared_data_bytes {
+            return Err(Quota::SharedDataBytes.into());
         }
         // Token 0 means "no CAS"; skip it when the counter wraps.
         let mut next = self.cas.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         if next == 0 {
             next = self.cas.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         }
-        map.insert(k, (value.to_vec(), next));
+        vm.bytes = vm.bytes - old + key.len() + value.len();
+        match vm.map.get_mut(key) {
+            Some(slot) => *slot = (value.to_vec(), next),
+            None => {
+                vm.map.insert(key.to_vec(), (value.to_vec(), next));
+            }
+        }
         Ok(())
     }
 
     fn entries(&self, vm_id: &str) -> Vec<(Vec<u8>, Vec<u8>, u32)> {
-        let mut v: Vec<_> = lock(&self.map)
-            .iter()
-            .filter(|((vm, _), _)| vm == vm_id)
-            .map(|((_, k), (val, cas))| (k.clone(), val.clone(), *cas))
-            .collect();
+        let vms = lock(&self.vms);
+        let mut v: Vec<_> = vms
+            .get(vm_id)
+            .map(|vm| vm.map.iter().map(|(k, (val, cas))| (k.clone(), val.clone(), *cas)).collect())
+            .unwrap_or_default();
         v.sort();
         v
     }
@@ -340,15 +365,20 @@ pub struct QueueOwner {
 
 /// Process-wide named queues, partitioned by VM id.
 pub trait SharedQueues: Send + Sync + fmt::Debug {
-    /// Creates or opens a queue; the caller becomes its owner. Returns the queue id.
-    fn register(&self, vm_id: &str, name: &[u8], owner: QueueOwner) -> u32;
-    /// Finds a queue by VM id and name.
-    fn resolve(&self, vm_id: &str, name: &[u8]) -> Option<u32>;
-    /// Appends an item and notifies the owner.
+    /// Creates or opens a queue; the caller becomes its owner. Returns the queue id. A VM id
+    /// holds at most [`Quotas::max_queues`] queues.
     ///
     /// # Errors
-    /// `NOT_FOUND` for an unknown queue id.
-    fn enqueue(&self, id: u32, item: &[u8]) -> Result<(), Status>;
+    /// The quota a new queue would break.
+    fn register(&self, vm_id: &str, name: &[u8], owner: QueueOwner, quotas: &Quotas) -> Result<u32, Refused>;
+    /// Finds a queue by VM id and name.
+    fn resolve(&self, vm_id: &str, name: &[u8]) -> Option<u32>;
+    /// Appends an item and notifies the owner, within [`Quotas::max_queue_items`] and
+    /// [`Quotas::max_queue_bytes`] for the queue.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` for an unknown queue id; the quota a full queue breaks.
+    fn enqueue(&self, id: u32, item: &[u8], quotas: &Quotas) -> Result<(), Refused>;
     /// Takes the oldest item.
     ///
     /// # Errors
@@ -360,15 +390,19 @@ pub trait SharedQueues: Send + Sync + fmt::Debug {
 
 #[derive(Debug)]
 struct Queue {
-    vm_id: String,
-    name: Vec<u8>,
     owner: QueueOwner,
     items: VecDeque<Vec<u8>>,
+    /// Bytes of the items waiting.
+    bytes: usize,
 }
 
 #[derive(Debug, Default)]
 struct QueuesInner {
     queues: Vec<Queue>,
+    /// Queue ids by VM id and name.
+    ids: HashMap<(String, Vec<u8>), u32>,
+    /// Queues per VM id.
+    per_vm: HashMap<String, usize>,
     ready: HashMap<u64, Vec<(u32, u32)>>,
 }
 
@@ -388,26 +422,43 @@ impl InMemoryQueues {
 }
 
 impl SharedQueues for InMemoryQueues {
-    fn register(&self, vm_id: &str, name: &[u8], owner: QueueOwner) -> u32 {
+    fn register(&self, vm_id: &str, name: &[u8], owner: QueueOwner, quotas: &Quotas) -> Result<u32, Refused> {
         let mut inner = lock(&self.inner);
-        if let Some(i) = inner.queues.iter().position(|q| q.vm_id == vm_id && q.name == name) {
-            inner.queues[i].owner = owner;
-            return i as u32 + 1;
+        let key = (vm_id.to_string(), name.to_vec());
+        if let Some(&id) = inner.ids.get(&key) {
+            if let Some(q) = inner.queues.get_mut(id as usize - 1) {
+                q.owner = owner;
+            }
+            return Ok(id);
         }
-        inner.queues.push(Queue { vm_id: vm_id.into(), name: name.into(), owner, items: VecDeque::new() });
-        inner.queues.len() as u32
+        let count = inner.per_vm.get(vm_id).copied().unwrap_or(0);
+        if count >= quotas.max_queues {
+            return Err(Quota::Queues.into());
+        }
+        let id = u32::try_from(inner.queues.len() + 1).map_err(|_| Quota::Queues)?;
+        inner.queues.push(Queue { owner, items: VecDeque::new(), bytes: 0 });
+        inner.ids.insert(key, id);
+        *inner.per_vm.entry(vm_id.to_string()).or_default() += 1;
+        Ok(id)
     }
 
     fn resolve(&self, vm_id: &str, name: &[u8]) -> Option<u32> {
         let inner = lock(&self.inner);
-        inner.queues.iter().position(|q| q.vm_id == vm_id && q.name == name).map(|i| i as u32 + 1)
+        inner.ids.get(&(vm_id.to_string(), name.to_vec())).copied()
     }
 
-    fn enqueue(&self, id: u32, item: &[u8]) -> Result<(), Status> {
+    fn enqueue(&self, id: u32, item: &[u8], quotas: &Quotas) -> Result<(), Refused> {
         let mut inner = lock(&self.inner);
         let idx = (id as usize).checked_sub(1).ok_or(Status::NotFound)?;
         let q = inner.queues.get_mut(idx).ok_or(Status::NotFound)?;
+        if q.items.len() >= quotas.max_queue_items {
+            return Err(Quota::QueueItems.into());
+        }
+        if q.bytes.saturating_add(item.len()) > quotas.max_queue_bytes {
+            return Err(Quota::QueueBytes.into());
+        }
         q.items.push_back(item.to_vec());
+        q.bytes += item.len();
         let owner = q.owner;
         inner.ready.entry(owner.vm_uid).or_default().push((owner.root_context, id));
         self.pending.fetch_add(1, Ordering::Release);
@@ -418,7 +469,9 @@ impl SharedQueues for InMemoryQueues {
         let mut inner = lock(&self.inner);
         let idx = (id as usize).checked_sub(1).ok_or(Status::NotFound)?;
         let q = inner.queues.get_mut(idx).ok_or(Status::NotFound)?;
-        q.items.pop_front().ok_or(Status::Empty)
+        let item = q.items.pop_front().ok_or(Status::Empty)?;
+        q.bytes -= item.len();
+        Ok(item)
     }
 
     fn take_ready(&self, vm_uid: u64) -> Vec<(u32, u32)> {
@@ -439,6 +492,47 @@ impl SharedQueues for InMemoryQueues {
 // ---------------------------------------------------------------------------------------------
 // Metrics
 
+/// Upper bounds of the histogram buckets, Envoy's default histogram buckets in whole units
+/// (Envoy's first bucket, 0.5, is folded into the first here); values above the last go to
+/// an overflow bucket.
+pub const HISTOGRAM_BOUNDS: [u64; 18] = [
+    1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000, 600_000, 1_800_000,
+    3_600_000,
+];
+
+/// A histogram kept as fixed buckets: its size does not grow with its samples.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Histogram {
+    /// Samples per bucket: `counts[i]` holds the samples `<= HISTOGRAM_BOUNDS[i]` (and above
+    /// the previous bound); the last entry holds the samples above every bound.
+    pub counts: [u64; HISTOGRAM_BOUNDS.len() + 1],
+    /// Sum of the samples (saturating).
+    pub sum: u64,
+}
+
+impl Histogram {
+    /// Records one sample.
+    pub fn record(&mut self, value: u64) {
+        let i = HISTOGRAM_BOUNDS.partition_point(|b| *b < value);
+        self.counts[i] += 1;
+        self.sum = self.sum.saturating_add(value);
+    }
+
+    /// Number of samples.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The non-empty buckets as `(upper bound, samples)`; `None` is the overflow bucket.
+    pub fn buckets(&self) -> impl Iterator<Item = (Option<u64>, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| (HISTOGRAM_BOUNDS.get(i).copied(), *n))
+    }
+}
+
 /// A metric's current value, for records and exports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricSnapshot {
@@ -448,17 +542,21 @@ pub struct MetricSnapshot {
     pub kind: MetricType,
     /// Counter or gauge value; for histograms the number of samples.
     pub value: i64,
-    /// Histogram samples in arrival order (empty for other types).
-    pub samples: Vec<u64>,
+    /// The buckets of a histogram (`None` for other types).
+    pub histogram: Option<Histogram>,
 }
+
+/// Longest metric name accepted, in bytes (longer names are `BAD_ARGUMENT`).
+pub const MAX_METRIC_NAME: usize = 1024;
 
 /// Counters, gauges and histograms defined by filters.
 pub trait Metrics: Send + Sync + fmt::Debug {
-    /// Defines (or finds) a metric; the same name and type give the same id.
+    /// Defines (or finds) a metric; the same name and type give the same id. A store holds at
+    /// most [`Quotas::max_metrics`] metrics.
     ///
     /// # Errors
-    /// The status for the guest.
-    fn define(&self, kind: MetricType, name: &str) -> Result<u32, Status>;
+    /// The status for the guest, or the quota a new metric would break.
+    fn define(&self, kind: MetricType, name: &str, quotas: &Quotas) -> Result<u32, Refused>;
     /// Adds `delta` (counters may not go down: `BAD_ARGUMENT`).
     ///
     /// # Errors
@@ -481,25 +579,38 @@ pub trait Metrics: Send + Sync + fmt::Debug {
 /// The in-memory metrics store.
 #[derive(Debug, Default)]
 pub struct InMemoryMetrics {
-    metrics: Mutex<Vec<MetricSnapshot>>,
+    inner: Mutex<MetricsInner>,
+}
+
+#[derive(Debug, Default)]
+struct MetricsInner {
+    metrics: Vec<MetricSnapshot>,
+    /// Metric ids by name.
+    ids: HashMap<String, u32>,
 }
 
 impl Metrics for InMemoryMetrics {
-    fn define(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
-        let mut m = lock(&self.metrics);
-        if let Some(i) = m.iter().position(|x| x.name == name && x.kind == kind) {
-            return Ok(i as u32 + 1);
+    fn define(&self, kind: MetricType, name: &str, quotas: &Quotas) -> Result<u32, Refused> {
+        let mut m = lock(&self.inner);
+        if let Some(&id) = m.ids.get(name) {
+            return match m.metrics.get(id as usize - 1) {
+                Some(x) if x.kind == kind => Ok(id),
+                _ => Err(Status::BadArgument.into()),
+            };
         }
-        if m.iter().any(|x| x.name == name) {
-            return Err(Status::BadArgument);
+        if m.metrics.len() >= quotas.max_metrics {
+            return Err(Quota::Metrics.into());
         }
-        m.push(MetricSnapshot { name: name.into(), kind, value: 0, samples: Vec::new() });
-        Ok(m.len() as u32)
+        let histogram = (kind == MetricType::Histogram).then(Histogram::default);
+        m.metrics.push(MetricSnapshot { name: name.into(), kind, value: 0, histogram });
+        let id = u32::try_from(m.metrics.len()).map_err(|_| Quota::Metrics)?;
+        m.ids.insert(name.into(), id);
+        Ok(id)
     }
 
     fn increment(&self, id: u32, delta: i64) -> Result<(), Status> {
-        let mut m = lock(&self.metrics);
-        let x = m.get_mut((id as usize).wrapping_sub(1)).ok_or(Status::NotFound)?;
+        let mut m = lock(&self.inner);
+        let x = m.metrics.get_mut((id as usize).wrapping_sub(1)).ok_or(Status::NotFound)?;
         match x.kind {
             MetricType::Counter if delta < 0 => Err(Status::BadArgument),
             MetricType::Counter | MetricType::Gauge => {
@@ -511,24 +622,25 @@ impl Metrics for InMemoryMetrics {
     }
 
     fn record(&self, id: u32, value: u64) -> Result<(), Status> {
-        let mut m = lock(&self.metrics);
-        let x = m.get_mut((id as usize).wrapping_sub(1)).ok_or(Status::NotFound)?;
+        let mut m = lock(&self.inner);
+        let x = m.metrics.get_mut((id as usize).wrapping_sub(1)).ok_or(Status::NotFound)?;
         match x.kind {
             MetricType::Counter => {
                 x.value = i64::try_from(value).unwrap_or(i64::MAX);
             }
             MetricType::Gauge => x.value = value as i64,
             MetricType::Histogram => {
-                x.samples.push(value);
-                x.value = x.samples.len() as i64;
+                let h = x.histogram.get_or_insert_with(Histogram::default);
+                h.record(value);
+                x.value = i64::try_from(h.count()).unwrap_or(i64::MAX);
             }
         }
         Ok(())
     }
 
     fn get(&self, id: u32) -> Result<u64, Status> {
-        let m = lock(&self.metrics);
-        let x = m.get((id as usize).wrapping_sub(1)).ok_or(Status::NotFound)?;
+        let m = lock(&self.inner);
+        let x = m.metrics.get((id as usize).wrapping_sub(1)).ok_or(Status::NotFound)?;
         match x.kind {
             MetricType::Histogram => Err(Status::BadArgument),
             _ => Ok(x.value as u64),
@@ -536,7 +648,7 @@ impl Metrics for InMemoryMetrics {
     }
 
     fn snapshot(&self) -> Vec<MetricSnapshot> {
-        let mut v = lock(&self.metrics).clone();
+        let mut v = lock(&self.inner).metrics.clone();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }

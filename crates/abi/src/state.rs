@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::exports::Exports;
+use crate::quota::{CallBudget, Quota, QuotaCounts, Quotas};
 use crate::services::Services;
-use crate::{AbiVersion, LogLevel};
+use crate::{AbiVersion, Error, LogLevel, Status, TrapKind};
 
 /// A header name to look for, compared with stored (lower-cased) names ignoring ASCII case.
 #[derive(Clone, Copy)]
@@ -574,12 +575,30 @@ pub enum CalloutKind {
     GrpcStream,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Callout {
     pub(crate) root: u32,
     pub(crate) kind: CalloutKind,
     /// Monotonic-clock nanoseconds after which the host fails the callout (`u64::MAX`: never).
     pub(crate) deadline_ns: u64,
+    /// Bytes the callout holds in the host: its request (headers, body, message) and the
+    /// gRPC stream messages not yet taken by the embedder.
+    pub(crate) held: usize,
+    /// Sizes of the gRPC stream messages sent and not yet taken by the embedder, oldest first.
+    pub(crate) pending: std::collections::VecDeque<usize>,
+}
+
+/// Host functions a guest may call while the host runs guest code for its own purposes, as
+/// proxy-wasm-cpp-host restricts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Restriction {
+    /// Any host function.
+    None,
+    /// Inside the guest allocator, called by a host function: logging, `fd_write`,
+    /// `clock_time_get` and `poll_oneoff` only ("malloc may not call host functions").
+    Allocator,
+    /// Inside the start-up exports (`_initialize`, `main`, `_start`): logging and WASI only.
+    StartUp,
 }
 
 /// Hashes context ids (small, dense integers) with one multiplication instead of SipHash.
@@ -640,6 +659,18 @@ pub struct HostState {
     pub(crate) coverage: u128,
     /// Unique id of this VM instance in the process (queue ownership).
     pub(crate) uid: u64,
+    /// The engine running the instance (named in traps raised by host functions).
+    pub(crate) engine: &'static str,
+    /// Host-side quotas.
+    pub(crate) quotas: Quotas,
+    /// What the running top-level callback has used.
+    pub(crate) budget: CallBudget,
+    /// Quota hits over the life of the instance.
+    pub(crate) quota_counts: QuotaCounts,
+    /// Which host functions the guest may call right now.
+    pub(crate) restriction: Restriction,
+    /// Bytes held by the callouts in flight ([`Callout::held`]).
+    pub(crate) callout_bytes: usize,
 }
 
 impl HostState {
@@ -663,7 +694,69 @@ impl HostState {
             next_token: 1,
             coverage: 0,
             uid: NEXT_VM_UID.fetch_add(1, Ordering::Relaxed),
+            engine: "wasmux",
+            quotas: Quotas::default(),
+            budget: CallBudget::default(),
+            quota_counts: QuotaCounts::default(),
+            restriction: Restriction::None,
+            callout_bytes: 0,
         }
+    }
+
+    /// Ends a callout: it no longer counts against the callout quotas.
+    pub(crate) fn remove_callout(&mut self, token: u32) -> Option<Callout> {
+        let c = self.callouts.remove(&token)?;
+        self.callout_bytes = self.callout_bytes.saturating_sub(c.held);
+        Some(c)
+    }
+
+    /// The embedder took the `n` oldest messages sent on gRPC stream `token`.
+    pub(crate) fn release_sends(&mut self, token: u32, n: usize) {
+        let Some(c) = self.callouts.get_mut(&token) else { return };
+        let n = n.min(c.pending.len());
+        let freed: usize = c.pending.drain(..n).sum();
+        c.held = c.held.saturating_sub(freed);
+        self.callout_bytes = self.callout_bytes.saturating_sub(freed);
+    }
+
+    /// Counts a quota hit (a refusal or a truncation), and says so in the host's log once per
+    /// quota per callback.
+    #[cold]
+    pub(crate) fn note_quota(&mut self, quota: Quota) {
+        self.quota_counts.bump(quota);
+        let bit = 1u32 << (quota as u32);
+        if self.budget.reported & bit == 0 {
+            self.budget.reported |= bit;
+            tracing::warn!(
+                target: "wasmux::quota", vm_id = %self.env.vm_id, context = self.effective, quota = %quota,
+                limit = self.quotas.limit(quota), "filter hit a host quota"
+            );
+        }
+    }
+
+    /// A host function refuses a request because of `quota`: the status for the guest, or a
+    /// [`TrapKind::Quota`] trap once the callback has been refused more than
+    /// [`Quotas::max_violations_per_callback`] times.
+    ///
+    /// # Errors
+    /// The trap.
+    #[cold]
+    pub(crate) fn refuse(&mut self, quota: Quota) -> Result<Status, Error> {
+        self.note_quota(quota);
+        self.budget.violations = self.budget.violations.saturating_add(1);
+        if self.budget.violations > self.quotas.max_violations_per_callback {
+            self.quota_counts.bump(Quota::Violations);
+            return Err(Error::new_trap(
+                self.engine,
+                TrapKind::Quota,
+                format!(
+                    "more than {} host requests refused in one callback (last: quota `{quota}`, limit {})",
+                    self.quotas.max_violations_per_callback,
+                    self.quotas.limit(quota)
+                ),
+            ));
+        }
+        Ok(quota.status())
     }
 
     /// A state for backend unit tests: ABI 0.2.1, default environment.

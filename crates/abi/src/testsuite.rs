@@ -134,7 +134,9 @@ macro_rules! backend_suite {
             deadline_covers_reentrant_calls, reentrant_calls_do_not_refuel, dynamic_host_function_path,
             host_writes_into_memory_grown_by_a_reentrant_call, host_sees_growth_between_host_calls,
             instances_move_between_threads, many_instances_on_one_thread,
-            stack_overflow_on_a_small_thread_stack,
+            stack_overflow_on_a_small_thread_stack, table_growth_is_capped,
+            initial_tables_over_limit_fail_instantiation, invalid_modules_are_refused_alike,
+            deadline_counts_host_time, no_deadline_means_none, deadline_waits_for_its_time,
         );
     };
     (@each $backend:expr; $($name:ident,)*) => {
@@ -609,4 +611,123 @@ pub fn stack_overflow_on_a_small_thread_stack(b: &Backend) {
         .join()
         .unwrap();
     assert_eq!(kind, TrapKind::StackOverflow);
+}
+
+const TABLES: &str = r#"(module
+  (table $t (export "table") 10 funcref)
+  (func (export "grow") (param i32) (result i32) (table.grow $t (ref.null func) (local.get 0)))
+  (func (export "grow_all") (result i32)
+    (local $n i32)
+    (loop $l
+      (if (i32.ne (table.grow $t (ref.null func) (i32.const 1000)) (i32.const -1))
+        (then (local.set $n (i32.add (local.get $n) (i32.const 1))) (br $l))))
+    (local.get $n)))"#;
+
+/// `table.grow` past [`Limits::max_table_elements`] (over all tables) fails with -1, however
+/// often the guest asks.
+pub fn table_growth_is_capped(b: &Backend) {
+    let limits = Limits { max_table_elements: 2_010, ..Limits::default() };
+    let mut vm = b.instance_with(TABLES, &limits);
+    assert_eq!(call(&mut *vm, "grow", &[1000]).unwrap(), Some(10));
+    assert_eq!(call(&mut *vm, "grow", &[1001]).unwrap(), Some(0xffff_ffff));
+    assert_eq!(call(&mut *vm, "grow", &[1000]).unwrap(), Some(1010));
+    assert_eq!(call(&mut *vm, "grow", &[1]).unwrap(), Some(0xffff_ffff));
+    // The default limit holds against a guest that grows until refused.
+    let mut vm = b.instance(TABLES);
+    let grown = call(&mut *vm, "grow_all", &[]).unwrap().unwrap_or(0);
+    assert!(grown * 1000 + 10 <= Limits::DEFAULT_MAX_TABLE_ELEMENTS, "{grown} growths of 1000 elements");
+}
+
+/// A module whose tables start over the limit does not instantiate.
+pub fn initial_tables_over_limit_fail_instantiation(b: &Backend) {
+    let m = b.module(r#"(module (table 600 funcref) (table 600 funcref))"#);
+    let limits = Limits { max_table_elements: 1_000, ..Limits::default() };
+    assert!(m.instantiate(HostState::for_tests(), &limits).is_err());
+    let limits = Limits { max_table_elements: 1_200, ..Limits::default() };
+    assert!(m.instantiate(HostState::for_tests(), &limits).is_ok());
+}
+
+/// Modules outside wasmux's feature set or limits are refused at compile on every engine, with
+/// a compile error naming the engine.
+pub fn invalid_modules_are_refused_alike(b: &Backend) {
+    let refused = [
+        // A table used but never declared (some engines' rewrites add one).
+        r#"(module (type $t (func)) (func (call_indirect (type $t) (i32.const 0))))"#,
+        // Two memories.
+        r#"(module (memory 1) (memory 1))"#,
+        // SIMD.
+        r#"(module (func (drop (v128.const i64x2 0 0))))"#,
+        // Tail calls.
+        r#"(module (func $f (return_call $f)))"#,
+        // Threads: a shared memory.
+        r#"(module (memory 1 1 shared))"#,
+    ];
+    for wat in refused {
+        let bytes = wat::parse_str(wat).expect("wat");
+        match (b.engine)().compile(&bytes) {
+            Err(Error::Compile { engine, .. }) => assert_eq!(engine, b.name, "{wat}"),
+            other => panic!("{wat}: expected a compile error, got {other:?}"),
+        }
+    }
+    // Deep nesting is refused before any compiler sees it.
+    let depth = crate::validate::MAX_NESTING as usize;
+    let deep = format!("(module (func {} {}))", "(block ".repeat(depth), ")".repeat(depth));
+    let bytes = wat::parse_str(&deep).expect("wat");
+    assert!(matches!((b.engine)().compile(&bytes), Err(Error::Compile { .. })));
+}
+
+/// A guest that spends its callback in host calls (64 KiB of `random_get` each) is stopped at
+/// its deadline, as one spinning in wasm is: the deadline is time, host time included.
+pub fn deadline_counts_host_time(b: &Backend) {
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+      (memory (export "memory") 2)
+      (func (export "host_loop") (loop $l (drop (call $random (i32.const 0) (i32.const 65536))) (br $l))))"#;
+    let mut vm = b.instance_with(wat, &deadline(100));
+    let started = std::time::Instant::now();
+    assert_eq!(b.trap_kind(call(&mut *vm, "host_loop", &[])), TrapKind::Deadline);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "{}: a 100 ms deadline stopped the call after {took:?}", b.name);
+}
+
+/// A module dominated by one large function (about 1 MB of code), first called after a few
+/// million loop iterations, and bulk-memory work: the call runs to its end when the deadline
+/// is disabled.
+pub fn no_deadline_means_none(b: &Backend) {
+    let limits = Limits { callback_deadline: None, ..Limits::default() };
+    let m = b.module(&large_module());
+    let mut vm = m.instantiate(HostState::for_tests(), &limits).expect("instantiate");
+    assert_eq!(call(&mut *vm, "run", &[2_000_000]).unwrap(), Some(LARGE_RESULT));
+}
+
+/// The same work under a generous deadline finishes too: a deadline never fires before its
+/// time has passed.
+pub fn deadline_waits_for_its_time(b: &Backend) {
+    let m = b.module(&large_module());
+    let mut vm = m.instantiate(HostState::for_tests(), &deadline(60_000)).expect("instantiate");
+    assert_eq!(call(&mut *vm, "run", &[2_000_000]).unwrap(), Some(LARGE_RESULT));
+}
+
+/// What `run` of [`large_module`] returns: the big function adds 1 per `i32.add` it holds.
+const LARGE_RESULT: u64 = 100_000;
+
+/// A module with `run(n)`: `n` loop iterations, a 32 MiB `memory.fill` and `memory.copy`, then
+/// the first call of a function of about 1 MB (100 000 increments).
+fn large_module() -> String {
+    let mut big = String::with_capacity(4 << 20);
+    big.push_str("(func $big (result i32) (local $x i32)\n");
+    for _ in 0..LARGE_RESULT {
+        big.push_str("(local.set $x (i32.add (local.get $x) (i32.const 1)))\n");
+    }
+    big.push_str("(local.get $x))\n");
+    format!(
+        r#"(module
+      (memory (export "memory") 1024)
+      {big}
+      (func (export "run") (param $n i32) (result i32)
+        (loop $l (local.set $n (i32.sub (local.get $n) (i32.const 1))) (br_if $l (local.get $n)))
+        (memory.fill (i32.const 0) (i32.const 7) (i32.const 33554432))
+        (memory.copy (i32.const 33554432) (i32.const 0) (i32.const 33554432))
+        (call $big)))"#
+    )
 }

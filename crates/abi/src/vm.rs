@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{HostState, Result};
+use crate::{HostState, Quotas, Result};
 
 /// A wasm value type as proxy-wasm uses them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,30 +128,54 @@ pub struct FuncRef(pub u32);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Maximum linear memory in bytes. Growth beyond it fails (`memory.grow` returns -1).
+    /// Modules have at most one memory (multi-memory is rejected at load), so this is the
+    /// instance's whole linear memory.
     pub max_memory_bytes: u64,
+    /// Maximum table elements, over all tables of the instance: the initial sizes are checked
+    /// at instantiation (a module over it fails to instantiate) and `table.grow` beyond it
+    /// fails (returns -1).
+    pub max_table_elements: u64,
     /// CPU deadline for one top-level callback, including the host calls it makes.
     /// `None` disables it.
     pub callback_deadline: Option<Duration>,
     /// Maximum wasm stack in bytes (engines that count stack otherwise map it to an equivalent
     /// depth).
     pub max_stack_bytes: usize,
+    /// Largest module accepted, in bytes.
+    pub max_module_bytes: usize,
+    /// Longest the host waits for a module to compile (`None`: no bound). See
+    /// [`crate::validate`] for what each engine can honour.
+    pub compile_deadline: Option<Duration>,
+    /// Host-side quotas: what the plugin may make the host hold.
+    pub quotas: Quotas,
 }
 
 impl Limits {
     /// Default memory cap: 256 MiB.
     pub const DEFAULT_MAX_MEMORY: u64 = 256 << 20;
+    /// Default table cap: 100 000 elements (proxy-wasm-cpp-host's wasmtime backend allows
+    /// 10 000 per table).
+    pub const DEFAULT_MAX_TABLE_ELEMENTS: u64 = 100_000;
     /// Default CPU deadline per callback: 1 s.
     pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
     /// Default stack: 1 MiB.
     pub const DEFAULT_STACK: usize = 1 << 20;
+    /// Default module size cap: 64 MiB.
+    pub const DEFAULT_MAX_MODULE: usize = 64 << 20;
+    /// Default compile deadline: 60 s.
+    pub const DEFAULT_COMPILE_DEADLINE: Duration = Duration::from_secs(60);
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_memory_bytes: Self::DEFAULT_MAX_MEMORY,
+            max_table_elements: Self::DEFAULT_MAX_TABLE_ELEMENTS,
             callback_deadline: Some(Self::DEFAULT_DEADLINE),
             max_stack_bytes: Self::DEFAULT_STACK,
+            max_module_bytes: Self::DEFAULT_MAX_MODULE,
+            compile_deadline: Some(Self::DEFAULT_COMPILE_DEADLINE),
+            quotas: Quotas::default(),
         }
     }
 }
@@ -170,6 +194,12 @@ pub trait WasmEngine: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`Error::Compile`](crate::Error::Compile) for malformed or unsupported bytes.
     fn compile(&self, bytes: &[u8]) -> Result<Arc<dyn WasmModule>>;
+
+    /// Whether [`Self::compile`] compiles every function ahead of time (and so can take long on
+    /// a big module), rather than validating and translating lazily.
+    fn compiles_ahead(&self) -> bool {
+        false
+    }
 
     /// Engine-specific fingerprint for cache keys: engine version and the settings that change
     /// generated code.

@@ -87,9 +87,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WASMUX_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match run(cli.command) {
@@ -101,23 +103,40 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints to stdout; a closed pipe (`wasmux run ... | head`) is not an error.
+/// Prints a line to stdout. A closed pipe (`wasmux inspect ... | head`) ends the command
+/// quietly: nobody reads the rest.
 fn print_out(text: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// `println!` that never panics (see [`print_out`]).
+macro_rules! out {
+    ($($arg:tt)*) => { print_out(&format!($($arg)*)) };
 }
 
 type AnyError = Box<dyn std::error::Error>;
 
+/// Reads a module: wasm binary, or the WebAssembly text format (assembled here).
 fn read(file: &PathBuf) -> Result<Vec<u8>, AnyError> {
-    std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()).into())
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    if bytes.starts_with(b"\0asm") || file.extension().is_none_or(|e| e != "wat") {
+        return Ok(bytes);
+    }
+    wat::parse_bytes(&bytes).map(|b| b.into_owned()).map_err(|e| format!("{}: {e}", file.display()).into())
 }
 
 fn run(cmd: Command) -> Result<ExitCode, AnyError> {
     match cmd {
         Command::Engines => {
             for r in Runtime::available() {
-                println!("{r}");
+                out!("{r}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -173,25 +192,25 @@ fn inspect(wasm: &[u8], runtime: Runtime, json: bool) -> Result<ExitCode, AnyErr
         });
         print_out(&serde_json::to_string_pretty(&out)?);
     } else {
-        println!("ABI version: {}", version.unwrap_or("unknown"));
-        println!("imports ({}):", imports.len());
+        out!("ABI version: {}", version.unwrap_or("unknown"));
+        out!("imports ({}):", imports.len());
         for i in module.imports() {
             let ty = match &i.ty {
                 ExternType::Func(f) => f.to_string(),
                 other => other.kind().to_string(),
             };
-            println!("  {}.{} {ty}", i.module, i.name);
+            out!("  {}.{} {ty}", i.module, i.name);
         }
-        println!("exports ({}):", exports.len());
+        out!("exports ({}):", exports.len());
         for e in module.exports() {
-            println!("  {} ({})", e.name, e.ty.kind());
+            out!("  {} ({})", e.name, e.ty.kind());
         }
         if problems.is_empty() {
-            println!("compatible: yes ({})", runtime);
+            out!("compatible: yes ({})", runtime);
         } else {
-            println!("compatible: no");
+            out!("compatible: no");
             for p in &problems {
-                println!("  - {p}");
+                out!("  - {p}");
             }
         }
     }

@@ -47,6 +47,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use sha2::{Digest, Sha256};
 use wasmux_abi::{Result, WasmEngine, WasmModule};
 
+use crate::plugin::{check_size, compile_within};
 use crate::{CompiledPlugin, PluginOptions, Runtime};
 
 /// File magic and format version of an on-disk artifact.
@@ -294,6 +295,16 @@ impl ModuleCache {
     /// Only compilation errors of a miss: a cache that cannot be read or written, or holds a bad
     /// artifact, falls back to compiling.
     pub fn load(&self, engine: &dyn WasmEngine, bytes: &[u8]) -> Result<(Arc<dyn WasmModule>, CacheSource)> {
+        self.load_or(engine, bytes, || engine.compile(bytes))
+    }
+
+    /// [`Self::load`], compiling a miss with `compile`.
+    fn load_or(
+        &self,
+        engine: &dyn WasmEngine,
+        bytes: &[u8],
+        compile: impl FnOnce() -> Result<Arc<dyn WasmModule>>,
+    ) -> Result<(Arc<dyn WasmModule>, CacheSource)> {
         let key = CacheKey::new(engine, bytes);
         if self.capacity > 0 {
             let artifact = self.lock().artifacts.get(&key).cloned();
@@ -326,7 +337,7 @@ impl ModuleCache {
             }
         }
         Counters::bump(&self.counters.misses);
-        let module = engine.compile(bytes)?;
+        let module = compile()?;
         let Some(artifact) = engine.serialize(&*module) else {
             return Ok((module, CacheSource::Uncacheable));
         };
@@ -340,7 +351,8 @@ impl ModuleCache {
         Ok((module, CacheSource::Compiled))
     }
 
-    /// Like [`CompiledPlugin::new`], through the cache.
+    /// Like [`CompiledPlugin::new`], through the cache: the module size limit applies to every
+    /// load, the compile deadline to a miss.
     ///
     /// # Errors
     /// As [`CompiledPlugin::new`].
@@ -350,7 +362,8 @@ impl ModuleCache {
         bytes: &[u8],
         options: PluginOptions,
     ) -> Result<Arc<CompiledPlugin>> {
-        let (module, _) = self.load(&*engine, bytes)?;
+        check_size(&*engine, bytes, &options.limits)?;
+        let (module, _) = self.load_or(&*engine, bytes, || compile_within(&engine, bytes, &options.limits))?;
         CompiledPlugin::from_module(engine, module, options)
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use wasmux_abi::{
     Action, Error, HeaderMap, HttpCallResponse, Limits, LocalReply, LogLevel, ModuleInfo, PeerType, PluginConfig,
-    Result, Services, Vm, VmEnv, WasmEngine, WasmModule, check_module,
+    QuotaCounts, Result, Services, Trap, Vm, VmEnv, WasmEngine, WasmModule, check_module,
 };
 
 use crate::Runtime;
@@ -105,8 +105,12 @@ impl CompiledPlugin {
     ///
     /// # Errors
     /// As [`Runtime::load`].
+    /// The module must fit [`Limits::max_module_bytes`]; on an engine that compiles ahead of
+    /// time, the host waits at most [`Limits::compile_deadline`] for the compiler (which cannot
+    /// be stopped: it finishes in the background and its result is dropped).
     pub fn new(engine: Arc<dyn WasmEngine>, bytes: &[u8], options: PluginOptions) -> Result<Arc<Self>> {
-        let module = engine.compile(bytes)?;
+        check_size(&*engine, bytes, &options.limits)?;
+        let module = compile_within(&engine, bytes, &options.limits)?;
         Self::from_module(engine, module, options)
     }
 
@@ -178,6 +182,8 @@ impl CompiledPlugin {
             stats: PluginStats::default(),
             next_reload: None,
             backoff: Duration::ZERO,
+            quota_base: QuotaCounts::default(),
+            last_trap: None,
         })
     }
 
@@ -186,6 +192,45 @@ impl CompiledPlugin {
         let root = vm.start_plugin(self.plugin.clone())?;
         Ok((vm, root))
     }
+}
+
+/// Refuses a module larger than [`Limits::max_module_bytes`].
+pub(crate) fn check_size(engine: &dyn WasmEngine, bytes: &[u8], limits: &Limits) -> Result<()> {
+    if bytes.len() > limits.max_module_bytes {
+        return Err(Error::Compile {
+            engine: engine.name(),
+            message: format!(
+                "the module has {} bytes, more than the {} allowed (Limits::max_module_bytes)",
+                bytes.len(),
+                limits.max_module_bytes
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Compiles `bytes`, waiting at most [`Limits::compile_deadline`] on engines that compile ahead
+/// of time ([`WasmEngine::compiles_ahead`]): the compile runs on a thread of its own, and a
+/// compile past the deadline is left to finish there, its result dropped.
+pub(crate) fn compile_within(engine: &Arc<dyn WasmEngine>, bytes: &[u8], limits: &Limits) -> Result<Arc<dyn WasmModule>> {
+    let Some(deadline) = limits.compile_deadline.filter(|_| engine.compiles_ahead()) else {
+        return engine.compile(bytes);
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let (worker, owned) = (engine.clone(), bytes.to_vec());
+    std::thread::Builder::new()
+        .name("wasmux-compile".into())
+        .spawn(move || {
+            // The receiver is gone when the deadline passed: the module is dropped.
+            let _ = tx.send(worker.compile(&owned));
+        })
+        .map_err(|e| Error::Engine { engine: engine.name(), message: format!("cannot start a compile thread: {e}") })?;
+    rx.recv_timeout(deadline).unwrap_or_else(|_| {
+        Err(Error::Compile {
+            engine: engine.name(),
+            message: format!("compiling took longer than the compile deadline of {deadline:?} (Limits::compile_deadline)"),
+        })
+    })
 }
 
 /// Counters kept by a [`Plugin`].
@@ -199,6 +244,8 @@ pub struct PluginStats {
     pub reload_failures: u64,
     /// Streams answered by the failure policy instead of the filter (each counted once).
     pub failed_streams: u64,
+    /// Host requests refused or truncated by a quota (see [`Plugin::quota_counts`] for which).
+    pub quota_hits: u64,
 }
 
 /// A running plugin: one VM instance and its root context. Not `Sync`: one per worker.
@@ -210,6 +257,10 @@ pub struct Plugin {
     stats: PluginStats,
     next_reload: Option<Instant>,
     backoff: Duration,
+    /// Quota hits of the VMs replaced by reloads.
+    quota_base: QuotaCounts,
+    /// The last trap the failure policy absorbed, until taken.
+    last_trap: Option<Trap>,
 }
 
 /// The local reply the failure policy sends on a failed HTTP stream.
@@ -239,9 +290,23 @@ impl Plugin {
         &self.compiled
     }
 
-    /// Failure and reload counters.
-    pub fn stats(&self) -> PluginStats {
-        self.stats
+    /// Failure, reload and quota counters.
+    pub fn stats(&mut self) -> PluginStats {
+        PluginStats { quota_hits: self.quota_counts().total(), ..self.stats }
+    }
+
+    /// How often each host-side quota was hit (refused or truncated), over every VM of this
+    /// plugin (reloads included).
+    pub fn quota_counts(&mut self) -> QuotaCounts {
+        let mut counts = self.quota_base.clone();
+        counts.add(&self.vm.quota_counts());
+        counts
+    }
+
+    /// The last trap a callback hit since the previous call, whether the failure policy
+    /// answered it or it was returned.
+    pub fn take_trap(&mut self) -> Option<Trap> {
+        self.last_trap.take()
     }
 
     /// Creates an HTTP stream context.
@@ -282,6 +347,9 @@ impl Plugin {
             e => return Err(e),
         };
         self.stats.failures += 1;
+        if let Error::Trap(t) = &err {
+            self.last_trap = Some((**t).clone());
+        }
         let name = &self.compiled.options.name;
         match &err {
             Error::Trap(t) => tracing::error!(
@@ -347,7 +415,8 @@ impl Plugin {
         }
         match self.compiled.start() {
             Ok((vm, root)) => {
-                self.vm = vm;
+                let mut old = std::mem::replace(&mut self.vm, vm);
+                self.quota_base.add(&old.quota_counts());
                 self.root = root;
                 self.stats.reloads += 1;
                 self.next_reload = None;
@@ -503,7 +572,10 @@ impl Plugin {
     /// Counts a failure from a root-context callback and schedules a reload under the reload
     /// policy; the error is still returned (there is no stream to answer).
     fn absorb<T>(&mut self, r: Result<T>) -> Result<T> {
-        if let Err(Error::Trap(_) | Error::Failed(_)) = &r {
+        if let Err(e @ (Error::Trap(_) | Error::Failed(_))) = &r {
+            if let Error::Trap(t) = e {
+                self.last_trap = Some((**t).clone());
+            }
             self.stats.failures += 1;
             self.schedule_reload();
         }

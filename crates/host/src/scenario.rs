@@ -48,13 +48,14 @@ impl Bytes {
             Self::Text(s) => Ok(s.as_bytes().to_vec()),
             Self::Empty => Ok(Vec::new()),
             Self::Hex { hex } => {
-                if hex.len() % 2 != 0 {
+                // Digits are checked byte by byte: a multi-byte character is an invalid digit,
+                // never a slice through its middle.
+                let digit = |b: u8| char::from(b).to_digit(16).ok_or_else(|| format!("invalid hex `{hex}`"));
+                let (pairs, rest) = hex.as_bytes().as_chunks::<2>();
+                if !rest.is_empty() {
                     return Err(format!("odd-length hex string `{hex}`"));
                 }
-                (0..hex.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("invalid hex `{hex}`")))
-                    .collect()
+                pairs.iter().map(|&[hi, lo]| Ok((digit(hi)? * 16 + digit(lo)?) as u8)).collect()
             }
         }
     }
@@ -87,16 +88,52 @@ fn map_json(m: &HeaderMap) -> Value {
     Value::Array(m.iter().map(|(k, v)| json!([bytes_json(k), bytes_json(v)])).collect())
 }
 
-/// Resource limits in a scenario.
+/// Resource limits in a scenario; fields left out keep [`Limits`](wasmux_abi::Limits)'
+/// defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioLimits {
     /// Maximum linear memory in bytes.
     pub max_memory_bytes: Option<u64>,
+    /// Maximum table elements, over all tables.
+    pub max_table_elements: Option<u64>,
     /// CPU deadline per callback in milliseconds (0 disables it).
     pub deadline_ms: Option<u64>,
     /// Cap on HTTP and unary gRPC callout timeouts in milliseconds (default 60 000).
     pub max_callout_timeout_ms: Option<u64>,
+    /// Largest module accepted, in bytes.
+    pub max_module_bytes: Option<usize>,
+    /// Compile deadline in milliseconds (0 disables it).
+    pub compile_deadline_ms: Option<u64>,
+    /// Host-side quotas ([`Quotas`](wasmux_abi::Quotas), by field name); quotas left out keep
+    /// their defaults.
+    pub quotas: Option<wasmux_abi::Quotas>,
+}
+
+impl ScenarioLimits {
+    /// The limits this scenario asks for.
+    pub fn to_limits(&self) -> wasmux_abi::Limits {
+        let mut limits = wasmux_abi::Limits::default();
+        if let Some(m) = self.max_memory_bytes {
+            limits.max_memory_bytes = m;
+        }
+        if let Some(t) = self.max_table_elements {
+            limits.max_table_elements = t;
+        }
+        if let Some(d) = self.deadline_ms {
+            limits.callback_deadline = (d > 0).then(|| Duration::from_millis(d));
+        }
+        if let Some(m) = self.max_module_bytes {
+            limits.max_module_bytes = m;
+        }
+        if let Some(d) = self.compile_deadline_ms {
+            limits.compile_deadline = (d > 0).then(|| Duration::from_millis(d));
+        }
+        if let Some(q) = &self.quotas {
+            limits.quotas = q.clone();
+        }
+        limits
+    }
 }
 
 /// A whole scenario.
@@ -405,13 +442,7 @@ pub fn run(runtime: Runtime, wasm: &[u8], scenario: &Scenario) -> Result<Value, 
     };
     let rec = Recorder { log, callouts, clock, services: services.clone() };
     let level = scenario.log_level.as_deref().unwrap_or("trace");
-    let mut limits = wasmux_abi::Limits::default();
-    if let Some(m) = scenario.limits.max_memory_bytes {
-        limits.max_memory_bytes = m;
-    }
-    if let Some(d) = scenario.limits.deadline_ms {
-        limits.callback_deadline = (d > 0).then(|| Duration::from_millis(d));
-    }
+    let limits = scenario.limits.to_limits();
     let options = PluginOptions {
         name: scenario.plugin_name.clone().unwrap_or_else(|| "plugin".into()),
         root_id: scenario.root_id.clone(),
@@ -511,10 +542,19 @@ impl Runner<'_> {
                 Ok(None) => {}
                 Err(e) => entry["error"] = error_json(&e),
             }
+            // A trap the failure policy answered is named on the event that hit it.
+            if let Some(t) = self.plugin.take_trap() {
+                entry["trap"] = json!({"kind": t.kind.as_str(), "export": t.export});
+            }
             self.events.push(entry);
         }
         let mut body = record_common(self.rec, Some(&mut self.plugin), &self.names, scenario);
         body["events"] = Value::Array(self.events);
+        let quota: serde_json::Map<String, Value> =
+            self.plugin.quota_counts().iter().map(|(q, n)| (q.as_str().to_string(), json!(n))).collect();
+        if !quota.is_empty() {
+            body["quota"] = Value::Object(quota);
+        }
         let mut coverage = self.plugin.vm().coverage();
         coverage.sort_unstable();
         body["coverage"] = json!(coverage);
@@ -723,9 +763,9 @@ impl Runner<'_> {
                 let Some(id) = q.resolve(&self.plugin.compiled().options().vm_id, queue.as_bytes()) else {
                     return Err(invalid(format!("no shared queue named `{queue}`")));
                 };
-                let r = q.enqueue(id, &bytes(item)?);
+                let r = q.enqueue(id, &bytes(item)?, &self.plugin.compiled().options().limits.quotas);
                 if let Err(s) = r {
-                    return Err(invalid(format!("enqueue failed: {s}")));
+                    return Err(invalid(format!("enqueue failed: {s:?}")));
                 }
                 unit(self.plugin.vm().poll())
             }
@@ -802,7 +842,17 @@ fn record_common(
         .metrics
         .snapshot()
         .into_iter()
-        .map(|m| json!({"name": m.name, "type": m.kind.as_str(), "value": m.value, "samples": m.samples}))
+        .map(|m| {
+            let mut v = json!({"name": m.name, "type": m.kind.as_str(), "value": m.value});
+            if let Some(h) = &m.histogram {
+                v["sum"] = json!(h.sum);
+                v["buckets"] = h
+                    .buckets()
+                    .map(|(le, n)| json!([le.map_or_else(|| json!("+Inf"), |b| json!(b)), n]))
+                    .collect();
+            }
+            v
+        })
         .collect();
     let shared: Vec<Value> = rec
         .services

@@ -40,7 +40,7 @@ fn shared_data_and_queues_lose_nothing_under_concurrency() {
 
         // Seed the counter: a write to an absent key carries CAS token 0, which the ABI defines
         // as "no compare", so first writers could race. From here on every write is a real CAS.
-        services.shared_data.set("stress", b"counter", b"0", 0).expect("seed");
+        services.shared_data.set("stress", b"counter", b"0", 0, &Default::default()).expect("seed");
 
         let workers: Vec<_> = (0..THREADS)
             .map(|t| {
@@ -99,6 +99,8 @@ fn shared_data_and_queues_lose_nothing_under_concurrency() {
         let m: BTreeMap<String, MetricSnapshot> = metrics.snapshot().into_iter().map(|m| (m.name.clone(), m)).collect();
         assert_eq!(m["wasmux_requests"].value, (THREADS * REQUESTS) as i64, "{rt}: request counter");
         assert_eq!(m["wasmux_inflight"].value, 0, "{rt}: in-flight gauge");
-        assert_eq!(m["wasmux_body_size"].samples.len(), THREADS * REQUESTS, "{rt}: histogram samples");
+        assert_eq!(m["wasmux_body_size"].value, (THREADS * REQUESTS) as i64, "{rt}: histogram samples");
+        let h = m["wasmux_body_size"].histogram.clone().unwrap_or_default();
+        assert_eq!(h.count(), (THREADS * REQUESTS) as u64, "{rt}: histogram buckets");
     }
 }

@@ -59,6 +59,8 @@ impl fmt::Debug for V8Module {
 impl V8Module {
     /// Describes `bytes`, rewrites its memory definition and compiles it.
     pub(crate) fn new(shared: Arc<Shared>, bytes: &[u8]) -> Result<Self> {
+        // wasmux's verdict first, on the original bytes: the same on every engine.
+        wasmux_abi::validate(ENGINE_NAME, bytes)?;
         let rewritten = rewrite(bytes);
         let compiled = shared
             .compiler

@@ -292,6 +292,10 @@ impl WasmEngine for WasmerEngine {
         self.shared.name
     }
 
+    fn compiles_ahead(&self) -> bool {
+        true
+    }
+
     fn compile(&self, bytes: &[u8]) -> Result<Arc<dyn WasmModule>> {
         Ok(Arc::new(WasmerModule::new(self.shared.clone(), bytes)?))
     }

@@ -15,7 +15,7 @@ use wasmux_abi::{
 
 use crate::imports::from_wasmer;
 use crate::instance::WasmerInstance;
-use crate::{Shared, error, middleware};
+use crate::{ENGINE_NAME, Shared, error, middleware};
 
 /// What an import of the module is linked to.
 #[derive(Debug, Clone)]
@@ -59,6 +59,8 @@ impl fmt::Debug for WasmerModule {
 impl WasmerModule {
     /// Compiles `bytes` on a fresh wasmer engine with this crate's middleware.
     pub(crate) fn new(shared: Arc<Shared>, bytes: &[u8]) -> Result<Self> {
+        // wasmux's verdict first, on the original bytes: the same on every engine.
+        wasmux_abi::validate(ENGINE_NAME, bytes)?;
         // Wasmer's default features but threads: a shared memory would let a guest block in
         // `memory.atomic.wait`, out of reach of deadlines (wasmtime here has no threads either).
         let features = wasmer::sys::Features { threads: false, ..Default::default() };

@@ -8,7 +8,7 @@ use wasmux_abi::{ExportDesc, ExternType, FuncType, HostState, ImportDesc, Limits
 
 use crate::imports::from_wasmi;
 use crate::instance::WasmiInstance;
-use crate::{Shared, error};
+use crate::{ENGINE_NAME, Shared, error};
 
 /// A [`WasmModule`] on wasmi: validated code, translated lazily and shared by all its
 /// instances.
@@ -31,6 +31,8 @@ impl fmt::Debug for WasmiModule {
 impl WasmiModule {
     /// Parses and validates `bytes`; function bodies are translated on first call.
     pub(crate) fn new(shared: Arc<Shared>, bytes: &[u8]) -> Result<Self> {
+        // wasmux's verdict first, on the original bytes: the same on every engine.
+        wasmux_abi::validate(ENGINE_NAME, bytes)?;
         let module = wasmi::Module::new(&shared.engine, bytes).map_err(|e| error::compile(&e))?;
         let imports = module
             .imports()

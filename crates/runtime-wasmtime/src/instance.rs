@@ -46,11 +46,15 @@ fn on_epoch(clock: &CallDeadline) -> wasmtime::Result<UpdateDeadline> {
     Ok(UpdateDeadline::Continue(clock.next_check()))
 }
 
-/// Refuses memory growth beyond the configured limit and remembers that it did.
+/// Refuses memory growth beyond the configured limit (and remembers that it did), and table
+/// elements beyond the configured total.
 pub(crate) struct Limiter {
     max_memory: usize,
     /// Growth was refused during the current top-level call.
     pub(crate) denied: bool,
+    max_table_elements: u64,
+    /// Table elements over all tables (initial sizes and growth).
+    table_elements: u64,
 }
 
 impl ResourceLimiter for Limiter {
@@ -62,8 +66,13 @@ impl ResourceLimiter for Limiter {
         Ok(maximum.is_none_or(|max| desired <= max))
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 20 && maximum.is_none_or(|max| desired <= max))
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.table_elements.saturating_add(desired.saturating_sub(current) as u64);
+        if total > self.max_table_elements || maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
     }
 
     fn instances(&self) -> usize {
@@ -108,6 +117,8 @@ impl WasmtimeInstance {
             limiter: Limiter {
                 max_memory: usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX),
                 denied: false,
+                max_table_elements: limits.max_table_elements,
+                table_elements: 0,
             },
             clock: CallDeadline::new(
                 shared.clock.clone(),

@@ -182,6 +182,10 @@ impl WasmEngine for WasmtimeEngine {
         ENGINE_NAME
     }
 
+    fn compiles_ahead(&self) -> bool {
+        true
+    }
+
     fn compile(&self, bytes: &[u8]) -> Result<Arc<dyn WasmModule>> {
         Ok(Arc::new(WasmtimeModule::new(self.shared.clone(), bytes)?))
     }

@@ -7,7 +7,7 @@ use wasmux_abi::{ExportDesc, ExternType, FuncType, HostState, ImportDesc, Limits
 
 use crate::imports::from_wasmtime;
 use crate::instance::{StoreData, WasmtimeInstance};
-use crate::{Shared, error};
+use crate::{ENGINE_NAME, Shared, error};
 
 /// A [`WasmModule`] on wasmtime: compiled code shared by all its instances.
 pub struct WasmtimeModule {
@@ -33,6 +33,8 @@ impl fmt::Debug for WasmtimeModule {
 impl WasmtimeModule {
     /// Compiles `bytes` and links the result against the engine's host functions.
     pub(crate) fn new(shared: Arc<Shared>, bytes: &[u8]) -> Result<Self> {
+        // wasmux's verdict first, on the original bytes: the same on every engine.
+        wasmux_abi::validate(ENGINE_NAME, bytes)?;
         let module = wasmtime::Module::new(&shared.engine, bytes).map_err(|e| error::compile(&e))?;
         Ok(Self::from_compiled(shared, module))
     }

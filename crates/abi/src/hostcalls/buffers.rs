@@ -4,7 +4,7 @@
 use crate::guest::{HostResult, check_range, copy_out, read_bytes, write_u32, write_word};
 use crate::state::root_state;
 use crate::vm::Guest;
-use crate::{AbiVersion, BufferType, HostState, Status};
+use crate::{AbiVersion, BufferType, HostState, Quota, Status};
 
 fn buffer_type(state: &HostState, raw: u64) -> Result<BufferType, Status> {
     let ty = u32::try_from(raw).ok().and_then(BufferType::from_raw).ok_or(Status::BadArgument)?;
@@ -61,7 +61,8 @@ pub(super) fn get_buffer_bytes(
 
 /// `proxy_set_buffer_bytes(type, start, size, data, len)`: replaces `size` bytes at `start`
 /// with the data. `start = 0, size = 0` prepends; `start >= len` appends; `start = 0,
-/// size >= len` replaces everything; any other range is spliced.
+/// size >= len` replaces everything; any other range is spliced. A buffer that would grow past
+/// [`Quotas::max_body_bytes`](crate::Quotas) is left as it was (BAD_ARGUMENT).
 pub(super) fn set_buffer_bytes(
     cx: &mut (impl Guest + ?Sized),
     ty: u64,
@@ -71,6 +72,11 @@ pub(super) fn set_buffer_bytes(
     len: u64,
 ) -> HostResult {
     let ty = buffer_type(cx.state(), ty)?;
+    let max = cx.state().quotas.max_body_bytes;
+    if len > max as u64 {
+        // Too big on its own: refused before it is read.
+        return Ok(cx.state().refuse(Quota::BodyBytes)?);
+    }
     let data = read_bytes(cx, ptr, len)?;
     let state = cx.state();
     let buf = match ty {
@@ -87,6 +93,9 @@ pub(super) fn set_buffer_bytes(
     let buf = buf.ok_or(Status::NotFound)?;
     let from = usize::try_from(start).unwrap_or(usize::MAX).min(buf.len());
     let to = from.saturating_add(usize::try_from(size).unwrap_or(usize::MAX)).min(buf.len());
+    if buf.len() - (to - from) + data.len() > max {
+        return Ok(state.refuse(Quota::BodyBytes)?);
+    }
     buf.splice(from..to, data);
     Ok(Status::Ok)
 }

@@ -6,25 +6,32 @@
 
 use std::time::Duration;
 
-use crate::guest::{HostResult, check_range, copy_out, read_bytes, read_string, write_u32};
+use crate::guest::{HostResult, check_range, copy_out, read_bytes, read_string, refused, write_u32};
 use crate::services::{GrpcAction, GrpcCallout, HttpCallout};
 use crate::state::{Callout, CalloutKind};
 use crate::vm::Guest;
-use crate::{HeaderMap, HostState, Status, pairs};
+use crate::{HeaderMap, HostState, Quota, Refused, Status, pairs};
 
 fn read_map(cx: &mut (impl Guest + ?Sized), ptr: u64, len: u64) -> Result<HeaderMap, Status> {
     let bytes = read_bytes(cx, ptr, len)?;
     Ok(HeaderMap::from_pairs(pairs::decode(&bytes).map_err(|_| Status::BadArgument)?))
 }
 
-fn owner(state: &HostState) -> Result<u32, Status> {
-    state.contexts.get(&state.effective).map(|c| c.root).ok_or(Status::BadArgument)
+fn owner(state: &HostState) -> Result<u32, Refused> {
+    state.contexts.get(&state.effective).map(|c| c.root).ok_or(Status::BadArgument.into())
 }
 
-/// Registers a callout owned by the effective context's root. `timeout` is what the filter
-/// asked for; the host caps it (and turns "no timeout" into the cap) except for gRPC streams.
-fn new_token(state: &mut HostState, kind: CalloutKind, timeout: Duration) -> Result<u32, Status> {
+/// Registers a callout owned by the effective context's root, holding `held` bytes, within the
+/// callout quotas. `timeout` is what the filter asked for; the host caps it (and turns "no
+/// timeout" into the cap) except for gRPC streams.
+fn new_token(state: &mut HostState, kind: CalloutKind, timeout: Duration, held: usize) -> Result<u32, Refused> {
     let root = owner(state)?;
+    if state.callouts.len() >= state.quotas.max_callouts {
+        return Err(Quota::Callouts.into());
+    }
+    if state.callout_bytes.saturating_add(held) > state.quotas.max_callout_bytes {
+        return Err(Quota::CalloutBytes.into());
+    }
     let token = state.next_token;
     state.next_token = state.next_token.checked_add(1).unwrap_or(1);
     let deadline_ns = if kind == CalloutKind::GrpcStream {
@@ -35,7 +42,8 @@ fn new_token(state: &mut HostState, kind: CalloutKind, timeout: Duration) -> Res
         let now = state.env.services.clock.monotonic_nanos();
         now.saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
     };
-    state.callouts.insert(token, Callout { root, kind, deadline_ns });
+    state.callout_bytes += held;
+    state.callouts.insert(token, Callout { root, kind, deadline_ns, held, pending: Default::default() });
     Ok(token)
 }
 
@@ -67,6 +75,9 @@ pub(super) fn http_call(
 ) -> HostResult {
     let upstream = read_string(cx, up, up_len)?;
     let headers = read_map(cx, hdr, hdr_len)?;
+    if body_len > cx.state().quotas.max_body_bytes as u64 {
+        return Ok(cx.state().refuse(Quota::BodyBytes)?);
+    }
     let body = read_bytes(cx, body, body_len)?;
     let trailers = read_map(cx, trl, trl_len)?;
     check_range(cx, out, 4)?;
@@ -75,10 +86,14 @@ pub(super) fn http_call(
     }
     let state = cx.state();
     let timeout = Duration::from_millis(u64::from(timeout as u32));
-    let token = new_token(state, CalloutKind::Http, timeout)?;
+    let held = body.len() + headers.byte_size() + trailers.byte_size();
+    let token = match new_token(state, CalloutKind::Http, timeout, held) {
+        Ok(t) => t,
+        Err(r) => return refused(state, r),
+    };
     let call = HttpCallout { token, upstream, headers, body, trailers, timeout };
     if let Err(s) = state.env.services.callouts.http_call(&call) {
-        state.callouts.remove(&token);
+        state.remove_callout(token);
         return Ok(s);
     }
     write_u32(cx, out, token)?;
@@ -102,10 +117,14 @@ fn grpc_open(
     check_range(cx, out, 4)?;
     let state = cx.state();
     let kind = if stream { CalloutKind::GrpcStream } else { CalloutKind::GrpcCall };
-    let token = new_token(state, kind, timeout)?;
+    let held = message.len() + initial_metadata.byte_size();
+    let token = match new_token(state, kind, timeout, held) {
+        Ok(t) => t,
+        Err(r) => return refused(state, r),
+    };
     let call = GrpcCallout { token, stream, upstream, service, method, initial_metadata, message, timeout };
     if let Err(s) = state.env.services.callouts.grpc_open(&call) {
-        state.callouts.remove(&token);
+        state.remove_callout(token);
         return Ok(s);
     }
     write_u32(cx, out, token)?;
@@ -130,6 +149,9 @@ pub(super) fn grpc_call(
     timeout: u64,
     out: u64,
 ) -> HostResult {
+    if msg_len > cx.state().quotas.max_body_bytes as u64 {
+        return Ok(cx.state().refuse(Quota::BodyBytes)?);
+    }
     let message = read_bytes(cx, msg, msg_len)?;
     let timeout = Duration::from_millis(u64::from(timeout as u32));
     grpc_open(cx, false, [(up, up_len), (svc, svc_len), (method, method_len)], (md, md_len), message, timeout, out)
@@ -164,21 +186,40 @@ fn grpc_act(state: &mut HostState, token: u64, action: GrpcAction) -> HostResult
     let token = token as u32;
     let Some(c) = state.callouts.get(&token) else { return Ok(Status::NotFound) };
     match (&action, c.kind) {
-        (GrpcAction::Send { .. }, CalloutKind::GrpcStream) => {}
+        (GrpcAction::Send { message, .. }, CalloutKind::GrpcStream) => {
+            if c.pending.len() >= state.quotas.max_grpc_pending_sends {
+                return Ok(state.refuse(Quota::GrpcPendingSends)?);
+            }
+            if state.callout_bytes.saturating_add(message.len()) > state.quotas.max_callout_bytes {
+                return Ok(state.refuse(Quota::CalloutBytes)?);
+            }
+        }
         (GrpcAction::Send { .. }, _) | (_, CalloutKind::Http) => return Ok(Status::BadArgument),
         _ => {}
     }
     if let Err(s) = state.env.services.callouts.grpc_action(token, &action) {
         return Ok(s);
     }
-    if matches!(action, GrpcAction::Cancel | GrpcAction::Close) {
-        state.callouts.remove(&token);
+    match action {
+        GrpcAction::Send { message, .. } => {
+            if let Some(c) = state.callouts.get_mut(&token) {
+                c.pending.push_back(message.len());
+                c.held += message.len();
+                state.callout_bytes += message.len();
+            }
+        }
+        GrpcAction::Cancel | GrpcAction::Close => {
+            state.remove_callout(token);
+        }
     }
     Ok(Status::Ok)
 }
 
 /// `proxy_grpc_send(token, message, message_len, end_stream)`: streams only.
 pub(super) fn grpc_send(cx: &mut (impl Guest + ?Sized), token: u64, msg: u64, msg_len: u64, end: u64) -> HostResult {
+    if msg_len > cx.state().quotas.max_body_bytes as u64 {
+        return Ok(cx.state().refuse(Quota::BodyBytes)?);
+    }
     let message = read_bytes(cx, msg, msg_len)?;
     grpc_act(cx.state(), token, GrpcAction::Send { message, end_stream: end as u32 != 0 })
 }

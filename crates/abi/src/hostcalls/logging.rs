@@ -3,7 +3,7 @@
 use crate::guest::{HostResult, check_range, with_guest_bytes, write_u32};
 use crate::services::LogLine;
 use crate::vm::Guest;
-use crate::{HostState, LogLevel, Status};
+use crate::{HostState, LogLevel, Quota, Status};
 
 /// `proxy_log(level, msg_ptr, msg_len)`: BAD_ARGUMENT for an unknown level.
 pub(super) fn log(cx: &mut (impl Guest + ?Sized), level: u64, msg: u64, len: u64) -> HostResult {
@@ -26,11 +26,51 @@ pub(super) fn get_log_level(cx: &mut (impl Guest + ?Sized), out: u64) -> HostRes
 }
 
 /// Sends one line to the log sink, attributed to the effective context, if at or above the
-/// VM's level.
-pub(crate) fn emit(state: &HostState, level: LogLevel, message: &[u8]) {
+/// VM's level, within the log quotas: a line longer than
+/// [`Quotas::max_log_line_bytes`](crate::Quotas) is cut (a marker says by how much), and once
+/// the callback has logged [`Quotas::max_log_bytes_per_callback`](crate::Quotas) further
+/// lines are dropped (counted, and reported in one line when the callback ends).
+pub(crate) fn emit(state: &mut HostState, level: LogLevel, message: &[u8]) {
+    emit_part(state, level, message, message.len());
+}
+
+/// [`emit`] for the first bytes of a longer message of `total` bytes (a caller that copied
+/// only what a line can hold).
+pub(crate) fn emit_part(state: &mut HostState, level: LogLevel, message: &[u8], total: usize) {
     if level < state.env.log_level {
         return;
     }
+    let left = state.quotas.max_log_bytes_per_callback.saturating_sub(state.budget.logged);
+    if left == 0 {
+        if state.budget.dropped_lines == 0 {
+            state.note_quota(Quota::LogBytes);
+        }
+        state.budget.dropped_lines += 1;
+        return;
+    }
+    let keep = state.quotas.max_log_line_bytes.min(left);
+    if total <= keep {
+        state.budget.logged += message.len();
+        send(state, level, message);
+        return;
+    }
+    state.note_quota(if keep == left { Quota::LogBytes } else { Quota::LogLine });
+    state.budget.logged += keep;
+    let mut cut = message[..keep.min(message.len())].to_vec();
+    cut.extend_from_slice(format!("…[truncated {} bytes]", total - keep).as_bytes());
+    send(state, level, &cut);
+}
+
+fn send(state: &HostState, level: LogLevel, message: &[u8]) {
     let line = LogLine::new(&state.env.vm_id, &state.contexts, state.effective, level, message);
     state.env.services.log.log(&line);
+}
+
+/// The line that ends a callback whose log budget ran out: how many lines were dropped.
+#[cold]
+pub(crate) fn log_dropped_lines(state: &mut HostState) {
+    let n = state.budget.dropped_lines;
+    let max = state.quotas.max_log_bytes_per_callback;
+    let text = format!("[wasmux] {n} log lines dropped: the callback logged its quota of {max} bytes");
+    send(state, LogLevel::Warn.max(state.env.log_level), text.as_bytes());
 }

@@ -2,7 +2,7 @@
 
 use crate::guest::{HostResult, copy_out, copy_out_from, read_bytes, with_guest_bytes, with_guest_pair, write_word};
 use crate::vm::Guest;
-use crate::{AbiVersion, HeaderMap, HostState, MapType, Status, pairs};
+use crate::{AbiVersion, HeaderMap, HostState, MapType, Quota, Status, pairs};
 
 /// The map a call addresses; NOT_FOUND when it does not exist for the effective context in this
 /// callback (a stream map from a root context, callout maps outside their callback).
@@ -36,12 +36,25 @@ pub(super) fn get_pairs(cx: &mut (impl Guest + ?Sized), ty: u64, out_ptr: u64, o
     })
 }
 
-/// `proxy_set_header_map_pairs(type, data, len)`: replaces the whole map. A malformed or
-/// over-limit map is BAD_ARGUMENT and changes nothing.
+/// `proxy_set_header_map_pairs(type, data, len)`: replaces the whole map. A malformed map is
+/// BAD_ARGUMENT and changes nothing; so is one over the map quotas (the serialized map is
+/// checked against them before it is read).
 pub(super) fn set_pairs(cx: &mut (impl Guest + ?Sized), ty: u64, ptr: u64, len: u64) -> HostResult {
+    let q = &cx.state().quotas;
+    // A serialized map is at least its entries' bytes plus 4 + 10 per entry.
+    if len > (q.max_header_bytes as u64).saturating_add((q.max_header_count as u64).saturating_mul(10)).saturating_add(4) {
+        return Ok(cx.state().refuse(Quota::HeaderBytes)?);
+    }
     let bytes = read_bytes(cx, ptr, len)?;
     let parsed = pairs::decode(&bytes).map_err(|_| Status::BadArgument)?;
-    let m = map(cx.state(), ty)?;
+    let state = cx.state();
+    if parsed.len() > state.quotas.max_header_count {
+        return Ok(state.refuse(Quota::HeaderCount)?);
+    }
+    if parsed.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > state.quotas.max_header_bytes {
+        return Ok(state.refuse(Quota::HeaderBytes)?);
+    }
+    let m = map(state, ty)?;
     *m = HeaderMap::from_pairs(parsed);
     Ok(Status::Ok)
 }
@@ -77,7 +90,8 @@ pub(super) fn get_value(
     }
 }
 
-/// `proxy_add_header_map_value(type, key, key_len, value, value_len)`: appends.
+/// `proxy_add_header_map_value(type, key, key_len, value, value_len)`: appends, within the
+/// map quotas.
 pub(super) fn add_value(
     cx: &mut (impl Guest + ?Sized),
     ty: u64,
@@ -86,10 +100,20 @@ pub(super) fn add_value(
     val: u64,
     val_len: u64,
 ) -> HostResult {
-    edit(cx, ty, (key, key_len), (val, val_len), HeaderMap::add)
+    edit(cx, ty, (key, key_len), (val, val_len), |m, q, key, val| {
+        if m.len() >= q.count {
+            return Err(Quota::HeaderCount);
+        }
+        if m.byte_size().saturating_add(key.len() + val.len()) > q.bytes {
+            return Err(Quota::HeaderBytes);
+        }
+        m.add(key, val);
+        Ok(())
+    })
 }
 
-/// `proxy_replace_header_map_value(type, key, key_len, value, value_len)`: sets one value.
+/// `proxy_replace_header_map_value(type, key, key_len, value, value_len)`: sets one value,
+/// within the map quotas.
 pub(super) fn replace_value(
     cx: &mut (impl Guest + ?Sized),
     ty: u64,
@@ -98,20 +122,45 @@ pub(super) fn replace_value(
     val: u64,
     val_len: u64,
 ) -> HostResult {
-    edit(cx, ty, (key, key_len), (val, val_len), HeaderMap::replace)
+    edit(cx, ty, (key, key_len), (val, val_len), |m, q, key, val| {
+        // Replacing can only remove entries besides the first; count the first's bytes out.
+        let grown = match m.locate(key) {
+            Some((_, old)) => m.byte_size() - old + val.len(),
+            None if m.len() >= q.count => return Err(Quota::HeaderCount),
+            None => m.byte_size().saturating_add(key.len() + val.len()),
+        };
+        if grown > q.bytes {
+            return Err(Quota::HeaderBytes);
+        }
+        m.replace(key, val);
+        Ok(())
+    })
 }
 
+/// The quotas of one map.
+#[derive(Clone, Copy)]
+struct MapQuota {
+    count: usize,
+    bytes: usize,
+}
+
+/// A name/value edit of a map, given the map, its quotas, the name and the value.
+type Edit = fn(&mut HeaderMap, MapQuota, &[u8], &[u8]) -> Result<(), Quota>;
+
 /// Applies a name/value edit to map `ty`, the name and value read where they lie in guest
-/// memory.
-fn edit(
-    cx: &mut (impl Guest + ?Sized),
-    ty: u64,
-    key: (u64, u64),
-    val: (u64, u64),
-    op: fn(&mut HeaderMap, &[u8], &[u8]),
-) -> HostResult {
-    with_guest_pair(cx, key, val, |key, val, state| map(state, ty).map(|m| op(m, key, val)))??;
-    Ok(Status::Ok)
+/// memory; a refusal by a quota is counted and answered with the quota's status.
+fn edit(cx: &mut (impl Guest + ?Sized), ty: u64, key: (u64, u64), val: (u64, u64), op: Edit) -> HostResult {
+    let q = &cx.state().quotas;
+    if key.1.saturating_add(val.1) > q.max_header_bytes as u64 {
+        // Too big on its own: refused before anything is read.
+        return Ok(cx.state().refuse(Quota::HeaderBytes)?);
+    }
+    let limits = MapQuota { count: q.max_header_count, bytes: q.max_header_bytes };
+    let r = with_guest_pair(cx, key, val, |key, val, state| map(state, ty).map(|m| op(m, limits, key, val)))??;
+    match r {
+        Ok(()) => Ok(Status::Ok),
+        Err(quota) => Ok(cx.state().refuse(quota)?),
+    }
 }
 
 /// `proxy_remove_header_map_value(type, key, key_len)`: OK even when absent.

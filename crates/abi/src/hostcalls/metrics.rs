@@ -1,15 +1,24 @@
 //! Metrics: define, increment, record, get.
 
-use crate::guest::{HostResult, check_range, read_string, write_u32, write_u64};
+use crate::guest::{HostResult, check_range, read_string, refused, write_u32, write_u64};
+use crate::services::MAX_METRIC_NAME;
 use crate::vm::Guest;
 use crate::{MetricType, Status};
 
-/// `proxy_define_metric(type, name, name_len, return_id*)`: BAD_ARGUMENT for an unknown type.
+/// `proxy_define_metric(type, name, name_len, return_id*)`: BAD_ARGUMENT for an unknown type or
+/// a name longer than [`MAX_METRIC_NAME`] bytes.
 pub(super) fn define(cx: &mut (impl Guest + ?Sized), ty: u64, name: u64, name_len: u64, out: u64) -> HostResult {
     let kind = u32::try_from(ty).ok().and_then(MetricType::from_raw).ok_or(Status::BadArgument)?;
+    if name_len > MAX_METRIC_NAME as u64 {
+        return Ok(Status::BadArgument);
+    }
     let name = read_string(cx, name, name_len)?;
     check_range(cx, out, 4)?;
-    let id = cx.state().env.services.metrics.define(kind, &name)?;
+    let state = cx.state();
+    let id = match state.env.services.metrics.define(kind, &name, &state.quotas) {
+        Ok(id) => id,
+        Err(r) => return refused(state, r),
+    };
     write_u32(cx, out, id)?;
     Ok(Status::Ok)
 }

@@ -12,14 +12,16 @@
 //! plus WASI preview1.
 
 use crate::guest::Fail;
+use crate::state::Restriction;
 use crate::vm::{FuncType, Guest, ValType};
-use crate::{AbiSet, AbiVersion, Result, Status};
+use crate::{AbiSet, AbiVersion, HostState, Result, Status};
 
 mod buffers;
 mod callouts;
 mod context;
 mod ffi;
 mod logging;
+pub(crate) use logging::log_dropped_lines;
 mod maps;
 mod metrics;
 mod properties;
@@ -112,7 +114,7 @@ fn around<G: Guest + ?Sized>(
     args: &[u64],
     imp: impl FnOnce(&mut G) -> Result<u64>,
 ) -> Result<u64> {
-    cover(index, cx);
+    cover(index, cx)?;
     if !tracing::enabled!(target: "wasmux::strace", tracing::Level::TRACE) {
         return imp(cx);
     }
@@ -123,10 +125,57 @@ fn around<G: Guest + ?Sized>(
     ret
 }
 
-/// Records that the guest called function `index` ([`HostState::coverage`]).
+/// Records that the guest called function `index` ([`HostState::coverage`]), and refuses the
+/// call when the host is running guest code under a restriction that does not allow it.
 #[inline(always)]
-fn cover<G: Guest + ?Sized>(index: Index, cx: &mut G) {
-    cx.state().coverage |= 1u128 << index as usize;
+fn cover<G: Guest + ?Sized>(index: Index, cx: &mut G) -> Result<()> {
+    let state = cx.state();
+    state.coverage |= 1u128 << index as usize;
+    if state.restriction != Restriction::None {
+        return restricted(state, index as usize);
+    }
+    Ok(())
+}
+
+/// Host functions the guest may call from its allocator when a host function calls it:
+/// proxy-wasm-cpp-host's list (logging, and what language runtimes need to allocate).
+const ALLOCATOR_ALLOWED: &[&str] = &["proxy_log", "fd_write", "clock_time_get", "poll_oneoff"];
+
+/// WASI functions the guest may call from its start-up exports (besides `proxy_log` and
+/// `emscripten_notify_memory_growth`): proxy-wasm-cpp-host's list, which is every WASI
+/// function but `fd_read`, `fd_seek`, `fd_close`, `path_open`, `sched_yield` and
+/// `proc_exit`.
+const START_UP_REFUSED_WASI: &[&str] = &["fd_read", "fd_seek", "fd_close", "path_open", "sched_yield", "proc_exit"];
+
+/// Whether the guest may call `HOST_FUNCS[index]` under `restriction`.
+pub(crate) fn allowed(restriction: Restriction, index: usize) -> bool {
+    let Some(f) = HOST_FUNCS.get(index) else { return false };
+    match restriction {
+        Restriction::None => true,
+        Restriction::Allocator => ALLOCATOR_ALLOWED.contains(&f.name),
+        Restriction::StartUp => match f.module {
+            ImportModule::Wasi => !START_UP_REFUSED_WASI.contains(&f.name),
+            ImportModule::Env => matches!(f.name, "proxy_log" | "emscripten_notify_memory_growth"),
+        },
+    }
+}
+
+/// The check of [`cover`] under a restriction, out of line.
+#[cold]
+fn restricted(state: &HostState, index: usize) -> Result<()> {
+    if allowed(state.restriction, index) {
+        return Ok(());
+    }
+    let name = HOST_FUNCS.get(index).map_or("?", |f| f.name);
+    let during = match state.restriction {
+        Restriction::Allocator => "inside the guest allocator",
+        _ => "during start-up (_initialize, main, _start)",
+    };
+    Err(crate::Error::new_trap(
+        state.engine,
+        crate::TrapKind::Restricted,
+        format!("host function `{name}` may not be called {during}"),
+    ))
 }
 
 /// Lowers a host function's typed return value into a raw word.
@@ -172,7 +221,7 @@ macro_rules! host_funcs {
                     #[allow(unused_variables, reason = "zero-argument functions ignore args")]
                     let &[$($arg),*] = args else {
                         // Counted as called, like any call that reaches the host.
-                        cover(Index::$name, cx);
+                        cover(Index::$name, cx)?;
                         return Ok(Status::BadArgument as u64);
                     };
                     direct::$name::<dyn Guest>(cx, $($arg),*)

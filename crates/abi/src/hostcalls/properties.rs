@@ -9,7 +9,7 @@
 use crate::guest::{HostResult, copy_out, read_bytes};
 use crate::state::{ContextKind, HttpStreamState, root_state};
 use crate::vm::Guest;
-use crate::{HeaderMap, HostState, Status};
+use crate::{HeaderMap, HostState, Quota, Status};
 
 fn map_value(m: &HeaderMap, rest: &[&[u8]]) -> Option<Vec<u8>> {
     match rest {
@@ -114,7 +114,8 @@ pub(super) fn get_property(
 
 /// `proxy_set_property(path, path_len, value, value_len)`: stored on the effective context
 /// (stream or connection; the root context when called outside a stream) and visible to later
-/// reads there.
+/// reads there. A context holds at most [`Quotas::max_properties`](crate::Quotas) properties
+/// of [`Quotas::max_property_bytes`](crate::Quotas) in all (paths plus values).
 pub(super) fn set_property(
     cx: &mut (impl Guest + ?Sized),
     path: u64,
@@ -122,18 +123,30 @@ pub(super) fn set_property(
     val: u64,
     val_len: u64,
 ) -> HostResult {
+    if path_len.saturating_add(val_len) > cx.state().quotas.max_property_bytes as u64 {
+        return Ok(cx.state().refuse(Quota::PropertyBytes)?);
+    }
     let raw = read_bytes(cx, path, path_len)?;
     let value = read_bytes(cx, val, val_len)?;
     if raw.is_empty() {
         return Ok(Status::BadArgument);
     }
     let state = cx.state();
+    let (max_count, max_bytes) = (state.quotas.max_properties, state.quotas.max_property_bytes);
     let ctx = state.effective_context().ok_or(Status::NotFound)?;
     let props = match &mut ctx.kind {
         ContextKind::Http(h) => &mut h.properties,
         ContextKind::Tcp(t) => &mut t.properties,
         ContextKind::Root(r) => &mut r.properties,
     };
+    let replaced = props.get(&raw).map(|old| raw.len() + old.len());
+    if replaced.is_none() && props.len() >= max_count {
+        return Ok(state.refuse(Quota::Properties)?);
+    }
+    let held: usize = props.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if held - replaced.unwrap_or(0) + raw.len() + value.len() > max_bytes {
+        return Ok(state.refuse(Quota::PropertyBytes)?);
+    }
     props.insert(raw, value);
     Ok(Status::Ok)
 }

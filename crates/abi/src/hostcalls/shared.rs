@@ -1,7 +1,7 @@
 //! Shared key-value store and shared queues (process-wide, partitioned by VM id).
 
-use crate::Status;
-use crate::guest::{HostResult, check_range, copy_out, read_bytes, read_string, write_u32};
+use crate::guest::{HostResult, check_range, copy_out, read_bytes, read_string, refused, write_u32};
+use crate::{Quota, Status};
 use crate::services::QueueOwner;
 use crate::vm::Guest;
 
@@ -35,18 +35,28 @@ pub(super) fn set_shared_data(
     val_len: u64,
     cas: u64,
 ) -> HostResult {
+    if key_len.saturating_add(val_len) > cx.state().quotas.max_shared_data_value_bytes as u64 {
+        // Too big on its own: refused before it is read.
+        return Ok(cx.state().refuse(Quota::SharedDataValue)?);
+    }
     let key = read_bytes(cx, key, key_len)?;
     let value = read_bytes(cx, val, val_len)?;
     let state = cx.state();
-    Ok(match state.env.services.shared_data.set(&state.env.vm_id, &key, &value, cas as u32) {
-        Ok(()) => Status::Ok,
-        Err(s) => s,
-    })
+    match state.env.services.shared_data.set(&state.env.vm_id, &key, &value, cas as u32, &state.quotas) {
+        Ok(()) => Ok(Status::Ok),
+        Err(r) => refused(state, r),
+    }
 }
+
+/// Longest queue name (and VM id) accepted, in bytes (longer ones are BAD_ARGUMENT).
+const MAX_QUEUE_NAME: u64 = 1024;
 
 /// `proxy_register_shared_queue(name, name_len, return_id*)`: creates or opens a queue owned by
 /// the effective context's root context.
 pub(super) fn register_queue(cx: &mut (impl Guest + ?Sized), name: u64, name_len: u64, out: u64) -> HostResult {
+    if name_len > MAX_QUEUE_NAME {
+        return Ok(Status::BadArgument);
+    }
     let name = read_bytes(cx, name, name_len)?;
     check_range(cx, out, 4)?;
     let state = cx.state();
@@ -54,7 +64,10 @@ pub(super) fn register_queue(cx: &mut (impl Guest + ?Sized), name: u64, name_len
         return Ok(Status::BadArgument);
     };
     let owner = QueueOwner { vm_uid: state.uid, root_context: root };
-    let id = state.env.services.queues.register(&state.env.vm_id, &name, owner);
+    let id = match state.env.services.queues.register(&state.env.vm_id, &name, owner, &state.quotas) {
+        Ok(id) => id,
+        Err(r) => return refused(state, r),
+    };
     write_u32(cx, out, id)?;
     Ok(Status::Ok)
 }
@@ -69,6 +82,9 @@ pub(super) fn resolve_queue(
     name_len: u64,
     out: u64,
 ) -> HostResult {
+    if vm_len > MAX_QUEUE_NAME || name_len > MAX_QUEUE_NAME {
+        return Ok(Status::NotFound);
+    }
     let vm = read_string(cx, vm, vm_len)?;
     let name = read_bytes(cx, name, name_len)?;
     let state = cx.state();
@@ -82,11 +98,16 @@ pub(super) fn resolve_queue(
 
 /// `proxy_enqueue_shared_queue(id, value, value_len)`.
 pub(super) fn enqueue(cx: &mut (impl Guest + ?Sized), id: u64, val: u64, val_len: u64) -> HostResult {
+    if val_len > cx.state().quotas.max_queue_bytes as u64 {
+        // Too big for any queue: refused before it is read.
+        return Ok(cx.state().refuse(Quota::QueueBytes)?);
+    }
     let value = read_bytes(cx, val, val_len)?;
-    Ok(match cx.state().env.services.queues.enqueue(id as u32, &value) {
-        Ok(()) => Status::Ok,
-        Err(s) => s,
-    })
+    let state = cx.state();
+    match state.env.services.queues.enqueue(id as u32, &value, &state.quotas) {
+        Ok(()) => Ok(Status::Ok),
+        Err(r) => refused(state, r),
+    }
 }
 
 /// `proxy_dequeue_shared_queue(id, return_value**, return_size*)`: EMPTY when nothing is queued.

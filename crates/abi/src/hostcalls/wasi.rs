@@ -8,7 +8,7 @@
 
 use crate::LogLevel;
 use crate::guest::{HostResult, check_range, read_bytes, write_bytes, write_u32, write_u64};
-use crate::hostcalls::logging::emit;
+use crate::hostcalls::logging::{emit, emit_part};
 use crate::vm::Guest;
 
 /// WASI errno values used here.
@@ -35,29 +35,47 @@ fn stdio_result(fd: u64) -> HostResult<u32> {
     Ok(if is_stdio(fd) { Errno::SUCCESS } else { Errno::BADF })
 }
 
+/// Most iovecs one `fd_write` may pass (Linux's `IOV_MAX`); more is EINVAL, as `writev`
+/// answers.
+const IOV_MAX: u64 = 1024;
+
 fn write_stdio(cx: &mut (impl Guest + ?Sized), fd: u64, iovs: u64, iovs_len: u64, nwritten: u64) -> Result<u32, u32> {
     let level = match fd {
         1 => LogLevel::Info,
         2 => LogLevel::Error,
         _ => return Err(Errno::BADF),
     };
-    let table = read_bytes(cx, iovs, iovs_len.checked_mul(8).ok_or(Errno::FAULT)?).map_err(|_| Errno::FAULT)?;
+    if iovs_len > IOV_MAX {
+        return Err(Errno::INVAL);
+    }
+    let table = read_bytes(cx, iovs, iovs_len * 8).map_err(|_| Errno::FAULT)?;
+    // Every iovec is checked and counted as written; only what one log line can hold is
+    // copied (one byte more, so that the line knows it was cut).
+    let keep = cx.state().quotas.max_log_line_bytes.saturating_add(1);
     let mut text = Vec::new();
+    let mut n: u64 = 0;
     for iov in table.chunks_exact(8) {
         let ptr = u64::from(u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]));
         let len = u64::from(u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]));
-        text.extend(read_bytes(cx, ptr, len).map_err(|_| Errno::FAULT)?);
+        check_range(cx, ptr, len).map_err(|_| Errno::FAULT)?;
+        n += len;
+        let room = keep.saturating_sub(text.len()) as u64;
+        if room > 0 {
+            text.extend(read_bytes(cx, ptr, len.min(room)).map_err(|_| Errno::FAULT)?);
+        }
     }
-    let n = text.len() as u32;
+    let n = u32::try_from(n).map_err(|_| Errno::INVAL)?;
     write_u32(cx, nwritten, n).map_err(|_| Errno::FAULT)?;
     if text.is_empty() {
         // Nothing was written: no log line (a lone "\n" still logs an empty line).
         return Ok(Errno::SUCCESS);
     }
-    if text.last() == Some(&b'\n') {
+    let mut total = n as usize;
+    if total == text.len() && text.last() == Some(&b'\n') {
         text.pop();
+        total -= 1;
     }
-    emit(cx.state(), level, &text);
+    emit_part(cx.state(), level, &text, total);
     Ok(Errno::SUCCESS)
 }
 

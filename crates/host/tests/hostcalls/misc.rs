@@ -2,7 +2,7 @@
 
 use wasmux::AbiVersion;
 use wasmux::abi::MetricType;
-use wasmux::abi::services::{MetricSnapshot, Metrics};
+use wasmux::abi::services::{Histogram, MetricSnapshot, Metrics};
 
 use crate::harness::{Env, H, Wat, headers, st};
 
@@ -56,7 +56,11 @@ pub(crate) fn metrics_define_increment_record_get() {
             name: name.into(),
             kind,
             value,
-            samples: samples.to_vec(),
+            histogram: (kind == MetricType::Histogram).then(|| {
+                let mut h = Histogram::default();
+                samples.iter().for_each(|s| h.record(*s));
+                h
+            }),
         };
         assert_eq!(
             h.env.metrics.snapshot(),

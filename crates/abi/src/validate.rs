@@ -1,0 +1,244 @@
+//! One validation verdict for every engine.
+//!
+//! Each engine validates modules itself, with its own set of wasm proposals, its own limits
+//! and, for the V8 backend, on bytes the backend has already rewritten. Left alone, the same
+//! bytes could load on one engine and be refused (or crash the compiler) on another. Every
+//! sandboxed backend therefore runs [`validate`] on the original bytes before its engine sees
+//! them, so the verdict is wasmux's and the same everywhere:
+//!
+//! - **Wasm features:** the WebAssembly 2.0 feature set (mutable globals, sign extension,
+//!   non-trapping float-to-int, multi-value, bulk memory, reference types) without SIMD,
+//!   which wasmer's singlepass compiler cannot compile. Later proposals (multi-memory,
+//!   threads, tail calls, exceptions, memory64, GC, ...) are refused with the feature named.
+//!   SDK-built filters (Rust, Go, TinyGo, AssemblyScript, C++) use nothing beyond this.
+//! - **Structure** ([`ModuleShape`]): wasmparser's implementation limits (shared by V8: a
+//!   million functions, 7.6 MB per function body, 50 000 locals, ...) plus a bound on control
+//!   nesting ([`MAX_NESTING`]), whose depth drives compile time and memory on the optimizing
+//!   compilers, and on the table elements the module declares ([`MAX_TABLE_ELEMENTS`]).
+//!
+//! Compile time itself: wasmi translates lazily (compiling is validating, about linear in
+//! size; translation happens on first call, under the callback deadline) and V8 compiles
+//! lazily too. wasmtime and wasmer compile ahead of time and cannot be interrupted: the host
+//! bounds their work by the module size ([`Limits::max_module_bytes`](crate::Limits)) and the
+//! shape above, and stops waiting at [`Limits::compile_deadline`](crate::Limits) (the
+//! `wasmux` crate's loader), leaving the compile to finish in the background.
+
+use wasmparser::{Parser, Payload, Validator, WasmFeatures};
+
+use crate::{Error, Result};
+
+/// Deepest control nesting (`block`, `loop`, `if` inside each other) in one function.
+pub const MAX_NESTING: u32 = 10_000;
+
+/// Most table elements a module may declare, over all its tables (initial sizes).
+pub const MAX_TABLE_ELEMENTS: u64 = 10_000_000;
+
+/// The wasm features wasmux accepts on every engine.
+pub fn features() -> WasmFeatures {
+    WasmFeatures::WASM2.difference(WasmFeatures::SIMD)
+}
+
+/// What [`validate`] learned about a module's shape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModuleShape {
+    /// Functions defined by the module (imports excluded).
+    pub functions: u32,
+    /// The largest function body, in bytes.
+    pub largest_function: usize,
+    /// The deepest control nesting in any function.
+    pub max_nesting: u32,
+    /// Memories (imported or defined).
+    pub memories: u32,
+    /// Tables (imported or defined).
+    pub tables: u32,
+    /// Table elements declared, over all tables (initial sizes).
+    pub table_elements: u64,
+}
+
+fn invalid(engine: &'static str, message: impl Into<String>) -> Error {
+    Error::Compile { engine, message: message.into() }
+}
+
+/// Validates `bytes` as wasmux does for every engine, reporting errors as `engine`'s.
+///
+/// # Errors
+/// [`Error::Compile`] naming the problem and its offset: malformed bytes, a feature outside
+/// [`features`], or a shape past the limits.
+pub fn validate(engine: &'static str, bytes: &[u8]) -> Result<ModuleShape> {
+    let mut validator = Validator::new_with_features(features());
+    let mut shape = ModuleShape::default();
+    let mut allocs = wasmparser::FuncValidatorAllocations::default();
+    let fail = |e: wasmparser::BinaryReaderError| invalid(engine, format!("invalid module: {e}"));
+    for payload in Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(fail)?;
+        match &payload {
+            Payload::ImportSection(imports) => {
+                for import in imports.clone().into_imports() {
+                    match import.map_err(fail)?.ty {
+                        wasmparser::TypeRef::Memory(_) => shape.memories += 1,
+                        wasmparser::TypeRef::Table(t) => {
+                            shape.tables += 1;
+                            shape.table_elements = shape.table_elements.saturating_add(t.initial);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Payload::MemorySection(m) => shape.memories += m.count(),
+            Payload::TableSection(tables) => {
+                for table in tables.clone() {
+                    let t = table.map_err(fail)?;
+                    shape.tables += 1;
+                    shape.table_elements = shape.table_elements.saturating_add(t.ty.initial);
+                }
+            }
+            _ => {}
+        }
+        if shape.table_elements > MAX_TABLE_ELEMENTS {
+            return Err(invalid(
+                engine,
+                format!(
+                    "the module declares {} table elements, more than the {MAX_TABLE_ELEMENTS} wasmux accepts",
+                    shape.table_elements
+                ),
+            ));
+        }
+        match validator.payload(&payload).map_err(fail)? {
+            wasmparser::ValidPayload::Func(func, body) => {
+                let mut func = func.into_validator(std::mem::take(&mut allocs));
+                let mut reader = body.get_binary_reader();
+                func.read_locals(&mut reader).map_err(fail)?;
+                reader.set_features(features());
+                let mut deepest = 0;
+                while !reader.eof() {
+                    let at = reader.original_position();
+                    reader.visit_operator(&mut func.visitor(at)).map_err(fail)?.map_err(fail)?;
+                    deepest = deepest.max(func.control_stack_height());
+                    if deepest > MAX_NESTING {
+                        return Err(invalid(
+                            engine,
+                            format!(
+                                "function {} nests control instructions deeper than the {MAX_NESTING} levels wasmux accepts (at offset {at:#x})",
+                                func.index()
+                            ),
+                        ));
+                    }
+                }
+                reader.finish_expression(&func.visitor(reader.original_position())).map_err(fail)?;
+                shape.functions += 1;
+                shape.largest_function = shape.largest_function.max(body.range().len());
+                shape.max_nesting = shape.max_nesting.max(deepest);
+                allocs = func.into_allocations();
+            }
+            wasmparser::ValidPayload::End(_) => break,
+            _ => {}
+        }
+    }
+    Ok(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wasm(parts: &[&[u8]]) -> Vec<u8> {
+        let mut v = b"\0asm\x01\0\0\0".to_vec();
+        for p in parts {
+            v.extend_from_slice(p);
+        }
+        v
+    }
+
+    #[test]
+    fn accepts_the_empty_module_and_reports_shape() {
+        let shape = validate("test", &wasm(&[])).unwrap();
+        assert_eq!(shape, ModuleShape::default());
+    }
+
+    #[test]
+    fn refuses_garbage_and_names_the_engine() {
+        let e = validate("someengine", b"not wasm").unwrap_err().to_string();
+        assert!(e.contains("someengine") && e.contains("invalid module"), "{e}");
+    }
+
+    #[test]
+    fn refuses_two_memories() {
+        // Memory section (id 5): two memories of one page.
+        let bytes = wasm(&[&[5, 5, 2, 0, 1, 0, 1]]);
+        let e = validate("test", &bytes).unwrap_err().to_string();
+        assert!(e.contains("multiple memories"), "{e}");
+    }
+
+    fn leb(mut n: u32, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    fn section(id: u8, payload: &[u8]) -> Vec<u8> {
+        let mut s = vec![id];
+        leb(payload.len() as u32, &mut s);
+        s.extend_from_slice(payload);
+        s
+    }
+
+    /// One function `() -> ()` whose body nests `depth` empty blocks.
+    fn nested(depth: u32) -> Vec<u8> {
+        let mut body = vec![0u8]; // no locals
+        for _ in 0..depth {
+            body.extend_from_slice(&[0x02, 0x40]);
+        }
+        body.extend(std::iter::repeat_n(0x0b, depth as usize + 1));
+        let mut code = vec![1u8];
+        leb(body.len() as u32, &mut code);
+        code.extend_from_slice(&body);
+        wasm(&[&section(1, &[1, 0x60, 0, 0]), &section(3, &[1, 0]), &section(10, &code)])
+    }
+
+    #[test]
+    fn bounds_control_nesting() {
+        let shape = validate("test", &nested(MAX_NESTING - 1)).unwrap();
+        assert_eq!((shape.functions, shape.max_nesting), (1, MAX_NESTING));
+        let e = validate("test", &nested(MAX_NESTING)).unwrap_err().to_string();
+        assert!(e.contains("nests control instructions deeper"), "{e}");
+    }
+
+    #[test]
+    fn refuses_simd_and_later_proposals() {
+        // `(func (drop (v128.const i64x2 0 0)))`.
+        let mut body = vec![0u8, 0xfd, 0x0c];
+        body.extend_from_slice(&[0; 16]);
+        body.extend_from_slice(&[0x1a, 0x0b]);
+        let mut code = vec![1u8];
+        leb(body.len() as u32, &mut code);
+        code.extend_from_slice(&body);
+        let bytes = wasm(&[&section(1, &[1, 0x60, 0, 0]), &section(3, &[1, 0]), &section(10, &code)]);
+        let e = validate("test", &bytes).unwrap_err().to_string();
+        assert!(e.contains("invalid module"), "{e}");
+    }
+
+    #[test]
+    fn refuses_huge_tables() {
+        // Table section (id 4): one funcref table of 20 000 000 elements (LEB128).
+        let mut section = vec![4u8, 0, 1, 0x70, 0];
+        let mut n = 20_000_000u32;
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                section.push(byte);
+                break;
+            }
+            section.push(byte | 0x80);
+        }
+        section[1] = (section.len() - 2) as u8;
+        let e = validate("test", &wasm(&[&section])).unwrap_err().to_string();
+        assert!(e.contains("table"), "{e}");
+    }
+}
