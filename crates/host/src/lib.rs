@@ -50,5 +50,6 @@ pub use plugin::{CompiledPlugin, FailurePolicy, Plugin, PluginOptions, PluginSta
 pub use runtime::{Runtime, UnknownRuntime};
 pub use wasmux_abi as abi;
 pub use wasmux_abi::{
-    AbiVersion, Action, Error, HeaderMap, HttpCallResponse, Limits, LogLevel, PeerType, Result, Services, TrapKind,
+    AbiVersion, Action, Error, HeaderMap, HttpCallResponse, Limits, LogLevel, PeerType, Quota, QuotaCounts, Quotas,
+    Result, Services, Trap, TrapKind,
 };

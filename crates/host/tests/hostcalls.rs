@@ -26,6 +26,8 @@ mod load;
 mod maps;
 #[path = "hostcalls/misc.rs"]
 mod misc;
+#[path = "hostcalls/quotas.rs"]
+mod quotas;
 #[path = "hostcalls/shared.rs"]
 mod shared;
 #[path = "hostcalls/stream.rs"]
@@ -63,7 +65,7 @@ cases! {
     context::set_effective_context_redirects_later_calls,
     context::proxy_done_completes_a_deferred_context,
     context::get_configuration_in_0_1_0,
-    context::calls_during_start_have_no_context,
+    context::calls_during_start_are_restricted,
     // Buffers.
     buffers::request_body_get_set_and_status,
     buffers::empty_and_missing_buffers,
@@ -74,7 +76,7 @@ cases! {
     maps::header_map_reads_and_edits,
     maps::header_map_pairs_replace_whole_maps,
     maps::trailers_and_unavailable_maps,
-    maps::allocator_that_empties_the_map,
+    maps::allocator_may_not_call_the_host,
     // Stream control and local replies.
     stream::continue_and_close_stream_0_2_x,
     stream::continue_request_response_and_route_cache_0_1_0,
@@ -99,6 +101,18 @@ cases! {
     errors::invalid_memory_access_everywhere,
     errors::bad_enum_arguments,
     errors::allocator_failures,
+    // Host-side quotas.
+    quotas::header_map_quotas,
+    quotas::body_quotas,
+    quotas::log_quotas,
+    quotas::shared_data_quotas,
+    quotas::queue_quotas,
+    quotas::metric_quotas,
+    quotas::property_quotas,
+    quotas::callout_quotas,
+    quotas::grpc_pending_send_quota,
+    quotas::stream_control_quota,
+    quotas::repeated_violations_trap,
     // Load-time validation and traps.
     load::import_not_in_version,
     load::unknown_and_mistyped_imports_in_one_error,

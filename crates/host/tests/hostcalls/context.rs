@@ -291,47 +291,51 @@ pub(crate) fn get_configuration_in_0_1_0() {
     assert_eq!(h.slot(7), 0, "no allocation for an empty configuration");
 }
 
-/// Host calls made from `_start` run before any context exists (context 0): logging, clocks
-/// and shared data work; anything that needs a context answers NOT_FOUND or BAD_ARGUMENT.
-pub(crate) fn calls_during_start_have_no_context() {
+/// During start-up (`_start` here) the guest may call what proxy-wasm-cpp-host allows there:
+/// `proxy_log` and the WASI functions, attributed to context 0. Any other host function traps
+/// with `restricted`, and the plugin does not start.
+pub(crate) fn calls_during_start_are_restricted() {
     for v in AbiVersion::ALL {
-        let hdrs = crate::harness::spairs(&[(":method", "GET"), (":path", "/"), (":authority", "a")]);
-        let n = "(i32.const 0) (i32.const 0)";
-        let w = Wat::new(v)
-            .data("msg", "in start")
-            .data("k", "k")
-            .data("pn", "plugin_name")
-            .data("hdrs", hdrs)
-            .data("out", "stdout\n");
+        let w = Wat::new(v).data("msg", "in start").data("k", "k").data("out", "stdout\n");
         let iov: Vec<u8> = [w.addr("out").0, w.addr("out").1].iter().flat_map(|x| x.to_le_bytes()).collect();
-        let wat = w.data("iov", iov).func(&format!(
+        let allowed = w.clone().data("iov", iov).func(&format!(
             "(func (export \"_start\") {})",
             [
                 st(0, "(call $proxy_log (i32.const 2) {msg})"),
-                st(1, "(call $proxy_set_tick_period_milliseconds (i32.const 100))"),
-                st(2, "(call $proxy_get_header_map_value (i32.const 0) {k} {o0})"),
-                st(3, &format!("(call $proxy_send_local_response (i32.const 403) {n} {n} {n} (i32.const -1))")),
-                st(4, "(call $proxy_done)"),
-                st(5, "(call $proxy_set_property {k} {k})"),
-                st(6, "(call $proxy_get_property {pn} {o0})"),
-                st(7, &format!("(call $proxy_http_call {{k}} {{hdrs}} {n} {n} (i32.const 10) {{o0.a}})")),
-                st(8, "(call $proxy_register_shared_queue {k} {o0.a})"),
-                st(9, "(call $proxy_get_current_time_nanoseconds {o1.a})"),
-                st(10, "(call $proxy_set_shared_data {k} {k} (i32.const 0))"),
-                st(11, "(call $fd_write (i32.const 1) {iov.p} (i32.const 1) {o2.a})"),
-                st(12, "(call $proxy_set_effective_context (i32.const 1))"),
+                st(1, "(call $fd_write (i32.const 1) {iov.p} (i32.const 1) {o2.a})"),
+                st(2, "(call $clock_time_get (i32.const 0) (i64.const 1) {o1.a})"),
             ]
             .concat()
         ));
-        let mut h = H::new(&wat);
-        assert_eq!(h.slots(0, 13), [0, 2, 1, 1, 1, 1, 1, 2, 2, 0, 0, 0, 2], "{v}");
-        h.out_untouched(0);
-        assert_eq!(h.out_u64(1), CLOCK_START);
-        assert!(h.env.callouts.events().is_empty());
+        let mut h = H::new(&allowed);
+        assert_eq!(h.slots(0, 3), [0, 0, 0], "{v}");
         let logs = h.env.logs();
         let got: Vec<(u32, &str, &str)> =
             logs.iter().map(|r| (r.context_id, r.root_id.as_str(), r.message.as_str())).collect();
         assert_eq!(got, [(0, "", "in start"), (0, "", "stdout")], "{v}");
-        assert_eq!(h.plugin.tick_period(), None);
+
+        for call in [
+            "(call $proxy_set_tick_period_milliseconds (i32.const 100))",
+            "(call $proxy_get_header_map_value (i32.const 0) {k} {o0})",
+            "(call $proxy_done)",
+            "(call $proxy_set_property {k} {k})",
+            "(call $proxy_register_shared_queue {k} {o0.a})",
+            "(call $proxy_get_current_time_nanoseconds {o1.a})",
+            "(call $proxy_set_shared_data {k} {k} (i32.const 0))",
+            "(call $proxy_set_effective_context (i32.const 1))",
+            "(call $sched_yield)",
+        ] {
+            let wat = w.clone().func(&format!("(func (export \"_start\") {})", st(0, call)));
+            let env = Env::default();
+            let compiled = crate::harness::load(&wat, &env, |_| {}).expect("load");
+            match compiled.instantiate() {
+                Err(wasmux::Error::Trap(t)) => {
+                    assert_eq!(t.kind, wasmux::TrapKind::Restricted, "{v} {call}: {t}");
+                    assert_eq!(t.export.as_deref(), Some("_start"), "{v} {call}");
+                }
+                other => panic!("{v} {call}: expected a restricted trap, got {other:?}"),
+            }
+            assert!(env.callouts.events().is_empty());
+        }
     }
 }

@@ -205,29 +205,45 @@ pub(crate) fn trailers_and_unavailable_maps() {
     }
 }
 
-/// The guest allocator is guest code and may edit the map being copied out: when it empties
-/// the map, `proxy_get_header_map_pairs` hands out the map as it is now, `(0, 0)`.
-pub(crate) fn allocator_that_empties_the_map() {
+/// The guest allocator may call no host function but logging (proxy-wasm-cpp-host's "malloc may
+/// not call host functions"): one that edits the map being copied out traps with `restricted`,
+/// and the map is left as it was. Logging from the allocator is allowed.
+pub(crate) fn allocator_may_not_call_the_host() {
     for v in AbiVersion::ALL {
         let wat = Wat::new(v)
             .without_malloc()
             .data("xa", "x-a")
+            .data("msg", "allocating")
             .func(
                 "(func (export \"malloc\") (param $n i32) (result i32) (local $p i32)
-    (drop (call $proxy_remove_header_map_value (i32.const 0) {xa}))
+    (drop (call $proxy_log (i32.const 2) {msg}))
+    (if (i32.eq (call $cnt (i32.const 0)) (i32.const 1)) (then (drop (call $proxy_remove_header_map_value (i32.const 0) {xa}))))
     (local.set $p (global.get $heap))
     (global.set $heap (i32.and (i32.add (i32.add (global.get $heap) (local.get $n)) (i32.const 7)) (i32.const -8)))
     (local.get $p))",
             )
             .cb(
                 "proxy_on_request_headers",
-                &[st(0, "(call $proxy_get_header_map_pairs (i32.const 0) {o0})"), "(i32.const 0)".into()].concat(),
+                &[
+                    st(0, "(call $proxy_get_header_map_pairs (i32.const 0) {o0})"),
+                    "(call $bump (i32.const 0)) (i32.const 0)".into(),
+                ]
+                .concat(),
             );
         let mut h = H::new(&wat);
         let id = h.stream();
+        // First request: the allocator only logs.
         h.plugin.request_headers(id, headers(&[("x-a", "1")]), false).unwrap();
         assert_eq!(h.slot(0), 0, "{v}: OK");
-        assert_eq!(h.out(0), (0, 0), "{v}: the map as the allocator left it: empty");
-        assert!(h.http(id).request_headers.is_empty(), "{v}");
+        assert_eq!(unpairs(&h.out_bytes(0)), [("x-a".to_string(), b"1".to_vec())], "{v}");
+        assert!(h.env.logs().iter().any(|r| r.message == "allocating"), "{v}");
+        assert!(h.plugin.take_trap().is_none(), "{v}");
+        // Second: the allocator edits the map, and traps.
+        let id = h.stream();
+        h.plugin.request_headers(id, headers(&[("x-a", "1")]), false).unwrap();
+        let trap = h.plugin.take_trap().expect("a trap");
+        assert_eq!(trap.kind, wasmux::TrapKind::Restricted, "{v}: {trap}");
+        assert!(trap.message.contains("proxy_remove_header_map_value"), "{v}: {trap}");
+        assert_eq!(h.http(id).request_headers.len(), 1, "{v}: the map is untouched");
     }
 }
