@@ -28,6 +28,7 @@ pub(crate) fn externs(
                 Link::Host(func) => host(store, env, func)?,
                 Link::Refuel => Function::new_typed_with_env(store, env, refuel),
                 Link::GrowAllowed => Function::new_typed_with_env(store, env, grow_allowed),
+                Link::TableGrowDelta => Function::new_typed_with_env(store, env, table_grow_delta),
                 Link::Missing(what) => return Err(error::engine_msg(engine, format!("cannot instantiate: {what}"))),
             };
             Ok(Extern::Function(func))
@@ -83,6 +84,14 @@ fn grow_allowed(mut env: FunctionEnvMut<'_, StoreData>, pages: i32, delta: i32) 
         return 0;
     }
     1
+}
+
+/// The hidden `table_grow_delta` import: the delta a `table.grow` of `delta` elements goes on
+/// with, given `elements` over all tables: `delta`, or -1 (`u32::MAX`, a growth no table can
+/// make under the store's tunables) when the total would exceed the limit.
+fn table_grow_delta(env: FunctionEnvMut<'_, StoreData>, elements: i64, delta: i32) -> i32 {
+    let total = elements.cast_unsigned().saturating_add(u64::from(delta.cast_unsigned()));
+    if total > env.data().limiter.max_table_elements { -1 } else { delta }
 }
 
 /// Converts a proxy-wasm value type to wasmer's.

@@ -90,10 +90,12 @@ impl Clock {
     }
 }
 
-/// The memory limit and what it refused.
+/// The memory and table limits, and what the memory limit refused.
 pub(crate) struct Limiter {
     pub(crate) max_memory: u64,
-    /// Growth was refused during the current top-level call.
+    /// Elements over all tables of the instance.
+    pub(crate) max_table_elements: u64,
+    /// Memory growth was refused during the current top-level call.
     pub(crate) denied: bool,
 }
 
@@ -140,7 +142,17 @@ impl WasmerInstance {
                 format!("cannot instantiate: initial memory of {min} bytes exceeds the limit of {max_memory} bytes"),
             ));
         }
-        let mut store = Store::new(module.store_engine(limits.max_stack_bytes));
+        let tables = module.initial_table_elements();
+        let max_tables = limits.max_table_elements;
+        if tables > max_tables {
+            return Err(error::engine_msg(
+                engine,
+                format!(
+                    "cannot instantiate: initial tables of {tables} elements exceed the limit of {max_tables} elements"
+                ),
+            ));
+        }
+        let mut store = Store::new(module.store_engine(limits));
         let interrupt = Arc::new(AtomicBool::new(false));
         let mut clock =
             Clock::new(shared.clock.clone(), shared.config.rate(), limits.callback_deadline, interrupt.clone());
@@ -151,7 +163,7 @@ impl WasmerInstance {
             funcs: Vec::new(),
             memory: None,
             points: None,
-            limiter: Limiter { max_memory, denied: false },
+            limiter: Limiter { max_memory, max_table_elements: max_tables, denied: false },
             clock,
             engine,
             imported: module.imported_functions(),

@@ -41,7 +41,19 @@
 //!   [`Limits::max_memory_bytes`](wasmux_abi::Limits) of the instance, and a refused growth
 //!   returns -1 without growing. A trap that follows a refused growth within the same call is
 //!   reported as [`TrapKind::MemoryLimit`](wasmux_abi::TrapKind). A module whose initial
-//!   memory is over the limit does not instantiate.
+//!   memory is over the limit does not instantiate. Validation admits one memory at most and
+//!   imported memories are never linked, so the limit is the instance's whole linear memory.
+//! - **Table limit.** [`Limits::max_table_elements`](wasmux_abi::Limits) counts elements over
+//!   all tables of an instance. A module whose tables start over it (the sum of their initial
+//!   sizes) does not instantiate. `table.grow` goes through a third hidden import,
+//!   `table_grow_delta`, which the middleware hands the current size of every table (read by
+//!   `table.size` at each growth, so nothing drifts when a table refuses a growth for its own
+//!   reasons); over the limit it turns the delta into -1 (`u32::MAX` elements), and the growth
+//!   fails with -1 without allocating. That relies on the second half, the store's tunables:
+//!   every table is created with its maximum capped at the limit (and at wasmer's own largest
+//!   maximum, 128 Mi elements, so a module declaring a larger maximum still instantiates, as on
+//!   other engines), and wasmer refuses any growth past a table's maximum. The cap alone would
+//!   be a per-table limit; the import makes it a total.
 //! - **Stack.** Wasmer runs wasm on a separate stack with a guard page (host functions run on
 //!   the caller's stack); its size is `Limits::max_stack_bytes` of the instance, set through
 //!   the store's tunables. Deep recursion traps with
@@ -56,10 +68,19 @@
 //! [`WasmModule::exports`](wasmux_abi::WasmModule), and backtraces show the module's own
 //! function indices.
 //!
-//! Wasm features are wasmer's defaults except threads (shared memories), which proxy-wasm does
-//! not use and which would let a guest block in `memory.atomic.wait` beyond any deadline.
-//! Module serialization is not offered (wasmer's `Module::deserialize` trusts its input as
-//! machine code; the defaults of [`WasmEngine`] apply).
+//! What a module may be is decided before wasmer sees it: [`wasmux_abi::validate()`] (the
+//! WebAssembly 2.0 features without SIMD, one memory, bounded control nesting and table
+//! declarations) refuses anything else with [`Error::Compile`] naming the compiler, the same
+//! verdict as on every other engine. Wasmer itself is configured with its default features but
+//! threads (shared memories, which would let a guest block in `memory.atomic.wait` beyond any
+//! deadline), a second line behind the validation.
+//!
+//! Compiling is ahead of time and cannot be interrupted
+//! ([`WasmEngine::compiles_ahead`] is true): the host bounds the work through the module size
+//! and shape limits of the validation and stops waiting at
+//! [`Limits::compile_deadline`](wasmux_abi::Limits). Module serialization is not offered
+//! (wasmer's `Module::deserialize` trusts its input as machine code; the defaults of
+//! [`WasmEngine`] apply).
 //!
 //! # `unsafe`
 //!
@@ -69,8 +90,10 @@
 //! - `Send` for [`WasmerInstance`]. wasmer 7 no longer declares its `Store` `Send` (6.1 did),
 //!   for the sake of its V8 backend; the `sys` backend this crate uses has no thread affinity
 //!   between calls, and the `WasmInstance` contract needs instances to move between threads.
-//! - The store tunables that set the wasm stack size: wasmer's `Tunables` trait has `unsafe`
-//!   methods, which these forward unchanged to wasmer's own `BaseTunables`.
+//! - The store tunables that set the wasm stack size and cap table maximums: wasmer's
+//!   `Tunables` trait has `unsafe` methods, which these forward to wasmer's own
+//!   `BaseTunables` (with the capped table type, which decides nothing but how far a table
+//!   may grow).
 //!
 //! # Why wasmer 7.3.0
 //!
@@ -82,9 +105,11 @@
 //! cranelift compiled twice.
 //!
 //! The crate is ready for 7.4 otherwise: built against wasmer 7.4.2 in a workspace of its own
-//! (this crate and `wasmux-abi`, so a lockfile without wasmtime), it needs one change (7.4
+//! (this crate and `wasmux-abi`, so a lockfile without wasmtime), it needed one change (7.4
 //! replaced `BaseTunables::for_target(target)` with `BaseTunables::new()`, in `module.rs`) and
-//! then passes all its tests, the shared backend suite on both compilers included. Move once
+//! then passed all its tests, the shared backend suite on both compilers included. That check
+//! predates the table limit; recheck `WASMER_TABLE_MAX` in `module.rs` against `wasmer-vm`'s
+//! `TABLE_MAX_SIZE` when moving. Move once
 //! wasmer and wasmtime agree on a cranelift release again.
 
 #![deny(unsafe_code)]

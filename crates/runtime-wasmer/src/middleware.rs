@@ -1,13 +1,18 @@
-//! The compile-time half of deadlines and the memory limit: a wasmer middleware that meters
-//! every function and routes `memory.grow` through the host.
+//! The compile-time half of deadlines and the memory and table limits: a wasmer middleware that
+//! meters every function and routes `memory.grow` and `table.grow` through the host.
 //!
-//! The module gets two hidden host imports, appended after its own imported functions (so its
-//! defined functions move up by two; every reference to them is renumbered here):
+//! The module gets three hidden host imports, appended after its own imported functions (so its
+//! defined functions move up by three; every reference to them is renumbered here):
 //!
 //! - `wasmux:limits.refuel(required: i64) -> i64`: called when the points run out; returns a
 //!   fresh slice of at least `required` points, or traps (deadline, interrupt);
 //! - `wasmux:limits.grow_allowed(pages: i32, delta: i32) -> i32`: whether memory may grow from
-//!   `pages` by `delta` pages under the instance's limit (the host notes a refusal).
+//!   `pages` by `delta` pages under the instance's limit (the host notes a refusal);
+//! - `wasmux:limits.table_grow_delta(elements: i64, delta: i32) -> i32`: the delta a
+//!   `table.grow` of `delta` elements goes on with, given `elements` in all the tables of the
+//!   instance: `delta` itself, or -1 (`u32::MAX` elements, which no table can grow by: the
+//!   store's tunables cap every table's maximum far below it) when the total would exceed the
+//!   instance's limit.
 //!
 //! and two mutable globals: the remaining points (exported as [`POINTS_EXPORT`]) and a scratch
 //! `i32`. Metering is one point per operator, charged before each operator that branches or
@@ -29,6 +34,21 @@
 //!   (else (i32.const -1)))
 //! ```
 //!
+//! and `table.grow $t` (operands: the initial value, the delta) becomes, for a module with
+//! tables `0..n`,
+//!
+//! ```wat
+//! global.set $scratch                       ;; the delta (the initial value stays on the stack)
+//! i64.const 0
+//! table.size 0  i64.extend_i32_u  i64.add   ;; ... once for each table, 0 to n-1
+//! global.get $scratch
+//! call $table_grow_delta
+//! table.grow $t
+//! ```
+//!
+//! The sizes are read at each growth, so a growth the table refuses for its own reasons (its
+//! declared maximum) leaves nothing to correct.
+//!
 //! Function bodies are validated by wasmer before this runs; the injected code is valid by
 //! construction. The start function keeps running at instantiation, with the imports already
 //! in place.
@@ -43,7 +63,7 @@ use wasmer_types::entity::packed_option::ReservedValue as _;
 use wasmer_types::{FunctionIndex, GlobalIndex, ImportIndex, ImportKey, SignatureHash};
 
 /// Bumped whenever the injected code changes: part of the engine fingerprint.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 /// The import module of the hidden host functions.
 pub(crate) const IMPORT_MODULE: &str = "wasmux:limits";
@@ -51,12 +71,14 @@ pub(crate) const IMPORT_MODULE: &str = "wasmux:limits";
 pub(crate) const REFUEL: &str = "refuel";
 /// The hidden import that checks a memory growth against the limit.
 pub(crate) const GROW_ALLOWED: &str = "grow_allowed";
+/// The hidden import that checks a table growth against the limit.
+pub(crate) const TABLE_GROW_DELTA: &str = "table_grow_delta";
 /// The export of the remaining-points global.
 pub(crate) const POINTS_EXPORT: &str = "wasmux:points";
 /// Prefix of every hidden name.
 pub(crate) const HIDDEN_PREFIX: &str = "wasmux:";
 /// How many functions the middleware imports.
-pub(crate) const HIDDEN_FUNCS: u32 = 2;
+pub(crate) const HIDDEN_FUNCS: u32 = 3;
 
 /// Where the middleware put its functions and globals in one module.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +87,8 @@ struct Layout {
     imported: u32,
     points: u32,
     scratch: u32,
+    /// Tables of the module (imported or defined).
+    tables: u32,
 }
 
 /// The module middleware. Wasmer applies a middleware to one module at a time (the engine is
@@ -104,11 +128,12 @@ impl ModuleMiddleware for Limiting {
         // The hidden imports, right after the module's own imported functions.
         let refuel = push_signature(info, FunctionType::new([Type::I64], [Type::I64]));
         let grow = push_signature(info, FunctionType::new([Type::I32, Type::I32], [Type::I32]));
+        let table_grow = push_signature(info, FunctionType::new([Type::I64, Type::I32], [Type::I32]));
         let mut functions: Vec<_> = info.functions.values().copied().collect();
-        functions.splice(imported..imported, [refuel, grow]);
+        functions.splice(imported..imported, [refuel, grow, table_grow]);
         info.functions = functions.into_iter().collect();
         info.num_imported_functions += HIDDEN_FUNCS as usize;
-        for (i, field) in [REFUEL, GROW_ALLOWED].into_iter().enumerate() {
+        for (i, field) in [REFUEL, GROW_ALLOWED, TABLE_GROW_DELTA].into_iter().enumerate() {
             let import_idx = u32::try_from(info.imports.len()).map_err(|_| too_many())?;
             let key = ImportKey { module: IMPORT_MODULE.into(), field: field.into(), import_idx };
             info.imports.insert(key, ImportIndex::Function(FunctionIndex::new(imported + i)));
@@ -144,7 +169,8 @@ impl ModuleMiddleware for Limiting {
 
         let index =
             |g: GlobalIndex| u32::try_from(g.index()).map_err(|_| MiddlewareError::new("wasmux", "too many globals"));
-        let layout = Layout { imported: imported_u32, points: index(points)?, scratch: index(scratch)? };
+        let tables = u32::try_from(info.tables.len()).map_err(|_| MiddlewareError::new("wasmux", "too many tables"))?;
+        let layout = Layout { imported: imported_u32, points: index(points)?, scratch: index(scratch)?, tables };
         *self.layout.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(layout);
         Ok(())
     }
@@ -213,6 +239,17 @@ impl<'a> FunctionMiddleware<'a> for FunctionLimiting {
                 Operator::I32Const { value: -1 },
                 Operator::End,
             ]),
+            Operator::TableGrow { table } => {
+                state.extend([Operator::GlobalSet { global_index: l.scratch }, Operator::I64Const { value: 0 }]);
+                for t in 0..l.tables {
+                    state.extend([Operator::TableSize { table: t }, Operator::I64ExtendI32U, Operator::I64Add]);
+                }
+                state.extend([
+                    Operator::GlobalGet { global_index: l.scratch },
+                    Operator::Call { function_index: l.imported + 2 },
+                    Operator::TableGrow { table },
+                ]);
+            }
             op => state.push_operator(op),
         }
         Ok(())

@@ -15,7 +15,7 @@ use wasmux_abi::{
 
 use crate::imports::from_wasmer;
 use crate::instance::WasmerInstance;
-use crate::{ENGINE_NAME, Shared, error, middleware};
+use crate::{Shared, error, middleware};
 
 /// What an import of the module is linked to.
 #[derive(Debug, Clone)]
@@ -26,6 +26,8 @@ pub(crate) enum Link {
     Refuel,
     /// The middleware's `grow_allowed`.
     GrowAllowed,
+    /// The middleware's `table_grow_delta`.
+    TableGrowDelta,
     /// Nothing: instantiation fails with this reason.
     Missing(String),
 }
@@ -42,8 +44,10 @@ pub struct WasmerModule {
     exports: Vec<ExportDesc>,
     /// The module's own imported functions.
     imported: u32,
-    /// The largest initial size of its memories, in bytes.
+    /// The initial size of its memory, in bytes (validation allows one memory at most).
     initial_memory: Option<u64>,
+    /// The initial sizes of its tables, summed.
+    initial_table_elements: u64,
 }
 
 impl fmt::Debug for WasmerModule {
@@ -60,7 +64,7 @@ impl WasmerModule {
     /// Compiles `bytes` on a fresh wasmer engine with this crate's middleware.
     pub(crate) fn new(shared: Arc<Shared>, bytes: &[u8]) -> Result<Self> {
         // wasmux's verdict first, on the original bytes: the same on every engine.
-        wasmux_abi::validate(ENGINE_NAME, bytes)?;
+        wasmux_abi::validate(shared.name, bytes)?;
         // Wasmer's default features but threads: a shared memory would let a guest block in
         // `memory.atomic.wait`, out of reach of deadlines (wasmtime here has no threads either).
         let features = wasmer::sys::Features { threads: false, ..Default::default() };
@@ -74,7 +78,11 @@ impl WasmerModule {
         for import in module.imports() {
             let (m, name) = (import.module(), import.name());
             if m == middleware::IMPORT_MODULE {
-                links.push(if name == middleware::REFUEL { Link::Refuel } else { Link::GrowAllowed });
+                links.push(match name {
+                    middleware::REFUEL => Link::Refuel,
+                    middleware::GROW_ALLOWED => Link::GrowAllowed,
+                    _ => Link::TableGrowDelta,
+                });
                 continue;
             }
             let ty = extern_type(import.ty());
@@ -92,7 +100,8 @@ impl WasmerModule {
         let info = module.info();
         let imported = u32::try_from(info.num_imported_functions).unwrap_or(u32::MAX) - middleware::HIDDEN_FUNCS;
         let initial_memory = info.memories.values().map(|m| m.minimum.bytes().0 as u64).max();
-        Ok(Self { shared, engine, module, links, imports, exports, imported, initial_memory })
+        let initial_table_elements = info.tables.values().map(|t| u64::from(t.minimum)).sum();
+        Ok(Self { shared, engine, module, links, imports, exports, imported, initial_memory, initial_table_elements })
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -115,13 +124,19 @@ impl WasmerModule {
         self.initial_memory
     }
 
-    /// The engine for a new store: the module's, with a wasm stack of `stack_bytes` (within
-    /// the bounds wasmer accepts for its process-wide default, 8 KiB to 100 MiB).
-    pub(crate) fn store_engine(&self, stack_bytes: usize) -> wasmer::Engine {
+    pub(crate) fn initial_table_elements(&self) -> u64 {
+        self.initial_table_elements
+    }
+
+    /// The engine for a new store: the module's, with a wasm stack of `limits.max_stack_bytes`
+    /// (within the bounds wasmer accepts for its process-wide default, 8 KiB to 100 MiB) and
+    /// no table allowed more than `limits.max_table_elements` elements.
+    pub(crate) fn store_engine(&self, limits: &Limits) -> wasmer::Engine {
         let mut engine = self.engine.clone();
         let base = BaseTunables::for_target(engine.target());
-        let stack = stack_bytes.clamp(8 << 10, wasmer::sys::vm::MAX_STACK_SIZE);
-        engine.set_tunables(StackTunables { base, vm: VMConfig { wasm_stack_size: Some(stack) } });
+        let stack = limits.max_stack_bytes.clamp(8 << 10, wasmer::sys::vm::MAX_STACK_SIZE);
+        let max_table = u32::try_from(limits.max_table_elements.min(WASMER_TABLE_MAX)).unwrap_or(u32::MAX);
+        engine.set_tunables(StoreTunables { base, vm: VMConfig { wasm_stack_size: Some(stack) }, max_table });
         engine
     }
 }
@@ -158,15 +173,35 @@ impl WasmModule for WasmerModule {
     }
 }
 
-/// Wasmer's default tunables with a wasm stack of our choosing: the only knob wasmer offers
-/// per store for the stack it runs wasm on.
-struct StackTunables {
+/// The largest table maximum wasmer accepts (`TABLE_MAX_SIZE` in `wasmer-vm`, not exported): a
+/// table type declaring more does not instantiate.
+const WASMER_TABLE_MAX: u64 = 128 << 20;
+
+/// Wasmer's default tunables with a wasm stack of our choosing (the only knob wasmer offers per
+/// store for the stack it runs wasm on) and a cap on every table's maximum.
+///
+/// The cap makes any single table's growth past the instance's table limit fail inside wasmer
+/// (the exact limit, over all tables, is the middleware's `table_grow_delta`), and so makes the
+/// `u32::MAX` delta a refused growth is turned into fail without allocating. It also lets
+/// modules instantiate whose tables declare a maximum wasmer itself would refuse (over 128 Mi
+/// elements), as other engines do.
+struct StoreTunables {
     base: BaseTunables,
     vm: VMConfig,
+    /// The largest maximum a table gets (at most [`WASMER_TABLE_MAX`]).
+    max_table: u32,
+}
+
+impl StoreTunables {
+    /// `ty` with its maximum capped. A minimum over the cap makes wasmer refuse the table
+    /// (the instance checks the total of minimums against the limit before that).
+    fn capped(&self, ty: &TableType) -> TableType {
+        TableType { maximum: Some(ty.maximum.map_or(self.max_table, |max| max.min(self.max_table))), ..*ty }
+    }
 }
 
 #[allow(unsafe_code, reason = "wasmer's Tunables trait has unsafe methods; these only forward to BaseTunables")]
-impl Tunables for StackTunables {
+impl Tunables for StoreTunables {
     fn memory_style(&self, memory: &MemoryType) -> MemoryStyle {
         self.base.memory_style(memory)
     }
@@ -192,7 +227,7 @@ impl Tunables for StackTunables {
     }
 
     fn create_host_table(&self, ty: &TableType, style: &TableStyle) -> Result<VMTable, String> {
-        self.base.create_host_table(ty, style)
+        self.base.create_host_table(&self.capped(ty), style)
     }
 
     unsafe fn create_vm_table(
@@ -201,8 +236,9 @@ impl Tunables for StackTunables {
         style: &TableStyle,
         vm_definition_location: NonNull<VMTableDefinition>,
     ) -> Result<VMTable, String> {
-        // SAFETY: as for `create_vm_memory`: the same contract, forwarded unchanged.
-        unsafe { self.base.create_vm_table(ty, style, vm_definition_location) }
+        // SAFETY: as for `create_vm_memory`: the same contract, forwarded unchanged (the table
+        // type's maximum only decides how far the table may grow).
+        unsafe { self.base.create_vm_table(&self.capped(ty), style, vm_definition_location) }
     }
 
     fn vmconfig(&self) -> &VMConfig {

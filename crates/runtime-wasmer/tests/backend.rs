@@ -107,6 +107,46 @@ fn start_function_runs_under_the_limits() {
     }
 }
 
+/// The table limit is a total over all tables, exact however the growths went: a growth a
+/// table refuses by its own declared maximum is not counted, and a declared maximum far over
+/// the limit (or over what wasmer itself accepts) is no obstacle to instantiation.
+#[test]
+fn table_limit_is_a_total_over_all_tables() {
+    let wat = r#"(module
+      (table $a 10 funcref)
+      (table $b 10 20 funcref)
+      (table $c 0 0xffffffff externref)
+      (func (export "grow_a") (param i32) (result i32) (table.grow $a (ref.null func) (local.get 0)))
+      (func (export "grow_b") (param i32) (result i32) (table.grow $b (ref.null func) (local.get 0)))
+      (func (export "grow_c") (param i32) (result i32) (table.grow $c (ref.null extern) (local.get 0)))
+      (func (export "size") (result i32)
+        (i32.add (i32.add (table.size $a) (table.size $b)) (table.size $c))))"#;
+    let bytes = wat::parse_str(wat).unwrap();
+    for compiler in [Compiler::Cranelift, Compiler::Singlepass] {
+        let engine = engine_with(compiler);
+        let m = engine.compile(&bytes).unwrap();
+        let limits = Limits { max_table_elements: 1_000, ..Limits::default() };
+        let mut vm = m.instantiate(wasmux_abi::HostState::for_tests(), &limits).unwrap();
+        let refused = Some(0xffff_ffff);
+        assert_eq!(call(&mut *vm, "grow_a", &[900]).unwrap(), Some(10));
+        // $b's own maximum refuses this one; it costs nothing.
+        assert_eq!(call(&mut *vm, "grow_b", &[11]).unwrap(), refused);
+        assert_eq!(call(&mut *vm, "grow_c", &[81]).unwrap(), refused);
+        assert_eq!(call(&mut *vm, "grow_c", &[80]).unwrap(), Some(0));
+        assert_eq!(call(&mut *vm, "grow_b", &[1]).unwrap(), refused);
+        assert_eq!(call(&mut *vm, "grow_a", &[0]).unwrap(), Some(910));
+        // A delta that would wrap, and the largest delta, on an empty table.
+        assert_eq!(call(&mut *vm, "grow_c", &[u64::from(u32::MAX)]).unwrap(), refused);
+        assert_eq!(call(&mut *vm, "size", &[]).unwrap(), Some(1_000));
+        // Another instance of the same module has its own total.
+        let limits = Limits { max_table_elements: u64::MAX, ..Limits::default() };
+        let mut vm = m.instantiate(wasmux_abi::HostState::for_tests(), &limits).unwrap();
+        assert_eq!(call(&mut *vm, "grow_c", &[u64::from(u32::MAX)]).unwrap(), refused);
+        assert_eq!(call(&mut *vm, "grow_a", &[100_000]).unwrap(), Some(10));
+        assert_eq!(call(&mut *vm, "size", &[]).unwrap(), Some(100_020));
+    }
+}
+
 /// Measures what an empty loop burns per millisecond on each compiler, the basis of
 /// `CRANELIFT_POINTS_PER_MS` and `SINGLEPASS_POINTS_PER_MS`, then how long a 100 ms deadline
 /// takes at the default rates. Run it in release on an idle machine:
