@@ -14,6 +14,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy (all targets, all features, -D warnings)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+echo "== cargo clippy (libraries and binaries: no unwrap() reachable from user or guest input)"
+cargo clippy --workspace --lib --bins --all-features -- -D warnings -D clippy::unwrap_used
+
 echo "== native fixtures for the null engine: scripts/build-native-fixtures.sh"
 scripts/build-native-fixtures.sh
 

@@ -18,6 +18,8 @@
 //! so a new backend learns here, before the conformance suite runs SDK filters on it, whether
 //! raw values, traps, limits, re-entrant calls and threads behave as the ABI layer expects.
 
+#![allow(clippy::unwrap_used, reason = "test code: a failed step is a failed test")]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
