@@ -78,9 +78,15 @@
 //! Compiling is ahead of time and cannot be interrupted
 //! ([`WasmEngine::compiles_ahead`] is true): the host bounds the work through the module size
 //! and shape limits of the validation and stops waiting at
-//! [`Limits::compile_deadline`](wasmux_abi::Limits). Module serialization is not offered
-//! (wasmer's `Module::deserialize` trusts its input as machine code; the defaults of
-//! [`WasmEngine`] apply).
+//! [`Limits::compile_deadline`](wasmux_abi::Limits). The cost follows the shape more than the
+//! size, and the middleware adds to it (a metering check at every block end and call). Measured
+//! in release on the project machine (2 cores, loaded): 9 999 nested empty blocks, the deepest
+//! accepted, take cranelift 0.7 s and 101 MiB of peak RSS (singlepass 0.04 s, 15 MiB); 100 000
+//! empty functions take cranelift 9 s and 139 MiB, singlepass 1.7 s and 209 MiB, nearly all of
+//! it kept by the compiled module (about 1.3 KiB and 2.1 KiB a function).
+//!
+//! Module serialization is not offered (wasmer's `Module::deserialize` trusts its input as
+//! machine code; the defaults of [`WasmEngine`] apply).
 //!
 //! # `unsafe`
 //!
@@ -109,8 +115,8 @@
 //! replaced `BaseTunables::for_target(target)` with `BaseTunables::new()`, in `module.rs`) and
 //! then passed all its tests, the shared backend suite on both compilers included. That check
 //! predates the table limit; recheck `WASMER_TABLE_MAX` in `module.rs` against `wasmer-vm`'s
-//! `TABLE_MAX_SIZE` when moving. Move once
-//! wasmer and wasmtime agree on a cranelift release again.
+//! `TABLE_MAX_SIZE` when moving. Move once wasmer and wasmtime agree on a cranelift release
+//! again.
 
 #![deny(unsafe_code)]
 
