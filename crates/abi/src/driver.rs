@@ -2,8 +2,9 @@
 //!
 //! [`Vm`] turns embedder events ("request headers arrived") into the right `proxy_on_*` call
 //! for the module's ABI version, converts results, and keeps the context rules: ids from a
-//! per-VM counter starting at 1, `on_context_create` before anything else, teardown in the
-//! order done → log → delete, and deferred completion through `proxy_done`.
+//! per-VM counter starting at 1, `on_context_create` before anything else, and teardown as
+//! Envoy does it: done → log → delete for streams, done → delete for root contexts, whose
+//! shutdown the filter may defer until it calls `proxy_done`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,8 +185,8 @@ impl Vm {
         Ok(())
     }
 
-    /// Log and delete for the contexts that called `proxy_done`. Each context finishes once,
-    /// so this ends.
+    /// `proxy_on_delete` for the root contexts whose deferred shutdown the filter completed
+    /// with `proxy_done`. Each context finishes once, so this ends.
     fn finish_done(&mut self) -> Result<()> {
         loop {
             let ready = std::mem::take(&mut self.inst.state().done_ready);
@@ -196,7 +197,7 @@ impl Vm {
                 // Still waiting: not deleted meanwhile (by `finish`, when `proxy_on_done` both
                 // called `proxy_done` and returned true).
                 if self.inst.state().contexts.get(&id).is_some_and(|c| c.life == Lifecycle::DoneReady) {
-                    self.log_and_delete(id)?;
+                    self.delete(id)?;
                 }
             }
         }
@@ -499,40 +500,57 @@ impl Vm {
 
     fn log_and_delete(&mut self, id: u32) -> Result<()> {
         self.call(Callback::OnLog, id, &[u64::from(id)])?;
+        self.delete(id)
+    }
+
+    fn delete(&mut self, id: u32) -> Result<()> {
         self.call(Callback::OnDelete, id, &[u64::from(id)])?;
         self.inst.state().remove_context(id);
         Ok(())
     }
 
-    /// Ends a context (stream or root): `proxy_on_done`, then `proxy_on_log` and
-    /// `proxy_on_delete`. Returns `false` when the filter deferred completion (`on_done`
-    /// returned false); log and delete then run after it calls `proxy_done`.
+    /// Ends a context, as Envoy does.
+    ///
+    /// - A stream (HTTP or TCP): `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`. What
+    ///   `proxy_on_done` returns is not used: Envoy finishes a stream whatever the filter
+    ///   answers. Returns `true`.
+    /// - A root context (plugin shutdown): `proxy_on_done`, then `proxy_on_delete`; a root
+    ///   context gets no `proxy_on_log` (Envoy calls it only for streams, and for access
+    ///   loggers from their log path). When `proxy_on_done` returns false the root is
+    ///   deferred: this returns `false`, and `proxy_on_delete` runs after the callback in which
+    ///   the filter calls `proxy_done` (proxy-wasm-cpp-host's `startShutdown` and
+    ///   `finishShutdown`).
     ///
     /// # Errors
     /// Unknown context; traps.
     pub fn finish(&mut self, id: u32) -> Result<bool> {
-        match self.inst.state().contexts.get(&id) {
-            Some(c) if c.life == Lifecycle::Active => {}
+        let is_root = match self.inst.state().contexts.get(&id) {
+            Some(c) if c.life == Lifecycle::Active => matches!(c.kind, ContextKind::Root(_)),
             Some(_) => return Err(ctx_err(id, "already finishing")),
             None => return Err(ctx_err(id, "unknown context")),
-        }
+        };
         if self.failed.is_some() {
             // No guest code runs on a failed VM; the host side of the context is dropped.
             self.inst.state().remove_context(id);
             return Ok(true);
         }
         self.event(|vm| {
+            if !is_root {
+                vm.call(Callback::OnDone, id, &[u64::from(id)])?;
+                vm.log_and_delete(id)?;
+                return Ok(true);
+            }
             // Pending from here on, so a `proxy_done` inside `proxy_on_done` is accepted.
             if let Some(c) = vm.inst.state().contexts.get_mut(&id) {
                 c.life = Lifecycle::DonePending;
             }
             if vm.call(Callback::OnDone, id, &[u64::from(id)])? == Some(0) {
                 // Deferred, unless `proxy_done` already came inside on_done (then `settle`
-                // runs log and delete right after this call).
+                // deletes it right after this call).
                 let ready = vm.inst.state().contexts.get(&id).is_some_and(|c| c.life == Lifecycle::DoneReady);
                 return Ok(ready);
             }
-            vm.log_and_delete(id)?;
+            vm.delete(id)?;
             Ok(true)
         })
     }

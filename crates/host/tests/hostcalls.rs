@@ -63,7 +63,7 @@ cases! {
     context::current_time_comes_from_the_clock_service,
     context::tick_period_is_set_per_root_context,
     context::set_effective_context_redirects_later_calls,
-    context::proxy_done_completes_a_deferred_context,
+    context::proxy_done_completes_a_deferred_root,
     context::get_configuration_in_0_1_0,
     context::calls_during_start_are_restricted,
     // Buffers.

@@ -17,14 +17,17 @@ pub(super) fn set_effective_context(cx: &mut (impl Guest + ?Sized), id: u64) -> 
     Ok(Status::Ok)
 }
 
-/// `proxy_done()`: finishes the effective context after its `proxy_on_done` returned false.
-/// NOT_FOUND when that context is not waiting for it.
+/// `proxy_done()`: completes the deferred shutdown of the effective context's root context
+/// (its `proxy_on_done` returned false); `proxy_on_delete` follows once the running callback
+/// returns. NOT_FOUND when that root is not waiting for it: streams cannot be deferred, as in
+/// Envoy.
 pub(super) fn done(cx: &mut (impl Guest + ?Sized)) -> HostResult {
     let state = cx.state();
-    match state.effective_context() {
+    let Some(root) = state.effective_context().map(|c| c.root) else { return Ok(Status::NotFound) };
+    match state.contexts.get_mut(&root) {
         Some(c) if c.life == Lifecycle::DonePending => {
             c.life = Lifecycle::DoneReady;
-            state.done_ready.push(state.effective);
+            state.done_ready.push(root);
             Ok(Status::Ok)
         }
         _ => Ok(Status::NotFound),

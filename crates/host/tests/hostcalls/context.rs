@@ -207,41 +207,39 @@ pub(crate) fn set_effective_context_redirects_later_calls() {
     }
 }
 
-/// `proxy_done`: NOT_FOUND unless the effective context is waiting for it; after
-/// `proxy_on_done` returned 0 it completes the context, and `proxy_on_log` and
-/// `proxy_on_delete` run once the calling callback returns.
-pub(crate) fn proxy_done_completes_a_deferred_context() {
+/// Teardown as Envoy does it. A stream ends with done, log, delete whatever `proxy_on_done`
+/// answers, and `proxy_done` from a stream is NOT_FOUND. A root context ends with done, then
+/// delete (no log); when its `proxy_on_done` returns false its delete waits for `proxy_done`
+/// (from the root or any of its streams), and runs once that callback returns.
+pub(crate) fn proxy_done_completes_a_deferred_root() {
     for v in AbiVersion::ALL {
         let wat = Wat::new(v)
-            .cb("proxy_on_request_headers", &(st(0, "(call $proxy_done)") + &st(10, "(local.get 0)") + "(i32.const 0)"))
+            .cb("proxy_on_request_headers", &(st(0, "(call $proxy_done)") + "(i32.const 0)"))
             .cb("proxy_on_done", "(call $bump (i32.const 0)) (i32.const 0)")
             .cb("proxy_on_log", &("(call $bump (i32.const 1))".to_string() + &st(21, "(local.get 0)")))
             .cb("proxy_on_delete", &("(call $bump (i32.const 2))".to_string() + &st(22, "(local.get 0)")))
             .cb(
                 "proxy_on_tick",
-                &[
-                    st(4, "(call $proxy_done)"),
-                    "(drop (call $proxy_set_effective_context (call $ld (i32.const 10))))".into(),
-                    st(1, "(call $proxy_done)"),
-                    st(2, "(call $proxy_done)"),
-                    st(3, "(call $cnt (i32.const 1))"),
-                ]
-                .concat(),
+                &[st(1, "(call $proxy_done)"), st(2, "(call $proxy_done)"), st(3, "(call $cnt (i32.const 2))")].concat(),
             );
         let mut h = H::new(&wat);
         let id = h.stream();
         h.plugin.request_headers(id, headers(&[]), true).unwrap();
-        assert_eq!(h.slot(0), 1, "{v}: not pending");
-        assert!(!h.vm().finish(id).unwrap(), "{v}: on_done returned 0, completion deferred");
-        assert!(h.vm().context_exists(id));
-        assert_eq!((h.counter(0), h.counter(1), h.counter(2)), (1, 0, 0));
-        assert!(h.vm().finish(id).is_err(), "already finishing");
-        h.tick();
-        assert_eq!(h.slots(1, 4), [0, 1, 0, 1], "{v}: done, done again, log not yet run, root not pending");
-        assert_eq!((h.counter(1), h.counter(2)), (1, 1), "{v}: log and delete ran");
-        assert_eq!((h.slot(21), h.slot(22)), (id, id));
+        assert_eq!(h.slot(0), 1, "{v}: nothing pending: NOT_FOUND");
+        assert!(h.vm().finish(id).unwrap(), "{v}: a stream finishes whatever on_done answers");
+        assert_eq!((h.counter(0), h.counter(1), h.counter(2)), (1, 1, 1), "{v}");
+        assert_eq!((h.slot(21), h.slot(22)), (id, id), "{v}");
         assert!(!h.vm().context_exists(id));
-        assert!(h.vm().finish(id).is_err());
+
+        let root = h.root();
+        assert!(!h.vm().finish(root).unwrap(), "{v}: on_done returned 0, shutdown deferred");
+        assert!(h.vm().context_exists(root));
+        assert!(h.vm().finish(root).is_err(), "already finishing");
+        h.tick();
+        assert_eq!(h.slots(1, 3), [0, 1, 1], "{v}: done, done again (NOT_FOUND), the root's delete not yet run");
+        assert_eq!((h.counter(1), h.counter(2)), (1, 2), "{v}: no log for the root; delete ran");
+        assert_eq!(h.slot(22), root, "{v}");
+        assert!(!h.vm().context_exists(root));
     }
 }
 
