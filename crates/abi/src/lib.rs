@@ -49,13 +49,13 @@ pub use exports::Callback;
 pub use hostcalls::{HOST_FUNCS, HostFunc, ImportModule, direct, find_host_func, proxy_funcs};
 pub use load::{ModuleInfo, check_module, detect_abi};
 pub use quota::{Quota, QuotaCounts, Quotas, Refused};
-pub use validate::{ModuleShape, validate};
 pub use services::Services;
 pub use state::{
     Body, CalloutKind, HeaderMap, HostState, HttpStreamState, IdHasher, LocalReply, PluginConfig, StreamControl,
     TcpStreamState, VmEnv,
 };
 pub use types::{AbiSet, AbiVersion, Action, BufferType, LogLevel, MapType, MetricType, PeerType, Status, StreamType};
+pub use validate::{ModuleShape, validate};
 pub use vm::{
     ExportDesc, ExternType, FuncRef, FuncType, Guest, GuestMemory, ImportDesc, Limits, NativeMemory, OutOfBounds,
     StableHasher, StopReason, ValType, WasmEngine, WasmInstance, WasmModule, stable_hash,

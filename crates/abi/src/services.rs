@@ -525,11 +525,7 @@ impl Histogram {
 
     /// The non-empty buckets as `(upper bound, samples)`; `None` is the overflow bucket.
     pub fn buckets(&self) -> impl Iterator<Item = (Option<u64>, u64)> + '_ {
-        self.counts
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(i, n)| (HISTOGRAM_BOUNDS.get(i).copied(), *n))
+        self.counts.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, n)| (HISTOGRAM_BOUNDS.get(i).copied(), *n))
     }
 }
 

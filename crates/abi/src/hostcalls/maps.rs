@@ -42,7 +42,9 @@ pub(super) fn get_pairs(cx: &mut (impl Guest + ?Sized), ty: u64, out_ptr: u64, o
 pub(super) fn set_pairs(cx: &mut (impl Guest + ?Sized), ty: u64, ptr: u64, len: u64) -> HostResult {
     let q = &cx.state().quotas;
     // A serialized map is at least its entries' bytes plus 4 + 10 per entry.
-    if len > (q.max_header_bytes as u64).saturating_add((q.max_header_count as u64).saturating_mul(10)).saturating_add(4) {
+    if len
+        > (q.max_header_bytes as u64).saturating_add((q.max_header_count as u64).saturating_mul(10)).saturating_add(4)
+    {
         return Ok(cx.state().refuse(Quota::HeaderBytes)?);
     }
     let bytes = read_bytes(cx, ptr, len)?;

@@ -1,9 +1,9 @@
 //! Shared key-value store and shared queues (process-wide, partitioned by VM id).
 
 use crate::guest::{HostResult, check_range, copy_out, read_bytes, read_string, refused, write_u32};
-use crate::{Quota, Status};
 use crate::services::QueueOwner;
 use crate::vm::Guest;
+use crate::{Quota, Status};
 
 /// `proxy_get_shared_data(key, key_len, return_value**, return_size*, return_cas*)`.
 pub(super) fn get_shared_data(
