@@ -51,13 +51,27 @@ pub(crate) fn stopped(stop: Stopped) -> Error {
 /// Maps the error of a guest call. An [`Error`] raised by a host function comes back
 /// unchanged; anything else is a [`Trap`]. A memory growth refused during the call (noted in
 /// `data`) turns the guest's own trap into [`TrapKind::MemoryLimit`].
+///
+/// Calls run in fuel slices and pause when one runs out, so wasmi reporting a call as out of
+/// fuel means that it could not pause there (an engine fault, not a deadline): that is
+/// [`TrapKind::Other`], saying so.
 pub(crate) fn from_call(e: &wasmi::Error, data: &mut StoreData) -> Error {
+    if e.as_trap_code() == Some(TrapCode::OutOfFuel) {
+        return trap(TrapKind::Other, format!("{e} (wasmi could not pause the call there)"));
+    }
     classify(e, data).unwrap_or_else(|| trap(TrapKind::Other, e.to_string()))
 }
 
 /// Maps an instantiation error: traps (a start function) are traps, the rest (linking,
-/// resource limits) is [`Error::Engine`].
+/// resource limits) is [`Error::Engine`]. A start function runs on a fuel budget worth its
+/// deadline: running out of it is [`TrapKind::Deadline`].
 pub(crate) fn from_instantiate(e: &wasmi::Error, data: &mut StoreData) -> Error {
+    if e.as_trap_code() == Some(TrapCode::OutOfFuel) {
+        return trap(
+            TrapKind::Deadline,
+            format!("{e}: the start function used up the fuel its callback deadline is worth"),
+        );
+    }
     classify(e, data).unwrap_or_else(|| engine_msg(format!("cannot instantiate: {e}")))
 }
 
@@ -67,6 +81,10 @@ fn classify(e: &wasmi::Error, data: &mut StoreData) -> Option<Error> {
         return Some(data.raised.take().unwrap_or_else(|| engine_msg("a host function failed without an error")));
     }
     let code = e.as_trap_code()?;
+    if code == TrapCode::GrowthOperationLimited && data.limiter.table_grow_out_of_fuel {
+        let message = "table.grow ran out of fuel at the end of a fuel slice, where wasmi 2.0.0 cannot pause it";
+        return Some(trap(TrapKind::Other, message.into()));
+    }
     let kind = trap_kind(code);
     if data.limiter.denied && !matches!(kind, TrapKind::Deadline | TrapKind::StackOverflow) {
         let message = format!("{e} after linear memory reached its limit (memory.grow was refused)");

@@ -47,12 +47,12 @@ pub(crate) fn linker(engine: &wasmi::Engine) -> Result<Linker<StoreData>> {
     Ok(linker)
 }
 
-/// Runs a host function for the guest, unless the embedder asked to interrupt the call. An
-/// [`Error`] is parked in the store while wasmi unwinds.
+/// Runs a host function for the guest, unless the embedder asked to interrupt the call or its
+/// deadline passed (one look at the coarse clock). An [`Error`] is parked in the store while
+/// wasmi unwinds.
 pub(crate) fn invoke(mut caller: Caller<'_, StoreData>, func: &HostFunc, args: &[u64]) -> Result<u64, wasmi::Error> {
-    if caller.data().budget.interrupted() {
-        let stop = error::stopped(error::Stopped::Interrupted);
-        return Err(error::raise(caller.data_mut(), stop));
+    if let Err(stop) = caller.data().clock.check() {
+        return Err(error::raise(caller.data_mut(), error::stopped(stop)));
     }
     let mut cx = Cx { caller };
     func.invoke(&mut cx, args).map_err(|e| error::raise(cx.caller.data_mut(), e))

@@ -1,16 +1,17 @@
-//! A running instance: its store, resolved exports, fuel budget and memory access.
+//! A running instance: its store, resolved exports, deadlines, limits and memory access.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmi::{AsContext, AsContextMut, Func, Memory, ResourceLimiter, ResumableCall, Store, StoreContextMut, Val};
+use wasmux_abi::deadline::CallDeadline;
 use wasmux_abi::{Error, FuncRef, HostState, Limits, OutOfBounds, Result, ValType, WasmInstance};
 
-use crate::error::{self, Stopped};
+use crate::error;
 use crate::imports::{from_wasmi, raw_to_val, val_to_raw};
 use crate::typed::TypedExport;
-use crate::{ENGINE_NAME, INTERRUPT_CHECK, Shared};
+use crate::{ENGINE_NAME, START_FUEL_PER_MS, Shared};
 
 /// The most parameters or results an export may have to be callable through [`FuncRef`].
 const MAX_VALUES: usize = 16;
@@ -23,10 +24,12 @@ pub(crate) struct StoreData {
     pub(crate) funcs: Vec<Export>,
     /// The `memory` export, if any.
     pub(crate) memory: Option<Memory>,
-    /// Memory growth policy and what it refused.
+    /// Memory and table growth policy, and what it refused.
     pub(crate) limiter: Limiter,
-    /// Fuel bookkeeping of the current top-level call and the interrupt flag.
-    pub(crate) budget: Budget,
+    /// Deadline bookkeeping of the current top-level call, and the interrupt flag.
+    pub(crate) clock: CallDeadline,
+    /// Fuel per slice.
+    slice: u64,
     /// The error a host function raised, parked here while wasmi unwinds.
     pub(crate) raised: Option<Error>,
 }
@@ -41,61 +44,58 @@ pub(crate) struct Export {
     typed: Option<TypedExport>,
 }
 
-/// The fuel budget of the running top-level call, handed to the store one slice at a time.
-pub(crate) struct Budget {
-    /// Fuel for one top-level call (`u64::MAX` without a deadline).
-    per_call: u64,
-    /// The deadline as configured (for messages).
-    deadline: Option<Duration>,
-    /// [`INTERRUPT_CHECK`] in fuel: the most the store holds at once.
-    slice: u64,
-    /// Fuel of the current call not yet handed to the store.
-    reserve: u64,
-    interrupt: Arc<AtomicBool>,
-}
-
-impl Budget {
-    /// Starts a top-level call: a fresh budget, and interrupt requests made before the call
-    /// are dropped (the handle stops the running call only). Returns the first slice.
-    fn start(&mut self) -> u64 {
-        self.interrupt.store(false, Ordering::Release);
-        self.reserve = self.per_call;
-        let first = self.slice.min(self.reserve);
-        self.reserve -= first;
-        first
-    }
-
-    /// Whether the embedder asked to stop the running call.
-    pub(crate) fn interrupted(&self) -> bool {
-        self.interrupt.load(Ordering::Acquire)
-    }
-
-    /// The next slice of fuel, at least `required`, or why the call must stop instead.
-    fn refill(&mut self, required: u64) -> Result<u64, Stopped> {
-        if self.interrupted() {
-            return Err(Stopped::Interrupted);
-        }
-        if self.reserve == 0 || self.reserve < required {
-            return Err(Stopped::Deadline(self.deadline.unwrap_or(Duration::MAX)));
-        }
-        let grant = self.slice.max(required).min(self.reserve);
-        self.reserve -= grant;
-        Ok(grant)
-    }
-}
-
-/// Refuels a call that ran out of fuel, or stops it with [`TrapKind::Deadline`](wasmux_abi::TrapKind).
+/// Gives a paused call its next slice of fuel (at least `required`), unless the embedder
+/// interrupted it or its deadline passed: then it stops with
+/// [`TrapKind::Deadline`](wasmux_abi::TrapKind).
 pub(crate) fn refuel(cx: &mut StoreContextMut<'_, StoreData>, required: u64) -> Result<()> {
-    let grant = cx.data_mut().budget.refill(required).map_err(error::stopped)?;
+    let data = cx.data();
+    data.clock.check().map_err(error::stopped)?;
+    let grant = data.slice.max(required);
     let left = cx.get_fuel().unwrap_or(0);
     cx.set_fuel(left.saturating_add(grant)).map_err(|e| error::engine(&e))
 }
 
-/// Refuses memory growth beyond the configured limit and remembers that it did.
+/// The fuel a module's `start` function gets: it runs inside instantiation, which cannot be
+/// paused, so it gets [`START_FUEL_PER_MS`] per millisecond of deadline in one piece.
+fn start_fuel(deadline: Option<Duration>) -> u64 {
+    deadline.map_or(u64::MAX, |d| {
+        let fuel = d.as_nanos().saturating_mul(u128::from(START_FUEL_PER_MS)) / 1_000_000;
+        u64::try_from(fuel).unwrap_or(u64::MAX).max(1)
+    })
+}
+
+/// Refuses memory growth beyond the configured limit (and remembers that it did), and table
+/// elements beyond the configured total.
 pub(crate) struct Limiter {
     max_memory: usize,
     /// Growth was refused during the current top-level call.
     pub(crate) denied: bool,
+    max_table_elements: u64,
+    /// Table elements over all tables (initial sizes and growth).
+    table_elements: u64,
+    /// Elements counted by the last table growth allowed, taken back if it fails after all.
+    table_pending: u64,
+    /// A `table.grow` ran out of fuel and was made to trap (see the crate docs).
+    pub(crate) table_grow_out_of_fuel: bool,
+}
+
+impl Limiter {
+    fn new(limits: &Limits) -> Self {
+        Self {
+            max_memory: usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX),
+            denied: false,
+            max_table_elements: limits.max_table_elements,
+            table_elements: 0,
+            table_pending: 0,
+            table_grow_out_of_fuel: false,
+        }
+    }
+
+    /// Starts a top-level call.
+    fn start(&mut self) {
+        self.denied = false;
+        self.table_grow_out_of_fuel = false;
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -114,11 +114,30 @@ impl ResourceLimiter for Limiter {
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> Result<bool, wasmi_core::LimiterError> {
-        Ok(desired <= 1 << 20 && maximum.is_none_or(|max| desired <= max))
+        let delta = desired.saturating_sub(current) as u64;
+        let total = self.table_elements.saturating_add(delta);
+        if total > self.max_table_elements || maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        self.table_pending = delta;
+        Ok(true)
+    }
+
+    /// wasmi allowed a growth and then could not do it (out of fuel or host memory): the
+    /// elements are taken back. Running out of fuel would pause the call in a state wasmi
+    /// 2.0.0 cannot resume correctly (it replays guest code), so that becomes a trap.
+    fn table_grow_failed(&mut self, error: &wasmi::errors::TableError) -> Result<(), wasmi_core::LimiterError> {
+        self.table_elements = self.table_elements.saturating_sub(std::mem::take(&mut self.table_pending));
+        if matches!(error, wasmi::errors::TableError::OutOfFuel { .. }) {
+            self.table_grow_out_of_fuel = true;
+            return Err(wasmi_core::LimiterError::ResourceLimiterDeniedAllocation);
+        }
+        Ok(())
     }
 
     fn instances(&self) -> usize {
@@ -151,29 +170,25 @@ impl WasmiInstance {
     /// Creates the store and instantiates `module` in it.
     pub(crate) fn new(module: &wasmi::Module, host: HostState, limits: &Limits, shared: &Shared) -> Result<Self> {
         let interrupt = Arc::new(AtomicBool::new(false));
-        let config = &shared.config;
         let data = StoreData {
             host,
             funcs: Vec::new(),
             memory: None,
-            limiter: Limiter {
-                max_memory: usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX),
-                denied: false,
-            },
-            budget: Budget {
-                per_call: limits.callback_deadline.map_or(u64::MAX, |d| config.fuel_for(d)),
-                deadline: limits.callback_deadline,
-                slice: config.fuel_for(INTERRUPT_CHECK),
-                reserve: 0,
-                interrupt: interrupt.clone(),
-            },
+            limiter: Limiter::new(limits),
+            clock: CallDeadline::new(
+                shared.clock.clone(),
+                limits.callback_deadline,
+                shared.clock.tick(),
+                interrupt.clone(),
+            ),
+            slice: shared.config.fuel_slice,
             raised: None,
         };
         let mut store = Store::new(&shared.engine, data);
         store.limiter(|data| &mut data.limiter);
         // Start-up (a `start` function) runs under the callback deadline too, in one piece.
-        let budget = store.data().budget.per_call;
-        store.set_fuel(budget).map_err(|e| error::engine(&e))?;
+        store.data_mut().clock.start();
+        store.set_fuel(start_fuel(limits.callback_deadline)).map_err(|e| error::engine(&e))?;
         let instance = shared
             .linker
             .instantiate_and_start(&mut store, module)
@@ -209,10 +224,11 @@ impl WasmInstance for WasmiInstance {
 
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
         let data = self.store.data_mut();
-        data.limiter.denied = false;
+        data.limiter.start();
         data.raised = None;
-        let first = data.budget.start();
-        self.store.set_fuel(first).map_err(|e| error::engine(&e))?;
+        data.clock.start();
+        let slice = data.slice;
+        self.store.set_fuel(slice).map_err(|e| error::engine(&e))?;
         call(&mut self.store, func, args)
     }
 
@@ -226,8 +242,9 @@ impl WasmInstance for WasmiInstance {
 
     /// The returned handle sets a flag; the running call traps with
     /// [`TrapKind::Deadline`](wasmux_abi::TrapKind) at its next host call or when its current
-    /// fuel slice ([`INTERRUPT_CHECK`]) runs out, whichever comes first. A request made while
-    /// no call runs is dropped when the next top-level call starts.
+    /// fuel slice ([`WasmiConfig::fuel_slice`](crate::WasmiConfig::fuel_slice)) runs out,
+    /// whichever comes first. A request made while no call runs is dropped when the next
+    /// top-level call starts.
     fn interrupt_handle(&self) -> Arc<dyn Fn() + Send + Sync> {
         let flag = self.interrupt.clone();
         Arc::new(move || flag.store(true, Ordering::Release))
@@ -242,7 +259,7 @@ pub(crate) fn read(cx: impl AsContext<Data = StoreData>, ptr: u64, out: &mut [u8
 }
 
 /// Calls a resolved export with raw arguments; used for top-level and re-entrant calls alike
-/// (neither resets the budget here: a re-entrant call draws on the outer call's). A trap
+/// (neither touches the deadline here: a re-entrant call runs under the outer call's). A trap
 /// leaving this call gets the export's name appended to its backtrace.
 pub(crate) fn call(mut cx: impl AsContextMut<Data = StoreData>, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
     let mut store = cx.as_context_mut();

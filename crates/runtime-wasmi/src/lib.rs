@@ -13,41 +13,76 @@
 //!   of a module share its translated code; per-worker instances never recompile.
 //! - **Host state in the store.** Each instance has its own `Store` whose data holds the
 //!   [`HostState`](wasmux_abi::HostState), the resolved exports (indexed by
-//!   [`FuncRef`](wasmux_abi::FuncRef)), the `memory` export, the fuel budget and the memory
-//!   limiter. Host functions reach it through the `Caller`; there are no thread-locals.
+//!   [`FuncRef`](wasmux_abi::FuncRef)), the `memory` export, the deadline of the running call
+//!   and the resource limiter. Host functions reach it through the `Caller`; there are no
+//!   thread-locals.
 //! - **Raw values.** Host functions and exports see raw `u64` words (`i32` zero-extended,
 //!   `i64` as its bits). Signatures made only of `i32`s, which is nearly all of proxy-wasm, go
 //!   through typed trampolines (`Linker::func_wrap`, `TypedFunc`); anything else through
 //!   wasmi's dynamic `Val` path (`Linker::func_new`, `Func::call_resumable`).
-//! - **Deadlines are fuel.** Fuel metering is always on. A callback deadline `d` becomes a
-//!   budget of `d` × [`WasmiConfig::fuel_per_ms`] fuel for the whole top-level call, including
-//!   the re-entrant calls its host functions make (the guest allocator): those draw on the
-//!   same budget and never refuel. The default rate, [`DEFAULT_FUEL_PER_MS`], is what an
-//!   empty wasm loop burns per millisecond on the project machine, so a deadline is a bound
-//!   on guest instructions, not on wall time: it is deterministic (the same call stops at the
-//!   same instruction on every run), and time spent inside host functions is not counted.
-//!   Translating a function on its first call is charged to the call too. Running out of
-//!   budget is [`TrapKind::Deadline`](wasmux_abi::TrapKind).
-//! - **Interrupts.** wasmi cannot be stopped from another thread, so calls run in fuel
-//!   slices: the store gets at most [`INTERRUPT_CHECK`] worth of fuel at a time, and when a
-//!   slice runs out the call pauses (wasmi's resumable calls), checks the interrupt flag and
-//!   the budget, then refuels and resumes. Every host function also checks the flag first.
-//!   An [`interrupt_handle`](wasmux_abi::WasmInstance::interrupt_handle) therefore stops the
-//!   running call at its next host call or at the end of the current slice, whichever comes
-//!   first: after at most one slice (10 ms × `fuel_per_ms` fuel) of guest execution, plus
-//!   the host function running at the time, plus one instruction that needs more fuel than a
-//!   slice (a huge `memory.fill`), which runs to completion first. The instantiation-time
-//!   `start` function runs in one piece and cannot be interrupted (the handle does not exist
-//!   yet); it is bounded by the callback deadline.
-//! - **Memory limit.** A store resource limiter refuses growth beyond
-//!   [`Limits::max_memory_bytes`](wasmux_abi::Limits): `memory.grow` returns -1. A trap that
-//!   follows a refused growth within the same call is reported as
-//!   [`TrapKind::MemoryLimit`](wasmux_abi::TrapKind).
+//! - **Deadlines are wall-clock time.** A callback deadline bounds the whole top-level call in
+//!   wall time: guest code, host functions, re-entrant calls into the guest (the allocator)
+//!   and the translation of functions on their first call all count. Time is read from a
+//!   coarse clock ([`wasmux_abi::deadline::CoarseClock`], one thread per engine advancing a
+//!   tick count every [`WasmiConfig::clock_tick`], 1 ms by default), so checking it is one
+//!   atomic load, cheap enough for every host call; the bookkeeping of a call is a
+//!   [`CallDeadline`](wasmux_abi::deadline::CallDeadline), as on the wasmtime backend.
+//!   Deadlines are precise to about one tick: a call is never stopped before its deadline has
+//!   passed (to within a tick), and never at all when the deadline is `None`. Stopping is
+//!   [`TrapKind::Deadline`](wasmux_abi::TrapKind).
+//! - **Fuel only pauses.** wasmi cannot be stopped from another thread, so fuel metering is
+//!   on, but only as a pause mechanism: a call gets [`WasmiConfig::fuel_slice`] fuel at a
+//!   time, and when a slice runs out the call pauses (wasmi's resumable calls), checks the
+//!   interrupt flag and the deadline, then gets another slice and resumes. No fuel budget runs
+//!   out on its own. Every host function also checks the flag and the deadline before it
+//!   runs. A call therefore stops after its deadline passes (or after an
+//!   [`interrupt_handle`](wasmux_abi::WasmInstance::interrupt_handle) is used) at its next
+//!   host call or slice end, whichever comes first: at most one slice of guest execution
+//!   (1-1.6 ms of the loops measured for [`DEFAULT_FUEL_SLICE`]), plus the host function
+//!   running at the time, plus work that cannot be paused: a bulk instruction that needs more
+//!   fuel than a slice (a huge `memory.fill`) and the first-call translation of a function,
+//!   each of which runs to completion first.
+//! - **Translation costs no fuel.** wasmi 2.0 charges fuel for lazily translating a function
+//!   (7 per body byte by default) when the function is first called, and when that charge
+//!   exceeds the fuel left in the store it fails the whole call with a non-resumable
+//!   out-of-fuel error instead of pausing it: `UncompiledFuncEntry::compile`
+//!   (`src/engine/code_map/mod.rs`) returns a `ResumableOutOfFuelError`, but the executor's
+//!   `compile_or_get_func_entry!` (`src/engine/executor/handler/utils.rs`) ends the run with
+//!   it as a plain error (`DoneReason::Error`), so `call_resumable` returns `Err`
+//!   (wasmi-labs/wasmi#2032; the first call's own function is non-resumable by design,
+//!   wasmi-labs/wasmi#1916). With slices, a function bigger than what is left of the current
+//!   slice would fail its first call, deadline or not. The engine therefore sets translation
+//!   and validation fuel to zero ([`wasmi::CustomFuelCosts`]; bulk copies keep wasmi's default
+//!   cost); translation time still counts against the deadline through the clock. Should
+//!   wasmi still report a call out of fuel, that is [`TrapKind::Other`](wasmux_abi::TrapKind),
+//!   never a deadline.
+//! - **`table.grow` at a slice end traps.** wasmi 2.0.0 pauses a `table.grow` that runs out of
+//!   fuel without saving the instruction pointer (its handler in
+//!   `src/engine/executor/handler/exec.rs` ends with `done!` where the other bulk
+//!   instructions use `out_of_fuel!`), so resuming it would replay guest code from an earlier
+//!   point. The limiter turns that case into a trap instead
+//!   ([`TrapKind::Other`](wasmux_abi::TrapKind), with a message saying so). It cannot happen
+//!   to growth by fewer than 16 elements (which costs no fuel) and is unlikely otherwise (a
+//!   grow by `n` elements costs `n / 16` fuel out of a slice of a million).
+//! - **Start functions.** A module's own `start` function (SDK-built filters use exported
+//!   `_initialize`/`_start` functions instead, which are ordinary calls) runs inside
+//!   instantiation, which wasmi cannot pause. It runs under the callback deadline at its host
+//!   calls, and with fuel worth [`START_FUEL_PER_MS`] per millisecond of deadline (unlimited
+//!   without a deadline), so a start function spinning in wasm stops too, if less precisely.
+//!   The interrupt handle does not exist yet during instantiation.
+//! - **Memory and table limits.** A store resource limiter refuses memory growth beyond
+//!   [`Limits::max_memory_bytes`](wasmux_abi::Limits) (modules have one memory, so this is the
+//!   instance's whole linear memory): `memory.grow` returns -1. A trap that follows a refused
+//!   growth within the same call is reported as [`TrapKind::MemoryLimit`](wasmux_abi::TrapKind).
+//!   It also counts table elements over all tables of the instance against
+//!   [`Limits::max_table_elements`](wasmux_abi::Limits): initial sizes over the limit fail
+//!   instantiation, and `table.grow` beyond it returns -1.
 //! - **Stack.** wasm-to-wasm calls run on wasmi's own stacks, not the native one; wasmi
-//!   bounds the value stack in bytes and the call depth in frames, per engine. [`WasmiConfig::max_stack_bytes`] sets the
-//!   value stack to that many bytes and the depth to one frame per [`STACK_BYTES_PER_FRAME`]
-//!   bytes (16384 frames for the default 1 MiB), so deep recursion traps with
-//!   [`TrapKind::StackOverflow`](wasmux_abi::TrapKind) as on the compiling engines.
+//!   bounds the value stack in bytes and the call depth in frames, per engine.
+//!   [`WasmiConfig::max_stack_bytes`] sets the value stack to that many bytes and the depth to
+//!   one frame per [`STACK_BYTES_PER_FRAME`] bytes (16384 frames for the default 1 MiB), so
+//!   deep recursion traps with [`TrapKind::StackOverflow`](wasmux_abi::TrapKind) as on the
+//!   compiling engines.
 //!   `Limits::max_stack_bytes` given to `instantiate` is not applied per instance.
 //! - **Errors.** wasmi trap codes are normalized into [`wasmux_abi::Trap`]. wasmi records no
 //!   wasm backtrace, so a trap's backtrace lists only the guest entry points the host called,
@@ -83,8 +118,9 @@
 //!
 //! or enable this crate's `portable-dispatch` feature (wasmi's loop dispatch): safe in any
 //! profile, but about 7× slower on tight loops here (an empty loop ran 117 × 10³ fuel/ms
-//! instead of 890 × 10³), which also makes fuel deadlines about 7× longer in wall time unless
-//! [`WasmiConfig::fuel_per_ms`] is lowered to match.
+//! instead of 890 × 10³), which also makes each fuel slice, and so the delay before a call
+//! notices its deadline, about 7× longer unless [`WasmiConfig::fuel_slice`] is lowered to
+//! match.
 
 #![forbid(unsafe_code)]
 
@@ -98,7 +134,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmux_abi::{Limits, Result, WasmEngine, WasmModule};
+use wasmux_abi::deadline::CoarseClock;
+use wasmux_abi::{Error, Limits, Result, WasmEngine, WasmModule};
 
 pub use instance::WasmiInstance;
 pub use module::WasmiModule;
@@ -109,21 +146,27 @@ pub const ENGINE_NAME: &str = "wasmi";
 /// The wasmi version this crate is pinned to.
 pub const WASMI_VERSION: &str = "2.0.0";
 
-/// Fuel per millisecond of guest execution used to turn a callback deadline into fuel.
+/// Fuel a call gets per slice: the most guest execution between two checks of the deadline
+/// and the interrupt flag.
 ///
-/// Measured on the project machine (Debian 12 x86_64, 2 cores shared with other builds, load
-/// average 3-4, release build, tail-call dispatch): an empty `(loop $l (br $l))` burns
-/// 0.89-0.94 × 10⁶ fuel per millisecond on wasmi 2.0.0 with default fuel costs (best of 5
-/// runs of 2 × 10⁹ fuel), and a 500 ms deadline at this rate stopped it after about 560 ms of
-/// wall time. Reproduce with
+/// wasmi charges one unit per wasm operator (none for `nop`, `drop`, `block`, `loop`, `end`),
+/// plus one per 64 bytes for bulk copies. Measured on the project machine (Debian 12 x86_64,
+/// 2 cores shared with other builds, release build, tail-call dispatch, wasmi 2.0.0): an empty
+/// `(loop $l (br $l))` burns 0.74-0.94 × 10⁶ fuel per millisecond and a loop of `i64.div_u`
+/// and `call_indirect` 0.63-0.72 × 10⁶, so a slice is 1-1.6 ms of guest code. A pause costs
+/// about 1.4 µs: 2 × 10⁸ loop iterations took the same time (566 ms) in default slices as in
+/// one piece, and 10% longer in slices 100 times smaller. Reproduce with
 /// `cargo test --release -p wasmux-wasmi --test backend -- --ignored --nocapture fuel_rate`.
-/// Real filter code (loads, stores, calls) retires fewer fuel units per millisecond than an
-/// empty loop, so its deadlines err on the generous side.
-pub const DEFAULT_FUEL_PER_MS: u64 = 1_000_000;
+pub const DEFAULT_FUEL_SLICE: u64 = 1_000_000;
 
-/// The longest stretch of guest execution, as fuel at the configured rate, between two checks
-/// for an interrupt request.
-pub const INTERRUPT_CHECK: Duration = Duration::from_millis(10);
+/// The default tick of the engine's coarse clock: the precision of callback deadlines.
+pub const DEFAULT_CLOCK_TICK: Duration = Duration::from_millis(1);
+
+/// Fuel per millisecond of callback deadline given to a module's `start` function, which
+/// wasmi cannot pause (see the crate docs): four times the rate of an empty loop on the
+/// project machine (see [`DEFAULT_FUEL_SLICE`]), so that a start function is not stopped
+/// before its time on a faster machine.
+pub const START_FUEL_PER_MS: u64 = 4_000_000;
 
 /// Bytes of [`WasmiConfig::max_stack_bytes`] counted per wasm call frame when deriving wasmi's
 /// maximum call depth.
@@ -132,17 +175,27 @@ pub const STACK_BYTES_PER_FRAME: usize = 64;
 /// wasmi's smallest value stack (its default initial height).
 const MIN_STACK_BYTES: usize = 1_000;
 
+/// wasmi's default for bulk copies (`memory.fill`, `memory.copy`, `table.grow`, ...): one unit
+/// of fuel per this many bytes.
+const BYTES_COPIED_PER_FUEL: u32 = 64;
+
 /// Settings of a [`WasmiEngine`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WasmiConfig {
     max_stack_bytes: usize,
-    fuel_per_ms: u64,
+    fuel_slice: u64,
+    tick: Duration,
     lazy: bool,
 }
 
 impl Default for WasmiConfig {
     fn default() -> Self {
-        Self { max_stack_bytes: Limits::DEFAULT_STACK, fuel_per_ms: DEFAULT_FUEL_PER_MS, lazy: true }
+        Self {
+            max_stack_bytes: Limits::DEFAULT_STACK,
+            fuel_slice: DEFAULT_FUEL_SLICE,
+            tick: DEFAULT_CLOCK_TICK,
+            lazy: true,
+        }
     }
 }
 
@@ -156,11 +209,20 @@ impl WasmiConfig {
         self
     }
 
-    /// Sets the fuel a millisecond of callback deadline is worth (default
-    /// [`DEFAULT_FUEL_PER_MS`], at least 1).
+    /// Sets the fuel a call gets per slice, that is how much guest execution may pass between
+    /// two checks of the deadline and the interrupt flag (default [`DEFAULT_FUEL_SLICE`], at
+    /// least 1). It never limits how long a call may run.
     #[must_use]
-    pub fn fuel_per_ms(mut self, fuel: u64) -> Self {
-        self.fuel_per_ms = fuel.max(1);
+    pub fn fuel_slice(mut self, fuel: u64) -> Self {
+        self.fuel_slice = fuel.max(1);
+        self
+    }
+
+    /// Sets the tick of the engine's coarse clock: the precision of callback deadlines
+    /// (default [`DEFAULT_CLOCK_TICK`], at least 100 µs).
+    #[must_use]
+    pub fn clock_tick(mut self, tick: Duration) -> Self {
+        self.tick = tick.max(Duration::from_micros(100));
         self
     }
 
@@ -176,25 +238,21 @@ impl WasmiConfig {
     fn max_depth(&self) -> usize {
         (self.max_stack_bytes / STACK_BYTES_PER_FRAME).max(1)
     }
-
-    /// The fuel a duration of guest execution is worth, at least 1.
-    pub(crate) fn fuel_for(&self, d: Duration) -> u64 {
-        let fuel = d.as_nanos().saturating_mul(u128::from(self.fuel_per_ms)) / 1_000_000;
-        u64::try_from(fuel).unwrap_or(u64::MAX).max(1)
-    }
 }
 
 /// The state every module and instance of an engine shares.
 pub(crate) struct Shared {
     pub(crate) engine: wasmi::Engine,
+    /// The coarse clock deadlines are checked against.
+    pub(crate) clock: CoarseClock,
     pub(crate) linker: wasmi::Linker<instance::StoreData>,
     pub(crate) config: WasmiConfig,
 }
 
 /// A [`WasmEngine`] on wasmi.
 ///
-/// Cheap to clone; clones share the engine (and its translated code) and the host-function
-/// linker.
+/// Cheap to clone; clones share the engine (and its translated code), the host-function
+/// linker and the clock thread.
 #[derive(Clone)]
 pub struct WasmiEngine {
     shared: Arc<Shared>,
@@ -207,14 +265,23 @@ impl fmt::Debug for WasmiEngine {
 }
 
 impl WasmiEngine {
-    /// Creates an engine and links every host function.
+    /// Creates an engine, links every host function and starts its clock thread.
     ///
     /// # Errors
-    /// [`Error::Engine`](wasmux_abi::Error::Engine) when wasmi rejects a host function.
+    /// [`Error::Engine`] when wasmi rejects a host function or the
+    /// clock thread cannot be started.
     pub fn new(config: WasmiConfig) -> Result<Self> {
         let mut wc = wasmi::Config::default();
         let stack = config.max_stack_bytes.max(MIN_STACK_BYTES);
+        // Fuel only cuts calls into slices; translating a function must never fail a call for want of
+        // it (see the crate docs), so translation and validation are free.
+        let costs = wasmi::CustomFuelCosts {
+            bytes_copied_per_fuel: BYTES_COPIED_PER_FUEL,
+            fuel_per_bytes_translated: 0,
+            fuel_per_bytes_validated: 0,
+        };
         wc.consume_fuel(true)
+            .fuel_cost(costs)
             .compilation_mode(if config.lazy {
                 wasmi::CompilationMode::LazyTranslation
             } else {
@@ -224,7 +291,12 @@ impl WasmiEngine {
             .set_max_recursion_depth(config.max_depth());
         let engine = wasmi::Engine::new(&wc);
         let linker = imports::linker(&engine)?;
-        Ok(Self { shared: Arc::new(Shared { engine, linker, config }) })
+        // The thread stops one tick after the last clone of the clock is dropped.
+        let clock = CoarseClock::start("wasmux-wasmi-clock", config.tick, || true).map_err(|e| Error::Engine {
+            engine: ENGINE_NAME,
+            message: format!("cannot start the clock thread: {e}"),
+        })?;
+        Ok(Self { shared: Arc::new(Shared { engine, clock, linker, config }) })
     }
 
     /// The underlying wasmi engine.
@@ -245,7 +317,7 @@ impl WasmEngine for WasmiEngine {
     fn fingerprint(&self) -> String {
         let c = &self.shared.config;
         let settings = format!(
-            "stack={};depth={};mode={};fuel=on;target={}-{}",
+            "stack={};depth={};mode={};fuel=slices;translation-fuel=0;target={}-{}",
             c.max_stack_bytes.max(MIN_STACK_BYTES),
             c.max_depth(),
             if c.lazy { "lazy-translation" } else { "eager" },

@@ -48,8 +48,8 @@ host_arities! {
     11 (a b c d e f g h i j k); 12 (a b c d e f g h i j k l);
 }
 
-/// Runs a typed resumable call to its end: refuels it slice by slice from the budget, or
-/// stops it, and maps its error.
+/// Runs a typed resumable call to its end: refuels it slice by slice, or stops it, and maps
+/// its error.
 fn drive<R: WasmResults>(
     cx: &mut StoreContextMut<'_, StoreData>,
     mut step: Result<TypedResumableCall<R>, wasmi::Error>,
