@@ -554,14 +554,19 @@ pub struct SuiteReport {
     pub matrix: BTreeMap<String, BTreeMap<String, Verdict>>,
     /// Host-function coverage over every trial.
     pub coverage: Coverage,
+    /// Whether coverage is judged: some engine of the run ran every case of the suite. Coverage
+    /// is a property of the suite, so a run on engines that leave cases out (the null engine
+    /// runs no WAT micro-modules) does not judge it.
+    pub coverage_judged: bool,
     /// Wall time.
     pub elapsed: Duration,
 }
 
 impl SuiteReport {
-    /// Whether every trial and the coverage check pass.
+    /// Whether every trial and, when judged, the coverage check pass.
     pub fn ok(&self) -> bool {
-        self.matrix.values().all(|m| m.values().all(Verdict::ok)) && self.coverage.check().is_ok()
+        self.matrix.values().all(|m| m.values().all(Verdict::ok))
+            && (!self.coverage_judged || self.coverage.check().is_ok())
     }
 
     /// The report as JSON.
@@ -597,6 +602,7 @@ impl SuiteReport {
             "matrix": matrix,
             "coverage": self.coverage.to_json(),
             "uncovered": uncovered,
+            "coverage_judged": self.coverage_judged,
             "elapsed_ms": self.elapsed.as_millis() as u64,
         })
     }
@@ -644,9 +650,12 @@ impl fmt::Display for SuiteReport {
             self.elapsed.as_secs_f64()
         )?;
         for m in &failures {
-            writeln!(f, "FAIL {m}")?;
+            // The first line; the JSON report has the whole message.
+            writeln!(f, "FAIL {}", m.lines().next().unwrap_or_default())?;
         }
-        if let Err(e) = self.coverage.check() {
+        if !self.coverage_judged {
+            writeln!(f, "coverage not judged: no engine of this run runs every case of the suite")?;
+        } else if let Err(e) = self.coverage.check() {
             write!(f, "FAIL coverage/host-functions: {e}")?;
         }
         Ok(())
@@ -660,10 +669,12 @@ impl fmt::Display for SuiteReport {
 pub fn run_suite(dir: &Path, runtimes: &[Runtime]) -> Result<SuiteReport, String> {
     let start = Instant::now();
     let cases = load_cases(dir)?;
+    let every_trial = |rt: &Runtime| cases.iter().all(|c| c.modules.iter().all(|m| not_applicable(c, m, *rt).is_none()));
     let mut report = SuiteReport {
         engines: runtimes.iter().map(|r| r.name().to_string()).collect(),
         matrix: BTreeMap::new(),
         coverage: Coverage::default(),
+        coverage_judged: runtimes.iter().any(every_trial),
         elapsed: Duration::ZERO,
     };
     for t in plan(&cases, runtimes) {
@@ -709,6 +720,37 @@ mod tests {
         assert!(expects_trap(&json!({"start": {"kind": "trap", "trap": "unreachable"}})));
         assert!(expects_trap(&json!({"streams": {"a": {"local_reply": {"details": "wasm_fail_stream"}}}})));
         assert!(!expects_trap(&json!({"start": {"kind": "rejected"}, "logs": [{"kind": "x"}]})));
+    }
+
+    fn report(judged: bool, verdict: Verdict) -> SuiteReport {
+        let row = BTreeMap::from([("null".to_string(), verdict)]);
+        SuiteReport {
+            engines: vec!["null".into()],
+            matrix: BTreeMap::from([("case".to_string(), row)]),
+            coverage: Coverage::default(),
+            coverage_judged: judged,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Coverage is a property of the suite: a run whose engines leave cases out passes on its
+    /// trials alone, and says coverage was not judged.
+    #[test]
+    fn coverage_is_judged_only_on_runs_of_the_whole_suite() {
+        let partial = report(false, Verdict::Pass);
+        assert!(partial.ok());
+        assert!(partial.to_string().contains("coverage not judged"));
+        let whole = report(true, Verdict::Pass);
+        assert!(!whole.ok(), "nothing is covered");
+        assert!(whole.to_string().contains("FAIL coverage/host-functions"));
+    }
+
+    /// A failing trial's reason is printed under the table, its first line.
+    #[test]
+    fn failures_are_explained_under_the_table() {
+        let text = report(false, Verdict::Fail("cannot load module `x.wasm`: missing\nsecond line".into())).to_string();
+        assert!(text.contains("FAIL null/case: cannot load module `x.wasm`: missing\n"), "{text}");
+        assert!(!text.contains("second line"), "{text}");
     }
 
     #[test]

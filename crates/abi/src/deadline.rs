@@ -49,6 +49,7 @@ impl CoarseClock {
     }
 
     /// Ticks since the clock started.
+    #[inline]
     pub fn now(&self) -> u64 {
         self.now.load(Ordering::Acquire)
     }
@@ -100,6 +101,7 @@ impl CallDeadline {
     }
 
     /// Ticks since the call started.
+    #[inline]
     pub fn elapsed(&self) -> u64 {
         self.clock.now().saturating_sub(self.started)
     }
@@ -107,20 +109,25 @@ impl CallDeadline {
     /// Ticks until the next check: the rest of the deadline, capped by the check interval, at
     /// least one.
     pub fn next_check(&self) -> u64 {
-        let rest = self.deadline.map_or(u64::MAX, |(ticks, _)| ticks.saturating_sub(self.elapsed()));
+        let rest = self.deadline.map_or(u64::MAX, |(ticks, _)| (ticks + 1).saturating_sub(self.elapsed()));
         rest.min(self.check).max(1)
     }
 
     /// Whether the call must stop now: interrupted, or past its deadline.
     ///
+    /// The clock lags real time by up to one tick, so the call's start may have been up to a
+    /// tick later than the clock said: the deadline passes one tick after `ticks` have been
+    /// counted, and a call never stops before its time.
+    ///
     /// # Errors
     /// The reason to stop.
+    #[inline]
     pub fn check(&self) -> Result<(), StopReason> {
         if self.interrupt.load(Ordering::Acquire) {
             return Err(StopReason::Interrupted);
         }
         match self.deadline {
-            Some((ticks, deadline)) if self.elapsed() >= ticks => Err(StopReason::Deadline(deadline)),
+            Some((ticks, deadline)) if self.elapsed() > ticks => Err(StopReason::Deadline(deadline)),
             _ => Ok(()),
         }
     }
@@ -143,7 +150,7 @@ mod tests {
         assert_eq!(clock.ticks(Duration::from_micros(1500)), 2);
         call.start();
         assert!(call.check().is_ok());
-        assert!((1..=5).contains(&call.next_check()));
+        assert!((1..=6).contains(&call.next_check()));
         while call.check().is_ok() {
             std::thread::sleep(Duration::from_millis(1));
         }

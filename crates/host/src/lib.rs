@@ -22,7 +22,7 @@
 //! |---|---|---|
 //! | `wasmtime` (default) | wasmtime 48, cranelift | epoch deadlines, memory limits |
 //! | `wasmer` | wasmer 7.3, cranelift (`wasmer`) and singlepass (`wasmer-singlepass`) | metered deadlines, memory limits |
-//! | `wasmi` | wasmi 2.0, interpreter | ~1 ms compiles (lazy translation); fuel deadlines, memory limits |
+//! | `wasmi` | wasmi 2.0, interpreter | ~1 ms compiles (lazy translation); wall-clock deadlines checked between fuel slices, memory limits |
 //! | `null` | native shared libraries (`wasmux_null`) | no sandbox, no limits; trusted filters, gdb |
 //! | `all-engines` | every engine above | for CI and docs |
 //!

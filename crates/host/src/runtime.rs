@@ -19,7 +19,8 @@ pub enum Runtime {
     /// wasmer with singlepass: fast compiles, slower code (feature `wasmer`).
     #[cfg(feature = "wasmer")]
     WasmerSinglepass,
-    /// wasmi, an interpreter with lazy translation and fuel deadlines (feature `wasmi`).
+    /// wasmi, an interpreter with lazy translation; wall-clock deadlines checked between fuel
+    /// slices (feature `wasmi`).
     #[cfg(feature = "wasmi")]
     Wasmi,
     /// Native filters built as shared libraries, no sandbox (feature `null`). Its "bytes" are a
