@@ -1,0 +1,20 @@
+;; WASI clock_time_get and random_get in a loop that never ends, under a 100 ms deadline.
+(module
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "k")
+  (data (i32.const 20) "v")
+  (global $bump (mut i32) (i32.const 32768))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (local $i i32)
+    (loop $l
+      (drop (call $clock_time_get (i32.const 0) (i64.const 0) (i32.const 1024)))
+      (drop (call $random_get (i32.const 1040) (i32.const 16)))
+      (br $l))
+    (i32.const 0)))

@@ -1,0 +1,23 @@
+;; 10^6 enqueues of 1 KiB into the filter's own queue: the item and byte quotas refuse them.
+(module
+  (import "env" "proxy_register_shared_queue" (func $proxy_register_shared_queue (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_enqueue_shared_queue" (func $proxy_enqueue_shared_queue (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 16) "k")
+  (data (i32.const 20) "v")
+  (global $bump (mut i32) (i32.const 32768))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $proxy_register_shared_queue (i32.const 16) (i32.const 1) (i32.const 1024)))
+    (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (local $i i32)
+    (loop $l
+      (drop (call $proxy_enqueue_shared_queue (i32.load (i32.const 1024)) (i32.const 65536) (i32.const 1024)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 1000000))))
+    (i32.const 0)))

@@ -1,0 +1,29 @@
+;; Shared-data values just under the value quota (1 000 000 bytes) under distinct keys: the
+;; total-bytes quota (64 MiB) refuses them. The record then prints all that is kept.
+(module
+  (import "env" "proxy_set_shared_data" (func $proxy_set_shared_data (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 130)
+  (data (i32.const 16) "k")
+  (data (i32.const 20) "v")
+  (global $bump (mut i32) (i32.const 32768))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+    (local.get $p))
+  ;; $name writes 8 letters spelling $i at 2048: a distinct name per iteration.
+  (func $name (param $i i32) (local $k i32)
+    (loop $l
+      (i32.store8 (i32.add (i32.const 2048) (local.get $k))
+        (i32.add (i32.const 97) (i32.and (i32.shr_u (local.get $i) (i32.shl (local.get $k) (i32.const 2))) (i32.const 15))))
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $k) (i32.const 8)))))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (local $i i32)
+    (memory.fill (i32.const 65536) (i32.const 97) (i32.const 8388608))
+    (loop $l
+      (call $name (local.get $i))
+      (drop (call $proxy_set_shared_data (i32.const 2048) (i32.const 8) (i32.const 65536) (i32.const 1000000) (i32.const 0)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 100000))))
+    (i32.const 0)))

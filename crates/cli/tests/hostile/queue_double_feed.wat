@@ -1,0 +1,22 @@
+;; proxy_on_queue_ready puts two items into its own queue on every delivery and takes none:
+;; one round per event ends the run, and the queue's item quota (16 here) bounds the queue.
+(module
+  (import "env" "proxy_register_shared_queue" (func $register (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_enqueue_shared_queue" (func $enqueue (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "q")
+  (data (i32.const 24) "item")
+  (global $bump (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $register (i32.const 16) (i32.const 1) (i32.const 1024)))
+    (i32.const 1))
+  (func (export "proxy_on_queue_ready") (param i32 i32)
+    (drop (call $enqueue (local.get 1) (i32.const 24) (i32.const 4)))
+    (drop (call $enqueue (local.get 1) (i32.const 24) (i32.const 4))))
+  (func (export "proxy_on_tick") (param i32)))

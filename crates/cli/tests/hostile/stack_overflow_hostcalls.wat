@@ -1,0 +1,20 @@
+;; Unbounded recursion with a host call in every frame: a stack_overflow trap, on the wasm
+;; stack, whatever the engine keeps on its native stack per host call.
+(module
+  (import "env" "proxy_get_log_level" (func $proxy_get_log_level (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "k")
+  (data (i32.const 20) "v")
+  (global $bump (mut i32) (i32.const 32768))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func $recurse (param $d i32)
+    (drop (call $proxy_get_log_level (i32.const 1024)))
+    (call $recurse (i32.add (local.get $d) (i32.const 1))))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (local $i i32)
+    (call $recurse (i32.const 0))
+    (i32.const 0)))

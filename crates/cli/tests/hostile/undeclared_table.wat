@@ -1,0 +1,15 @@
+;; call_indirect through table 0, which the module never declares: invalid, so refused at
+;; load with the same verdict on every engine (V8 once picked up a table its own rewrite added).
+(module
+  (type $v (func))
+  (memory (export "memory") 1)
+  (global $bump (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call_indirect (type $v) (i32.const 0))
+    (i32.const 0)))
