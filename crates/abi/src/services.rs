@@ -224,24 +224,38 @@ impl Clock for ManualClock {
 // Properties
 
 /// Host properties beyond those wasmux derives itself (plugin names, request and response
-/// attributes from the stream's headers). Paths are segments, e.g. `["source", "address"]`.
+/// attributes from the stream's headers). Paths are segments, e.g. `["source", "address"]`;
+/// a segment may hold dots (`["metadata", "filter_metadata", "envoy.filters.http.lua"]`).
 pub trait Properties: Send + Sync + fmt::Debug {
     /// The encoded value at `path`, if the host knows it.
     fn get(&self, path: &[&[u8]]) -> Option<Vec<u8>>;
+
+    /// Whether the embedder makes the lookup of `path` fail outright, even for a property
+    /// wasmux would derive itself (to test a filter's error path).
+    fn hidden(&self, _path: &[&[u8]]) -> bool {
+        false
+    }
 }
 
 /// A fixed map of properties set by the embedder (e.g. `source.address`, `xds.cluster_name`).
 #[derive(Debug, Default)]
 pub struct StaticProperties {
-    values: RwLock<BTreeMap<Vec<Vec<u8>>, Vec<u8>>>,
+    /// `None`: the property is hidden.
+    values: RwLock<BTreeMap<Vec<Vec<u8>>, Option<Vec<u8>>>>,
 }
 
 impl StaticProperties {
     /// Sets the value at a dotted path such as `source.address`. Values are encoded as Envoy
-    /// does: strings raw, integers 8 bytes little-endian (use [`encode_int`]).
+    /// does: strings raw, integers 8 bytes little-endian (use [`encode_int`]), maps in the
+    /// pairs format ([`crate::pairs::encode`]).
     pub fn insert(&self, dotted: &str, value: impl Into<Vec<u8>>) {
-        let path = dotted.split('.').map(|s| s.as_bytes().to_vec()).collect();
-        self.values.write().unwrap_or_else(PoisonError::into_inner).insert(path, value.into());
+        self.insert_path(dotted.split('.').map(|s| s.as_bytes().to_vec()).collect(), Some(value.into()));
+    }
+
+    /// Sets the value at a path given as segments (which may hold dots); `None` hides the
+    /// property: its lookup fails, even for one wasmux derives.
+    pub fn insert_path(&self, path: Vec<Vec<u8>>, value: Option<Vec<u8>>) {
+        self.values.write().unwrap_or_else(PoisonError::into_inner).insert(path, value);
     }
 }
 
@@ -250,19 +264,30 @@ pub fn encode_int(v: i64) -> Vec<u8> {
     v.to_le_bytes().to_vec()
 }
 
-impl Properties for StaticProperties {
-    fn get(&self, path: &[&[u8]]) -> Option<Vec<u8>> {
+impl StaticProperties {
+    /// The entry at `path`: `Some(None)` for a hidden property.
+    fn entry(&self, path: &[&[u8]]) -> Option<Option<Vec<u8>>> {
         let values = self.values.read().unwrap_or_else(PoisonError::into_inner);
         let key: Vec<Vec<u8>> = path.iter().map(|s| s.to_vec()).collect();
         if let Some(v) = values.get(&key) {
             return Some(v.clone());
         }
         // A single dotted segment (`request.path` passed as one segment) is accepted too.
-        if path.len() == 1 {
-            let split: Vec<Vec<u8>> = path[0].split(|b| *b == b'.').map(<[u8]>::to_vec).collect();
+        if let [one] = path {
+            let split: Vec<Vec<u8>> = one.split(|b| *b == b'.').map(<[u8]>::to_vec).collect();
             return values.get(&split).cloned();
         }
         None
+    }
+}
+
+impl Properties for StaticProperties {
+    fn get(&self, path: &[&[u8]]) -> Option<Vec<u8>> {
+        self.entry(path).flatten()
+    }
+
+    fn hidden(&self, path: &[&[u8]]) -> bool {
+        matches!(self.entry(path), Some(None))
     }
 }
 

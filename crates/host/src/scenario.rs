@@ -157,14 +157,101 @@ pub struct Scenario {
     /// The fixed wall clock in nanoseconds (default 1 700 000 000 s after the epoch); moved by
     /// `advance_clock` events.
     pub clock_ns: Option<u64>,
-    /// Host properties by dotted name, e.g. `"source.address": "10.0.0.1:5000"`.
-    pub properties: BTreeMap<String, Bytes>,
+    /// Host properties: by dotted name (`{"source.address": "10.0.0.1:5000"}`), or as a list
+    /// of `{"path": [segments], "value": ...}` for segments that hold dots. A value is bytes, a
+    /// JSON object (served as the serialized map Envoy returns for a map or struct), or `null`
+    /// (the lookup fails, even for a property wasmux derives itself).
+    pub properties: PropertiesSpec,
+    /// Shared data of the scenario's VM id before the plugin starts: key → value.
+    pub shared_data: BTreeMap<String, Bytes>,
     /// Upstreams callouts may target; absent means any.
     pub upstreams: Option<Vec<String>>,
     /// Limits.
     pub limits: ScenarioLimits,
     /// The events, in order.
     pub events: Vec<Event>,
+}
+
+/// A host property's value in a scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PropertyValue {
+    /// `null`: the lookup fails.
+    Hidden(()),
+    /// UTF-8 text.
+    Text(String),
+    /// Bytes as hex.
+    Hex {
+        /// Hex digits.
+        hex: String,
+    },
+    /// A map or struct, served in the pairs format; nested values are serialized the same way.
+    Map(BTreeMap<String, PropertyValue>),
+}
+
+impl PropertyValue {
+    /// The encoded value; `None` for a hidden property.
+    ///
+    /// # Errors
+    /// Invalid hex, or a hidden value inside a map.
+    pub fn encode(&self) -> Result<Option<Vec<u8>>, String> {
+        Ok(match self {
+            Self::Hidden(()) => None,
+            Self::Text(t) => Some(t.as_bytes().to_vec()),
+            Self::Hex { hex } => Some(Bytes::Hex { hex: hex.clone() }.to_vec()?),
+            Self::Map(m) => {
+                let mut pairs = Vec::with_capacity(m.len());
+                for (k, v) in m {
+                    let v = v.encode()?.ok_or_else(|| format!("`null` inside the map value at `{k}`"))?;
+                    pairs.push((k.as_bytes().to_vec(), v));
+                }
+                Some(wasmux_abi::pairs::encode(&pairs))
+            }
+        })
+    }
+}
+
+/// One property given by its path segments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathProperty {
+    /// The segments, as the SDKs send them (joined by NUL bytes on the wire).
+    pub path: Vec<String>,
+    /// The value.
+    pub value: PropertyValue,
+}
+
+/// The properties of a scenario: by dotted name, or by path segments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PropertiesSpec {
+    /// `{"source.address": "10.0.0.1:5000"}`: names split at every dot.
+    Dotted(BTreeMap<String, PropertyValue>),
+    /// `[{"path": ["metadata", "filter_metadata", "envoy.filters.http.lua"], "value": ...}]`.
+    Paths(Vec<PathProperty>),
+}
+
+impl Default for PropertiesSpec {
+    fn default() -> Self {
+        Self::Dotted(BTreeMap::new())
+    }
+}
+
+impl PropertiesSpec {
+    /// Every property as path segments and encoded value (`None`: hidden).
+    ///
+    /// # Errors
+    /// An invalid value.
+    pub fn entries(&self) -> Result<Vec<(Vec<Vec<u8>>, Option<Vec<u8>>)>, String> {
+        let split = |dotted: &str| dotted.split('.').map(|s| s.as_bytes().to_vec()).collect();
+        match self {
+            Self::Dotted(m) => m.iter().map(|(k, v)| Ok((split(k), v.encode()?))).collect(),
+            Self::Paths(list) => list
+                .iter()
+                .map(|p| Ok((p.path.iter().map(|s| s.as_bytes().to_vec()).collect(), p.value.encode()?)))
+                .collect(),
+        }
+    }
 }
 
 /// One scenario event. Streams are named by the scenario; callouts are numbered in dispatch
@@ -430,8 +517,8 @@ pub fn run(runtime: Runtime, wasm: &[u8], scenario: &Scenario) -> Result<Value, 
     callouts.set_upstreams(scenario.upstreams.clone());
     let clock = Arc::new(ManualClock::new(scenario.clock_ns.unwrap_or(1_700_000_000_000_000_000)));
     let props = Arc::new(StaticProperties::default());
-    for (k, v) in &scenario.properties {
-        props.insert(k, v.to_vec().map_err(invalid)?);
+    for (path, value) in scenario.properties.entries().map_err(invalid)? {
+        props.insert_path(path, value);
     }
     let services = Services {
         log: log.clone(),
@@ -459,6 +546,13 @@ pub fn run(runtime: Runtime, wasm: &[u8], scenario: &Scenario) -> Result<Value, 
             .max_callout_timeout_ms
             .map_or(wasmux_abi::VmEnv::DEFAULT_MAX_CALLOUT_TIMEOUT, Duration::from_millis),
     };
+    for (k, v) in &scenario.shared_data {
+        let value = v.to_vec().map_err(invalid)?;
+        let quotas = &options.limits.quotas;
+        if let Err(e) = options.services.shared_data.set(&options.vm_id, k.as_bytes(), &value, 0, quotas) {
+            return Err(invalid(format!("initial shared data `{k}`: {e:?}")));
+        }
+    }
     let compiled = runtime.load(wasm, options)?;
     let abi = compiled.info().abi;
     let mut out = json!({ "engine": runtime.name(), "abi_version": abi.as_str() });

@@ -1,9 +1,10 @@
 //! Properties: `proxy_get_property`, `proxy_set_property`.
 //!
 //! Paths are segments joined by NUL bytes. Lookup order: values the filter set on the effective
-//! context (then on its root context), values wasmux derives itself (`plugin_*`, request and
-//! response attributes from the stream's headers), then the embedder's
-//! [`Properties`](crate::services::Properties) service. Encodings follow Envoy: strings raw,
+//! context (then on its root context); nothing when the embedder hides the path
+//! ([`Properties::hidden`](crate::services::Properties::hidden)); values wasmux derives itself
+//! (`plugin_*`, request and response attributes from the stream's headers); then the
+//! embedder's [`Properties`](crate::services::Properties) service. Encodings follow Envoy: strings raw,
 //! integers 8 bytes little-endian, maps in the pairs format.
 
 use crate::guest::{HostResult, copy_out, read_bytes};
@@ -85,6 +86,9 @@ fn lookup(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
     };
     if let Some(v) = overlay.or_else(|| root.properties.get(raw)) {
         return Some(v.clone());
+    }
+    if state.env.services.properties.hidden(&segs) {
+        return None;
     }
     let derived = match (segs.as_slice(), &ctx.kind) {
         ([b"plugin_name"], _) => Some(root.plugin.name.as_bytes().to_vec()),
