@@ -87,6 +87,17 @@ struct wx_memory {
   uint32_t initial;  // pages
   uint32_t maximum;  // pages
 };
+
+// Exports the module rewrite (src/rewrite.rs) added; an empty name means absent.
+struct wx_hooks {
+  const uint8_t* grow_table;  // table whose entry 0 receives the memory growth hook
+  size_t grow_table_len;
+  const uint8_t* table_limit;  // mutable i32 global that receives `table_limit_value`
+  size_t table_limit_len;
+  uint32_t table_limit_value;
+  const uint8_t* start;  // the module's start function, called last
+  size_t start_len;
+};
 }
 
 namespace {
@@ -494,11 +505,12 @@ struct Compiler {
   v8::Global<v8::Context> context;
 };
 
-v8::Isolate* NewIsolate() {
+// `max_heap`: the JS heap limit. It holds wrappers (functions, the instance, errors) and the
+// wasm tables; the caller sizes it for the tables its limits allow.
+v8::Isolate* NewIsolate(size_t max_heap) {
   v8::Isolate::CreateParams params;
   params.array_buffer_allocator = g_allocator;
-  // The JS heap holds only wrappers (functions, the instance, errors): keep it small.
-  params.constraints.ConfigureDefaultsFromHeapSize(0, 64 * 1024 * 1024);
+  params.constraints.ConfigureDefaultsFromHeapSize(0, max_heap);
   v8::Isolate* isolate = v8::Isolate::New(params);
   isolate->SetMicrotasksPolicy(v8::MicrotasksPolicy::kExplicit);
   isolate->SetCaptureStackTraceForUncaughtExceptions(true, 32, v8::StackTrace::kFunctionName);
@@ -516,6 +528,14 @@ int32_t wasmux_v8_init(wx_host_fn host) noexcept {
   try {
     std::call_once(g_init_once, [host] {
       g_host = host;
+      // With dynamic tiering (the default in V8 10.2), Liftoff code checks for interrupts
+      // at loop back-edges only when the function's tiering budget runs out, which takes a
+      // budget of about 1.8 million bytes of executed loop code: a loop whose iterations are
+      // cheap in wasm but slow elsewhere (host calls, bulk memory operations) ignored
+      // TerminateExecution for seconds or minutes. Without it, Liftoff puts a stack check,
+      // which handles interrupts, in every loop header (as TurboFan code always does), and
+      // V8 tiers every function up to TurboFan in the background after compiling it.
+      v8::V8::SetFlagsFromString("--no-wasm-dynamic-tiering");
       // No WebAssembly trap handler (V8::EnableWebAssemblyTrapHandler): V8 then emits explicit
       // bounds checks instead of installing a SIGSEGV handler that would fight the ones of
       // other engines in the same process.
@@ -535,7 +555,7 @@ const char* wasmux_v8_version() noexcept { return v8::V8::GetVersion(); }
 Compiler* wasmux_v8_compiler_new() noexcept {
   try {
     auto compiler = std::make_unique<Compiler>();
-    compiler->isolate = NewIsolate();
+    compiler->isolate = NewIsolate(64 * 1024 * 1024);
     {
       v8::Isolate::Scope is(compiler->isolate);
       v8::HandleScope hs(compiler->isolate);
@@ -582,13 +602,13 @@ int32_t wasmux_v8_compile(Compiler* compiler, const uint8_t* bytes, size_t len,
 void wasmux_v8_module_free(v8::CompiledWasmModule* module) noexcept { delete module; }
 
 // Creates an instance's isolate and context; `wasmux_v8_instance_link` instantiates.
-int32_t wasmux_v8_instance_new(void* state, size_t max_stack, Handle** out,
+int32_t wasmux_v8_instance_new(void* state, size_t max_stack, size_t max_heap, Handle** out,
                                v8::Isolate** isolate_out) noexcept {
   try {
     auto in = std::make_shared<Instance>();
     in->state = state;
     in->max_stack = max_stack;
-    in->isolate = NewIsolate();
+    in->isolate = NewIsolate(max_heap);
     in->isolate->SetData(kInstanceSlot, in.get());
     {
       v8::Isolate::Scope is(in->isolate);
@@ -615,8 +635,7 @@ int32_t wasmux_v8_instance_link(Handle* handle, const v8::CompiledWasmModule* mo
                                 const wx_import* imports, size_t n_imports,
                                 const uint8_t* mem_module, size_t mem_module_len,
                                 const uint8_t* mem_name, size_t mem_name_len, wx_memory memory,
-                                const uint8_t* hook, size_t hook_len, void* sink_ctx,
-                                wx_sink_fn sink_fn) noexcept {
+                                wx_hooks hooks, void* sink_ctx, wx_sink_fn sink_fn) noexcept {
   try {
     Sink sink{sink_ctx, sink_fn};
     Entry entry;
@@ -718,7 +737,7 @@ int32_t wasmux_v8_instance_link(Handle* handle, const v8::CompiledWasmModule* mo
     in->exports.Reset(isolate, exports.As<v8::Object>());
 
     // The growth hook: wrap the callback as a wasm function and store it in the hook table.
-    if (hook_len > 0) {
+    if (hooks.grow_table_len > 0) {
       v8::Local<v8::WasmModuleObject> wrapper;
       v8::Local<v8::Function> callback;
       v8::Local<v8::Object> wrapper_imports = v8::Object::New(isolate);
@@ -741,7 +760,9 @@ int32_t wasmux_v8_instance_link(Handle* handle, const v8::CompiledWasmModule* mo
           !wrapper_instance->Get(context, Str(isolate, "exports")).ToLocal(&wrapper_exports) ||
           !wrapper_exports->IsObject() ||
           !wrapper_exports.As<v8::Object>()->Get(context, Str(isolate, "n")).ToLocal(&wrapped) ||
-          !exports.As<v8::Object>()->Get(context, Str(isolate, hook, hook_len)).ToLocal(&table) ||
+          !exports.As<v8::Object>()
+               ->Get(context, Str(isolate, hooks.grow_table, hooks.grow_table_len))
+               .ToLocal(&table) ||
           !table->IsObject() ||
           !table.As<v8::Object>()->Get(context, Str(isolate, "set")).ToLocal(&set) ||
           !set->IsFunction()) {
@@ -752,10 +773,39 @@ int32_t wasmux_v8_instance_link(Handle* handle, const v8::CompiledWasmModule* mo
         return Failure(isolate, context, tc, sink);
       }
     }
+    // The table budget: the global starts at 0 (no growth) until set here.
+    if (hooks.table_limit_len > 0) {
+      v8::Local<v8::Value> global;
+      // A WebAssembly.Global's `value` setter converts the number (ToInt32 keeps the low 32
+      // bits, which the wasm side reads as unsigned); no JS of anyone else's runs.
+      if (!exports.As<v8::Object>()
+               ->Get(context, Str(isolate, hooks.table_limit, hooks.table_limit_len))
+               .ToLocal(&global) ||
+          !global->IsObject() ||
+          !global.As<v8::Object>()
+               ->Set(context, Str(isolate, "value"),
+                     v8::Number::New(isolate, static_cast<double>(hooks.table_limit_value)))
+               .FromMaybe(false)) {
+        return Failure(isolate, context, tc, sink);
+      }
+    }
     v8::Local<v8::Value> mem;
     if (exports.As<v8::Object>()->Get(context, Str(isolate, "memory")).ToLocal(&mem) &&
         mem->IsWasmMemoryObject()) {
       in->memory.Reset(isolate, mem.As<v8::WasmMemoryObject>());
+    }
+    // The start function, deferred by the rewrite until the hooks above are in place.
+    if (hooks.start_len > 0) {
+      v8::Local<v8::Value> start;
+      if (!exports.As<v8::Object>()
+               ->Get(context, Str(isolate, hooks.start, hooks.start_len))
+               .ToLocal(&start) ||
+          !start->IsFunction()) {
+        return Failure(isolate, context, tc, sink);
+      }
+      if (start.As<v8::Function>()->Call(context, v8::Undefined(isolate), 0, nullptr).IsEmpty()) {
+        return Failure(isolate, context, tc, sink);
+      }
     }
     return kOk;
   } catch (...) {

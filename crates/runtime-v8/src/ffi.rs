@@ -88,6 +88,20 @@ pub(crate) struct MemorySpec {
     pub(crate) maximum: u32,
 }
 
+/// The names (empty when absent) the rewrite gave to the hooks the bridge installs at
+/// instantiation (`wx_hooks`, see [`crate::rewrite`]), and the table budget.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HookSpec {
+    pub(crate) grow_table: *const u8,
+    pub(crate) grow_table_len: usize,
+    pub(crate) table_limit: *const u8,
+    pub(crate) table_limit_len: usize,
+    pub(crate) table_limit_value: u32,
+    pub(crate) start: *const u8,
+    pub(crate) start_len: usize,
+}
+
 unsafe extern "C" {
     pub(crate) fn wasmux_v8_init(host: HostFn) -> i32;
     pub(crate) fn wasmux_v8_version() -> *const c_char;
@@ -105,6 +119,7 @@ unsafe extern "C" {
     pub(crate) fn wasmux_v8_instance_new(
         state: *mut c_void,
         max_stack: usize,
+        max_heap: usize,
         out: *mut *mut RawInstance,
         isolate: *mut *mut RawIsolate,
     ) -> i32;
@@ -119,8 +134,7 @@ unsafe extern "C" {
         mem_name: *const u8,
         mem_name_len: usize,
         memory: MemorySpec,
-        hook: *const u8,
-        hook_len: usize,
+        hooks: HookSpec,
         sink_ctx: *mut c_void,
         sink: SinkFn,
     ) -> i32;

@@ -46,6 +46,18 @@ pub(crate) unsafe extern "C" fn host_call(
         }
         return 0;
     }
+    // A call past its deadline runs no more host functions. V8 stops the guest at its next
+    // loop header or function entry; this stops it at its next host call too, which is sooner
+    // when the guest spends its time in the host. One atomic load.
+    // SAFETY: no reference into the state is alive (guaranteed by the caller); this one ends
+    // with the block.
+    unsafe {
+        let s = &mut *state;
+        if s.watch.requested() {
+            s.pending = Some(s.watch.trap());
+            return 1;
+        }
+    }
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let Some(func) = HOST_FUNCS.get(func as usize) else {
             return Err(error::engine_msg(format!("unknown host function {func}")));
@@ -56,13 +68,6 @@ pub(crate) unsafe extern "C" fn host_call(
             // SAFETY: the bridge passes `nargs` initialized words (guaranteed by the caller).
             unsafe { std::slice::from_raw_parts(args, nargs as usize) }
         };
-        // SAFETY: no reference into the state is alive (guaranteed by the caller); this one
-        // ends with the block. Guest code ran since the memory view was last read: unless the
-        // growth hook tracks every change, memory may have moved.
-        unsafe {
-            let s = &mut *state;
-            s.memory.fresh &= s.memory.tracked;
-        }
         func.invoke(&mut Cx { state }, args)
     }));
     let outcome = outcome.unwrap_or_else(|_| Err(error::engine_msg("a host function panicked")));

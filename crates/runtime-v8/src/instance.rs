@@ -10,7 +10,7 @@ use wasmux_abi::{Error, ExternType, FuncRef, HostState, Limits, OutOfBounds, Res
 use crate::error::{self, engine_msg};
 use crate::ffi::{self, IsolatePtr, MAX_VALUES, MemorySpec, OK, RawInstance, Report, TERMINATED};
 use crate::module::ModuleData;
-use crate::rewrite::{HOOK_TABLE, MEMORY_MODULE, MEMORY_NAME};
+use crate::rewrite::{HOOK_TABLE, MEMORY_MODULE, MEMORY_NAME, START, TABLE_LIMIT};
 use crate::watch::Watch;
 use crate::{ENGINE_NAME, Shared};
 
@@ -27,14 +27,13 @@ pub(crate) struct ExportFunc {
 }
 
 /// Where linear memory was when last read. Growing memory changes its size and can move it,
-/// so the view goes stale (`fresh == false`) whenever memory may have grown, and is read again
-/// on first use: after each growth when the growth hook tracks every `memory.grow` of the
-/// module (`tracked`), after any guest code otherwise.
+/// so the view goes stale (`fresh == false`) when the growth hook reports a `memory.grow`
+/// (every one of the module's goes through it, see [`crate::rewrite`]), and is read again on
+/// first use.
 pub(crate) struct MemoryView {
     base: *mut u8,
     len: usize,
     pub(crate) fresh: bool,
-    pub(crate) tracked: bool,
 }
 
 /// Everything the Rust side keeps per instance. Lives in a `Box` whose pointer the bridge
@@ -47,15 +46,12 @@ pub(crate) struct State {
     pub(crate) memory: MemoryView,
     /// The error of a failed host function, which ends the current call.
     pub(crate) pending: Option<Error>,
-    watch: Arc<Watch>,
+    pub(crate) watch: Arc<Watch>,
     /// The instance's memory limit in bytes.
     pub(crate) max_memory: u64,
     /// Whether growth beyond the limit was refused during the current top-level call (reported
     /// by the growth hook).
     pub(crate) memory_denied: bool,
-    /// Without the growth hook: the limit in pages when it is below what the module declares,
-    /// so that a trap with memory at the limit can be attributed to it.
-    limit_pages: Option<u32>,
 }
 
 /// A [`WasmInstance`] on V8: one isolate and context, kept by the bridge.
@@ -89,9 +85,14 @@ impl V8Instance {
         limits: &Limits,
     ) -> Result<Self> {
         let linked = module.linked.as_ref().map_err(|reason| engine_msg(format!("cannot link module: {reason}")))?;
+        if module.table_elements > limits.max_table_elements {
+            return Err(engine_msg(format!(
+                "cannot instantiate: the module's tables start with {} elements, over the limit of {}",
+                module.table_elements, limits.max_table_elements
+            )));
+        }
         let limit = u32::try_from(limits.max_memory_bytes / PAGE).unwrap_or(u32::MAX).min(MAX_PAGES);
         let mut memory = MemorySpec::default();
-        let mut limit_pages = None;
         if let Some(decl) = module.memory {
             if decl.initial > limit {
                 return Err(engine_msg(format!(
@@ -100,15 +101,7 @@ impl V8Instance {
                 )));
             }
             let declared = decl.maximum.unwrap_or(MAX_PAGES).min(MAX_PAGES);
-            if decl.provided {
-                memory = MemorySpec { present: 1, initial: decl.initial, maximum: declared.min(limit) };
-                limit_pages = (limit < declared).then_some(limit);
-            } else if declared > limit {
-                return Err(engine_msg(
-                    "cannot instantiate: the memory limit cannot be enforced on a shared or 64-bit memory \
-                     whose declared maximum exceeds it",
-                ));
-            }
+            memory = MemorySpec { present: 1, initial: decl.initial, maximum: declared.min(limit) };
         }
 
         let watch = shared.watchdog.watch(limits.callback_deadline);
@@ -116,13 +109,11 @@ impl V8Instance {
             host,
             raw: std::ptr::null_mut(),
             funcs: Vec::new(),
-            // Growth during start-up is not reported (the hook is installed afterwards).
-            memory: MemoryView { base: std::ptr::null_mut(), len: 0, fresh: false, tracked: false },
+            memory: MemoryView { base: std::ptr::null_mut(), len: 0, fresh: false },
             pending: None,
             watch: watch.clone(),
             max_memory: limits.max_memory_bytes,
             memory_denied: false,
-            limit_pages: limit_pages.filter(|_| !module.grow_hook),
         });
         let state = NonNull::from(Box::leak(state));
         let mut raw = std::ptr::null_mut();
@@ -131,7 +122,13 @@ impl V8Instance {
         // state pointer stays valid until the instance is dropped, after which the bridge
         // never calls back (no call can run without the instance).
         let status = unsafe {
-            ffi::wasmux_v8_instance_new(state.as_ptr().cast(), limits.max_stack_bytes, &mut raw, &mut isolate)
+            ffi::wasmux_v8_instance_new(
+                state.as_ptr().cast(),
+                limits.max_stack_bytes,
+                heap_limit(limits, module),
+                &mut raw,
+                &mut isolate,
+            )
         };
         let (Some(raw), Some(isolate), OK) = (NonNull::new(raw), NonNull::new(isolate), status) else {
             // SAFETY: the state came from `Box::leak` above and nothing else refers to it.
@@ -158,9 +155,21 @@ impl V8Instance {
                 n_results: i.results.len() as u32,
             })
             .collect();
-        let hook = if module.grow_hook && memory.present != 0 { HOOK_TABLE } else { "" };
+        let name = |present: bool, name: &'static str| if present { name } else { "" };
+        let (hook, table_limit, start) =
+            (name(module.grow_hook, HOOK_TABLE), name(module.table_limit, TABLE_LIMIT), name(module.start, START));
+        let hooks = ffi::HookSpec {
+            grow_table: hook.as_ptr(),
+            grow_table_len: hook.len(),
+            table_limit: table_limit.as_ptr(),
+            table_limit_len: table_limit.len(),
+            table_limit_value: u32::try_from(limits.max_table_elements).unwrap_or(u32::MAX),
+            start: start.as_ptr(),
+            start_len: start.len(),
+        };
         let mut report = Report::default();
-        // Start-up (a start function) runs under the callback deadline too.
+        // Start-up (the start function, which the bridge runs once the hooks are in place) runs
+        // under the callback deadline too.
         instance.watch.start();
         // SAFETY: the instance and module are alive; `imports` and the strings it points to
         // outlive the call; the report is writable. Host functions may run (a start function)
@@ -176,8 +185,7 @@ impl V8Instance {
                 MEMORY_NAME.as_ptr(),
                 MEMORY_NAME.len(),
                 memory,
-                hook.as_ptr(),
-                hook.len(),
+                hooks,
                 report.as_sink(),
                 ffi::report_sink,
             )
@@ -191,8 +199,7 @@ impl V8Instance {
         match status {
             OK => {
                 // SAFETY: as above.
-                let view = unsafe { &mut (*state.as_ptr()).memory };
-                *view = MemoryView { fresh: false, tracked: module.grow_tracked, ..*view };
+                unsafe { (*state.as_ptr()).memory.fresh = false };
                 Ok(instance)
             }
             TERMINATED => Err(instance.watch.trap()),
@@ -315,28 +322,19 @@ pub(crate) unsafe fn call(state: *mut State, func: FuncRef, args: &[u64]) -> Res
     let status = unsafe {
         ffi::wasmux_v8_call(raw, func.0, args.as_ptr(), args.len() as u32, &mut out, report.as_sink(), ffi::report_sink)
     };
-    {
-        // SAFETY: the bridge call is over; guaranteed by the caller otherwise.
-        let s = unsafe { &mut *state };
-        s.memory.fresh &= s.memory.tracked;
-        if let Some(e) = s.pending.take() {
-            return Err(e);
-        }
-        match status {
-            OK => return Ok(has_result.then_some(out)),
-            TERMINATED => return Err(s.watch.trap()),
-            _ => {}
-        }
+    // SAFETY: the bridge call is over; guaranteed by the caller otherwise.
+    let s = unsafe { &mut *state };
+    if let Some(e) = s.pending.take() {
+        return Err(e);
     }
-    // SAFETY: as above; the borrow ends with the statement.
-    let denied = unsafe { (*state).memory_denied } || {
-        // SAFETY: as above.
-        unsafe { at_memory_limit(state) }
-    };
-    Err(error::from_call(status, &report, denied))
+    match status {
+        OK => Ok(has_result.then_some(out)),
+        TERMINATED => Err(s.watch.trap()),
+        _ => Err(error::from_call(status, &report, s.memory_denied)),
+    }
 }
 
-/// Reads the memory view again if guest code ran since it was read.
+/// Reads the memory view again if memory grew since it was read.
 ///
 /// # Safety
 /// As for [`call`].
@@ -348,9 +346,9 @@ unsafe fn view(state: *mut State) -> (*mut u8, usize) {
         let (mut base, mut len) = (std::ptr::null_mut(), 0usize);
         // SAFETY: the instance is alive; the out pointers are writable.
         if unsafe { ffi::wasmux_v8_memory(s.raw, &mut base, &mut len) } == OK {
-            s.memory = MemoryView { base, len, fresh: true, ..s.memory };
+            s.memory = MemoryView { base, len, fresh: true };
         } else {
-            s.memory = MemoryView { base: std::ptr::null_mut(), len: 0, fresh: false, ..s.memory };
+            s.memory = MemoryView { base: std::ptr::null_mut(), len: 0, fresh: false };
         }
     }
     (s.memory.base, s.memory.len)
@@ -408,15 +406,20 @@ pub(crate) unsafe fn write(state: *mut State, ptr: u64, data: &[u8]) -> Result<(
     Ok(())
 }
 
-/// Without the growth hook: whether linear memory has reached the instance's limit (below the
-/// module's own maximum).
-///
-/// # Safety
-/// As for [`call`].
-unsafe fn at_memory_limit(state: *mut State) -> bool {
-    // SAFETY: guaranteed by the caller; the borrow ends with the statement.
-    let Some(limit) = (unsafe { (*state).limit_pages }) else { return false };
-    // SAFETY: guaranteed by the caller.
-    let len = unsafe { view(state) }.1 as u64;
-    len >= u64::from(limit) * PAGE
+/// The JS heap an instance's isolate may use. V8 answers an exhausted heap by aborting the
+/// process, so the limit leaves room for everything a guest within its limits can make V8 keep
+/// there: a base for the wrappers (the instance, its exports and imports, errors), the
+/// tables the limits allow (about 30 bytes per element in V8 10.2, counting the dispatch table
+/// and the copy made when a table grows), and an object per function, import, export and
+/// global (a function reference, made by `ref.func` or `table.get`, takes about 300 bytes).
+/// It is a limit, not a reservation: the heap grows only as far as the guest makes it.
+fn heap_limit(limits: &Limits, module: &ModuleData) -> usize {
+    const BASE: u64 = 64 << 20;
+    const PER_ELEMENT: u64 = 64;
+    const PER_ITEM: u64 = 512;
+    // V8 wants the sizes it derives from this aligned to its pages.
+    const ALIGN: u64 = 16 << 20;
+    let tables = limits.max_table_elements.min(wasmux_abi::validate::MAX_TABLE_ELEMENTS);
+    let items = module.heap_items.min(16 << 20);
+    usize::try_from((BASE + tables * PER_ELEMENT + items * PER_ITEM).next_multiple_of(ALIGN)).unwrap_or(usize::MAX)
 }

@@ -14,11 +14,11 @@
 //!
 //! # Design
 //!
-//! - **The bridge.** About 800 lines of C++ behind a C ABI: compile, instantiate, resolve an
+//! - **The bridge.** About 900 lines of C++ behind a C ABI: compile, instantiate, resolve an
 //!   export, call, read the memory base, terminate. No C++ exception crosses it (every entry
 //!   point is `noexcept` and catches), no Rust panic crosses it (the host trampoline catches
 //!   them), and Rust never holds a V8 handle. Error details come back through a callback that
-//!   fills a [`Report`](ffi::Report), so no allocation crosses either.
+//!   fills a `Report`, so no allocation crosses either.
 //! - **Compile once, instantiate anywhere.** The engine owns one compile isolate (behind a
 //!   mutex). A module keeps V8's `CompiledWasmModule`, which any isolate can instantiate with
 //!   `WasmModuleObject::FromCompiledModule`: per-worker instances share the compiled code.
@@ -45,32 +45,57 @@
 //!   the bridge hands back to the host trampoline; there are no thread-locals on the Rust side.
 //!   Host functions are `FunctionTemplate` callbacks, one per import of the module (each
 //!   resolved against the table at compile time); they convert the arguments to raw `u64`
-//!   words and call [`imports::host_call`].
+//!   words and call `imports::host_call`.
+//! - **Validation, then a rewrite.** Every module first goes through
+//!   [`wasmux_abi::validate()`] on its original bytes, so V8 and the rewrite only ever see modules
+//!   wasmux accepts (a module using a table or global it never declares is refused there, and
+//!   cannot pick up one the rewrite appends). The rewrite (see `rewrite.rs`) then adds what V8
+//!   lacks for per-instance limits, appending everything so that no index of the module
+//!   changes; a valid module it cannot handle is refused rather than run without limits.
 //! - **Memory.** Linear memory is read through the exported `WebAssembly.Memory`'s backing
 //!   store. Growing memory changes its size and can move it, so the view is read again after
-//!   each growth: the module rewrite (see `rewrite.rs`) routes every `memory.grow` through an
-//!   appended function that reports to the host, so a host call does not re-read the view
-//!   unless memory grew. Modules the rewrite cannot scan re-read it after any guest code.
+//!   each growth: the rewrite routes every `memory.grow` through an appended function that
+//!   reports to the host, so a host call does not re-read the view unless memory grew.
 //! - **Memory limit.** `--wasm_max_mem_pages` is process-wide, so the limit is enforced per
 //!   instance another way: the module's memory definition is rewritten into an import of the
-//!   same type before compiling, and each instance provides a `WebAssembly.Memory` whose
-//!   maximum is the smaller of the declared maximum and the instance's limit. V8 itself refuses
-//!   growth beyond it (`memory.grow` returns -1), which holds whatever the guest does. The
-//!   growth hook also reports refusals, so a trap after growth past the limit was refused in
-//!   the same call is [`TrapKind::MemoryLimit`](wasmux_abi::TrapKind), exactly as on the other
-//!   engines (without the hook: a trap while memory sits at the limit). Everything the rewrite
-//!   adds is appended, so no index of the module changes. Shared or 64-bit memories are not
-//!   rewritten; they instantiate only if their declared maximum is within the limit.
+//!   same type, and each instance provides a `WebAssembly.Memory` whose maximum is the smaller
+//!   of the declared maximum and the instance's limit. V8 itself refuses growth beyond it
+//!   (`memory.grow` returns -1), which holds whatever the guest does. The growth hook also
+//!   reports refusals, so a trap after growth past the limit was refused in the same call is
+//!   [`TrapKind::MemoryLimit`](wasmux_abi::TrapKind), exactly as on the other engines.
+//! - **Table limit.** V8 has no per-instance table limit either, and a table maximum could
+//!   only bound each table, not the total over all tables the contract counts
+//!   ([`Limits::max_table_elements`](wasmux_abi::Limits)). So the rewrite routes every
+//!   `table.grow` through an appended wasm function that adds up the sizes of all the module's
+//!   tables and grows only within a budget held in an appended global, which the bridge sets
+//!   per instance (beyond it, -1, as a failed `table.grow`); the initial sizes are checked
+//!   before V8 allocates anything. No host call is involved.
+//! - **Start function.** The rewrite turns the start section into an export that the bridge
+//!   calls once the growth hook and the table budget are in place, so start-up runs under the
+//!   same limits (and the same deadline) as any call.
+//! - **The JS heap.** Tables and function references live in the isolate's JS heap, and V8
+//!   aborts the process when that heap is exhausted. Each isolate's heap limit is therefore
+//!   sized from the instance's table limit and the module's functions, imports, exports and
+//!   globals, so a guest within its limits cannot exhaust it (a 10-million-element table, or
+//!   `ref.func` on every function, used to).
 //! - **Deadlines and interrupts.** A watchdog thread per engine ticks (1 ms by default), keeps
 //!   a coarse clock and calls `Isolate::TerminateExecution` on a top-level call that ran past
 //!   its deadline; [`WasmInstance::interrupt_handle`](wasmux_abi::WasmInstance) uses the same
-//!   path. Calls start and finish with one atomic operation each; a termination that arrives
-//!   as a call finishes is cancelled with `CancelTerminateExecution`, so the isolate stays
-//!   usable. Re-entrant calls from host functions run under the outer call's deadline.
+//!   path. V8 honours a termination at its interrupt checks: function entries and, because
+//!   the bridge turns off dynamic tiering (`--no-wasm-dynamic-tiering`), every loop header
+//!   (with dynamic tiering, V8 10.2's baseline code checks at loop back-edges only when the
+//!   tiering budget runs out, and a loop of host calls or bulk memory operations ran for
+//!   minutes past its deadline). Without dynamic tiering V8 compiles every function with
+//!   TurboFan in the background after the baseline compile, once per module. The host
+//!   trampoline also refuses to run host functions once a termination was requested (one
+//!   atomic load per host call). Calls start and finish with one atomic operation each; a
+//!   termination that arrives as a call finishes is cancelled with
+//!   `CancelTerminateExecution`, so the isolate stays usable. Re-entrant calls from host
+//!   functions run under the outer call's deadline.
 //! - **Errors.** V8's `RuntimeError` messages map to the same [`TrapKind`](wasmux_abi::TrapKind)s
 //!   as the other engines ("Maximum call stack size exceeded" is a stack overflow, a
 //!   termination is a deadline), with a backtrace of wasm function names. An
-//!   [`Error`](wasmux_abi::Error) returned by a host function (a trap in the re-entrant
+//!   [`Error`] returned by a host function (a trap in the re-entrant
 //!   allocator, say) is kept in the state while a JS exception unwinds the guest, and the outer
 //!   call returns that same error.
 //! - **Stack.** [`Limits::max_stack_bytes`](wasmux_abi::Limits) is applied per instance with
@@ -195,7 +220,7 @@ impl WasmEngine for V8Engine {
 
     fn fingerprint(&self) -> String {
         let settings = format!(
-            "bridge=1;trap-handler=off;memory=imported;target={}-{}",
+            "bridge=2;trap-handler=off;memory=imported;tiering=eager;target={}-{}",
             std::env::consts::ARCH,
             std::env::consts::OS
         );

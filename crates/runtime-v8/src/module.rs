@@ -31,12 +31,18 @@ pub(crate) struct ModuleData {
     pub(crate) exports: Vec<ExportDesc>,
     /// The function imports linked to host functions, or why the module cannot be linked.
     pub(crate) linked: Result<Vec<LinkedImport>, String>,
+    /// The module's memory, provided by the bridge at instantiation (see [`crate::rewrite`]).
     pub(crate) memory: Option<MemoryDecl>,
     /// Whether `memory.grow` goes through the growth hook.
     pub(crate) grow_hook: bool,
-    /// Whether every change of memory is reported by the hook (see
-    /// [`Rewritten::grow_tracked`](crate::rewrite::Rewritten)).
-    pub(crate) grow_tracked: bool,
+    /// Whether `table.grow` goes through the table budget.
+    pub(crate) table_limit: bool,
+    /// Whether the bridge calls the start function after installing the hooks.
+    pub(crate) start: bool,
+    /// Table elements the module declares, over all its tables (initial sizes).
+    pub(crate) table_elements: u64,
+    /// Functions, imports, exports and globals (see [`crate::instance`]'s heap limit).
+    pub(crate) heap_items: u64,
 }
 
 /// A [`WasmModule`] on V8: compiled code shared by every instance (and isolate) made from it.
@@ -57,28 +63,32 @@ impl fmt::Debug for V8Module {
 }
 
 impl V8Module {
-    /// Describes `bytes`, rewrites its memory definition and compiles it.
+    /// Validates and describes `bytes`, rewrites them for the limits and compiles them.
     pub(crate) fn new(shared: Arc<Shared>, bytes: &[u8]) -> Result<Self> {
-        // wasmux's verdict first, on the original bytes: the same on every engine.
-        wasmux_abi::validate(ENGINE_NAME, bytes)?;
-        let rewritten = rewrite(bytes);
+        // wasmux's verdict first, on the original bytes: the same on every engine. Nothing
+        // invalid reaches the rewrite or V8.
+        let shape = wasmux_abi::validate(ENGINE_NAME, bytes)?;
+        let rewritten = rewrite(bytes).map_err(|reason| Error::Compile {
+            engine: ENGINE_NAME,
+            message: format!("cannot prepare the module for its limits: {reason}"),
+        })?;
         let compiled = shared
             .compiler
             .compile(rewritten.as_ref().map_or(bytes, |r| &r.bytes))
             .map_err(|(status, report)| error::compile(status, &report))?;
         let described = describe(bytes).map_err(|e| Error::Compile { engine: ENGINE_NAME, message: e.to_string() })?;
-        let memory = rewritten.as_ref().map(|r| r.memory).or(described.memory);
-        let grow_hook = rewritten.as_ref().is_some_and(|r| r.grow_hook);
-        let grow_tracked = rewritten.as_ref().is_some_and(|r| r.grow_tracked);
         let linked = link(&described.imports);
         let data = ModuleData {
             compiled,
             imports: described.imports,
             exports: described.exports,
             linked,
-            memory,
-            grow_hook,
-            grow_tracked,
+            memory: rewritten.as_ref().and_then(|r| r.memory),
+            grow_hook: rewritten.as_ref().is_some_and(|r| r.grow_hook),
+            table_limit: rewritten.as_ref().is_some_and(|r| r.table_limit),
+            start: rewritten.as_ref().is_some_and(|r| r.start),
+            table_elements: shape.table_elements,
+            heap_items: described.heap_items,
         };
         Ok(Self { shared, data: Arc::new(data) })
     }
@@ -131,12 +141,12 @@ fn link(imports: &[ImportDesc]) -> Result<Vec<LinkedImport>, String> {
     Ok(linked)
 }
 
-/// Imports, exports and the memory declaration of a module, read with wasmparser.
+/// Imports and exports of a module, read with wasmparser.
 struct Described {
     imports: Vec<ImportDesc>,
     exports: Vec<ExportDesc>,
-    /// A defined memory that was not rewritten (see [`MemoryDecl::provided`]).
-    memory: Option<MemoryDecl>,
+    /// Functions, imports, exports and globals: what V8 may keep an object for in the JS heap.
+    heap_items: u64,
 }
 
 fn describe(bytes: &[u8]) -> wasmparser::Result<Described> {
@@ -146,8 +156,8 @@ fn describe(bytes: &[u8]) -> wasmparser::Result<Described> {
     let mut funcs: Vec<u32> = Vec::new();
     let mut imports = Vec::new();
     let mut exports = Vec::new();
-    let mut memory = None;
     let mut raw_exports = Vec::new();
+    let mut globals = 0u64;
     let mut parser = wasmparser::Parser::new(0);
     parser.set_features(wasmparser::WasmFeatures::all());
     for payload in parser.parse_all(bytes) {
@@ -186,19 +196,7 @@ fn describe(bytes: &[u8]) -> wasmparser::Result<Described> {
                     funcs.push(t?);
                 }
             }
-            Payload::MemorySection(reader) => {
-                for m in reader {
-                    let m = m?;
-                    if memory.is_none() {
-                        let pages = |p: u64| u32::try_from(p).unwrap_or(u32::MAX);
-                        memory = Some(MemoryDecl {
-                            initial: pages(m.initial),
-                            maximum: m.maximum.map(pages),
-                            provided: false,
-                        });
-                    }
-                }
-            }
+            Payload::GlobalSection(reader) => globals += u64::from(reader.count()),
             Payload::ExportSection(reader) => {
                 for e in reader {
                     let e = e?;
@@ -220,7 +218,8 @@ fn describe(bytes: &[u8]) -> wasmparser::Result<Described> {
         };
         exports.push(ExportDesc { name, ty });
     }
-    Ok(Described { imports, exports, memory })
+    let heap_items = [funcs.len(), imports.len(), exports.len()].iter().map(|&n| n as u64).sum::<u64>() + globals;
+    Ok(Described { imports, exports, heap_items })
 }
 
 fn func_type(types: &[Option<FuncType>], index: u32) -> ExternType {

@@ -1,27 +1,45 @@
-//! The two module rewrites that give each instance its own memory limit, done once per module
-//! before V8 compiles it.
+//! The module rewrite that gives each instance its own memory and table limits, done once per
+//! module before V8 compiles it.
 //!
-//! 1. **Memory provided from outside.** V8 has no per-instance limit for a memory the module
-//!    defines, so the module's memory definition becomes an import of the same type
-//!    ([`MEMORY_MODULE`].[`MEMORY_NAME`]); each instance provides a `WebAssembly.Memory` whose
-//!    maximum is the smaller of the declared maximum and its limit, and V8 refuses growth past
-//!    it (`memory.grow` returns -1). The module keeps a single memory, index 0 either way.
-//! 2. **A growth hook.** V8 does not say when memory grows or when it refuses to, and the host
-//!    wants both: a refusal followed by a trap is
-//!    [`TrapKind::MemoryLimit`](wasmux_abi::TrapKind) on the other engines, and knowing when
-//!    memory changes spares re-reading its base and size on every host call. Every
-//!    `memory.grow` becomes a call to an appended function that grows memory and then calls
-//!    entry 0 of an appended, exported table with the requested pages, the result and the
-//!    new size; the bridge puts a host function there after instantiation.
+//! V8 has no per-instance limits, and it does not say when memory grows. So, on bytes
+//! [`wasmux_abi::validate()`] has accepted:
 //!
-//! Everything is appended (a type, a function, a table, an export) or replaced in place
-//! (`memory.grow` by `call`), so no existing index changes: calls, element segments, exports
-//! and the name section stay valid byte for byte. A module the scanner cannot read (a
-//! proposal wasmparser does not know) gets the first rewrite only; V8 validates the result.
+//! 1. **Memory provided from outside.** The module's memory definition becomes an import of
+//!    the same type ([`MEMORY_MODULE`].[`MEMORY_NAME`]); each instance provides a
+//!    `WebAssembly.Memory` whose maximum is the smaller of the declared maximum and its limit,
+//!    and V8 refuses growth past it (`memory.grow` returns -1). The module keeps a single
+//!    memory, index 0 either way.
+//! 2. **A memory growth hook.** Every `memory.grow` becomes a call to an appended function that
+//!    grows memory and then calls entry 0 of an appended, exported table ([`HOOK_TABLE`]) with
+//!    the requested pages, the result and the new size; the bridge puts a host function there.
+//!    The host learns of refusals (a trap after one is
+//!    [`TrapKind::MemoryLimit`](wasmux_abi::TrapKind), as on the other engines) and of every
+//!    change of memory, so a host call re-reads the memory's base and size only after growth.
+//! 3. **A table budget.** Every `table.grow` on table `t` becomes a call to an appended
+//!    function that adds up the sizes of all the module's tables and grows `t` only if the
+//!    total stays within the value of an appended, exported mutable global ([`TABLE_LIMIT`]),
+//!    and returns -1 otherwise, as `table.grow` does when it fails. The bridge sets the global
+//!    to the instance's [`Limits::max_table_elements`](wasmux_abi::Limits) (it starts at 0, so
+//!    nothing grows before it is set). This is pure wasm: no host call. `table.grow` is the
+//!    only way a table changes size (tables cannot be imported, and no JavaScript runs), so
+//!    with the initial sizes checked at instantiation the total never passes the limit.
+//! 4. **The start function deferred.** The start section is removed and its function exported
+//!    as [`START`]; the bridge calls it once the hook and the budget are in place, as the last
+//!    step of instantiation, which is where the start function runs anyway (after element and
+//!    data segments).
+//!
+//! Everything is appended (types, functions, a table, a global, exports) or replaced in place
+//! (`memory.grow` and `table.grow` by `call`), so no existing index changes: calls, element
+//! segments, exports and the name section stay valid byte for byte. Guest code cannot reach
+//! the appended items: the original bytes were validated without them, so no instruction,
+//! segment or export of the module refers to an index past its own, and the host resolves
+//! exports from the original bytes only. A valid module the rewrite cannot handle is refused
+//! (the limits would not hold otherwise).
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
-use wasmparser::{Operator, Parser, Payload, TypeRef, WasmFeatures};
+use wasmparser::{Operator, Parser, Payload, RefType, TypeRef, WasmFeatures};
 
 /// Import module name of the memory the bridge provides.
 pub(crate) const MEMORY_MODULE: &str = "wasmux:v8";
@@ -29,30 +47,32 @@ pub(crate) const MEMORY_MODULE: &str = "wasmux:v8";
 pub(crate) const MEMORY_NAME: &str = "memory";
 /// Export name of the growth hook's table.
 pub(crate) const HOOK_TABLE: &str = "wasmux:v8:grow-hook";
+/// Export name of the global holding the table budget.
+pub(crate) const TABLE_LIMIT: &str = "wasmux:v8:table-limit";
+/// Export name of the deferred start function.
+pub(crate) const START: &str = "wasmux:v8:start";
 
-/// The module's own memory, as declared.
+/// The module's own memory, as declared (always provided by the bridge).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MemoryDecl {
     /// Initial size in pages.
     pub(crate) initial: u32,
     /// Declared maximum in pages.
     pub(crate) maximum: Option<u32>,
-    /// Whether the definition was turned into an import (the bridge provides it). When
-    /// `false` (shared or 64-bit memories), the limit can only be checked against the declared
-    /// maximum.
-    pub(crate) provided: bool,
 }
 
 /// A rewritten module.
 #[derive(Debug)]
 pub(crate) struct Rewritten {
     pub(crate) bytes: Vec<u8>,
-    pub(crate) memory: MemoryDecl,
+    /// The memory the bridge provides, if the module defines one.
+    pub(crate) memory: Option<MemoryDecl>,
     /// Whether the growth hook is installed (the module grows memory somewhere).
     pub(crate) grow_hook: bool,
-    /// Whether every `memory.grow` of the module is known: it goes through the hook, or there
-    /// is none. Memory then changes only when the hook says so (after start-up).
-    pub(crate) grow_tracked: bool,
+    /// Whether the table budget global exists (the module grows a table somewhere).
+    pub(crate) table_limit: bool,
+    /// Whether the start function is exported as [`START`] for the bridge to call.
+    pub(crate) start: bool,
 }
 
 // Section ids.
@@ -61,8 +81,16 @@ const IMPORT: u8 = 2;
 const FUNCTION: u8 = 3;
 const TABLE: u8 = 4;
 const MEMORY: u8 = 5;
+const GLOBAL: u8 = 6;
 const EXPORT: u8 = 7;
+const START_SECTION: u8 = 8;
 const CODE: u8 = 10;
+
+// Export kinds.
+const KIND_FUNC: u8 = 0x00;
+const KIND_TABLE: u8 = 0x01;
+const KIND_MEMORY: u8 = 0x02;
+const KIND_GLOBAL: u8 = 0x03;
 
 /// The position of a section id in the order the binary format requires (custom: 0).
 fn rank(id: u8) -> u8 {
@@ -138,7 +166,7 @@ fn sections(bytes: &[u8]) -> Option<Vec<Section>> {
     Some(out)
 }
 
-/// A vector section's payload with `extra` entries appended.
+/// A vector section's payload with `added` entries appended.
 fn append_entries(old: Option<&[u8]>, added: u32, entries: &[u8]) -> Option<Vec<u8>> {
     let mut payload = Vec::new();
     match old {
@@ -154,45 +182,84 @@ fn append_entries(old: Option<&[u8]>, added: u32, entries: &[u8]) -> Option<Vec<
     Some(payload)
 }
 
-/// What the growth hook needs to know about the module.
+/// An instruction the rewrite replaces with a call.
+#[derive(Debug, Clone, Copy)]
+enum Grow {
+    Memory,
+    Table(u32),
+}
+
+/// A function body's contents and the growth instructions in it.
+type Body = (Range<usize>, Vec<(Range<usize>, Grow)>);
+
+/// What the rewrite needs to know about the module.
 #[derive(Default)]
 struct Scan {
     types: u32,
     funcs: u32,
-    tables: u32,
-    /// Each function body's contents and its `memory.grow` instructions.
-    bodies: Vec<(Range<usize>, Vec<Range<usize>>)>,
+    globals: u32,
+    /// Element type of every table (imported or defined), in index order.
+    tables: Vec<RefType>,
+    memory: Option<MemoryDecl>,
+    start: Option<u32>,
+    /// Each function body's contents and its growth instructions.
+    bodies: Vec<Body>,
 }
 
-fn scan(bytes: &[u8]) -> wasmparser::Result<Scan> {
+fn scan(bytes: &[u8]) -> Result<Scan, String> {
     let mut scan = Scan::default();
     let mut parser = Parser::new(0);
     parser.set_features(WasmFeatures::all());
+    let fail = |e: wasmparser::BinaryReaderError| e.to_string();
     for payload in parser.parse_all(bytes) {
-        match payload? {
+        match payload.map_err(fail)? {
             Payload::TypeSection(reader) => {
                 for group in reader {
-                    scan.types += u32::try_from(group?.types().len()).unwrap_or(u32::MAX);
+                    scan.types += u32::try_from(group.map_err(fail)?.types().len()).unwrap_or(u32::MAX);
                 }
             }
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
-                    match import?.ty {
+                    match import.map_err(fail)?.ty {
                         TypeRef::Func(_) | TypeRef::FuncExact(_) => scan.funcs += 1,
-                        TypeRef::Table(_) => scan.tables += 1,
-                        _ => {}
+                        TypeRef::Table(t) => scan.tables.push(t.element_type),
+                        TypeRef::Global(_) => scan.globals += 1,
+                        TypeRef::Memory(_) | TypeRef::Tag(_) => {}
                     }
                 }
             }
             Payload::FunctionSection(reader) => scan.funcs += reader.count(),
-            Payload::TableSection(reader) => scan.tables += reader.count(),
+            Payload::TableSection(reader) => {
+                for table in reader {
+                    scan.tables.push(table.map_err(fail)?.ty.element_type);
+                }
+            }
+            Payload::MemorySection(reader) => {
+                for memory in reader {
+                    let m = memory.map_err(fail)?;
+                    if scan.memory.is_some() || m.memory64 || m.shared {
+                        return Err("only one plain memory is supported".into());
+                    }
+                    let pages = |p: u64| u32::try_from(p).map_err(|_| "memory size out of range".to_string());
+                    scan.memory =
+                        Some(MemoryDecl { initial: pages(m.initial)?, maximum: m.maximum.map(pages).transpose()? });
+                }
+            }
+            Payload::GlobalSection(reader) => scan.globals += reader.count(),
+            Payload::StartSection { func, .. } => scan.start = Some(func),
             Payload::CodeSectionEntry(body) => {
-                let mut ops = body.get_operators_reader()?;
+                let mut ops = body.get_operators_reader().map_err(fail)?;
                 let mut grows = Vec::new();
                 while !ops.eof() {
                     let start = ops.original_position();
-                    if let Operator::MemoryGrow { mem: 0 } = ops.read()? {
-                        grows.push(start..ops.original_position());
+                    let grow = match ops.read().map_err(fail)? {
+                        Operator::MemoryGrow { mem: 0 } => Some(Grow::Memory),
+                        Operator::MemoryGrow { .. } => return Err("growth of a second memory".into()),
+                        Operator::TableGrow { table } => Some(Grow::Table(table)),
+                        _ => None,
+                    };
+                    if let Some(grow) = grow {
+                        grows.push((start..ops.original_position(), grow));
                     }
                 }
                 scan.bodies.push((body.range(), grows));
@@ -203,9 +270,9 @@ fn scan(bytes: &[u8]) -> wasmparser::Result<Scan> {
     Ok(scan)
 }
 
-/// The appended function: `memory.grow`, then the hook in table entry 0 (once set) with the
-/// requested pages, the result and the new size in pages.
-fn grow_body(note_type: u32, table: u32) -> Vec<u8> {
+/// The memory growth function: `memory.grow`, then the hook in table entry 0 (once set) with
+/// the requested pages, the result and the new size in pages.
+fn memory_grow_body(note_type: u32, table: u32) -> Vec<u8> {
     let mut code = vec![
         0x01, 0x01, 0x7f, // one i32 local
         0x20, 0x00, // local.get 0 (delta)
@@ -231,96 +298,190 @@ fn grow_body(note_type: u32, table: u32) -> Vec<u8> {
     code
 }
 
-/// Applies both rewrites. `None` when the module defines no plain memory (nothing to do) or
-/// its bytes cannot be taken apart (V8 then compiles them unchanged and reports any error).
-pub(crate) fn rewrite(bytes: &[u8]) -> Option<Rewritten> {
-    let sections = sections(bytes)?;
-    let memory = sections.iter().find(|s| s.id == MEMORY)?;
+/// The growth function of table `table` (parameters: the initial value and the number of
+/// elements): grows it if the sizes of all `tables` tables plus the growth stay within the
+/// budget global, otherwise returns -1.
+fn table_grow_body(table: u32, tables: u32, budget: u32) -> Vec<u8> {
+    let mut code = vec![0x00]; // no locals
+    for t in 0..tables {
+        code.extend_from_slice(&[0xfc, 0x10]); // table.size
+        put_leb(&mut code, t);
+        code.push(0xad); // i64.extend_i32_u
+        if t > 0 {
+            code.push(0x7c); // i64.add
+        }
+    }
+    code.extend_from_slice(&[0x20, 0x01, 0xad, 0x7c]); // local.get 1, i64.extend_i32_u, i64.add
+    code.push(0x23); // global.get
+    put_leb(&mut code, budget);
+    code.extend_from_slice(&[
+        0xad, // i64.extend_i32_u
+        0x58, // i64.le_u
+        0x04, 0x7f, // if (result i32)
+        0x20, 0x00, // local.get 0
+        0x20, 0x01, // local.get 1
+        0xfc, 0x0f, // table.grow
+    ]);
+    put_leb(&mut code, table);
+    code.extend_from_slice(&[0x05, 0x41, 0x7f, 0x0b, 0x0b]); // else i32.const -1 end end
+    code
+}
+
+/// The value type byte of a table's element type (WebAssembly 2.0: funcref or externref).
+fn ref_type_byte(ty: RefType) -> Result<u8, String> {
+    if ty == RefType::FUNCREF {
+        Ok(0x70)
+    } else if ty == RefType::EXTERNREF {
+        Ok(0x6f)
+    } else {
+        Err(format!("unsupported table element type {ty}"))
+    }
+}
+
+/// Rewrites a module [`wasmux_abi::validate()`] accepted. `Ok(None)` when there is nothing to
+/// do (no memory, no growth, no start function); an error when the module cannot be
+/// rewritten, in which case it must not be compiled.
+pub(crate) fn rewrite(bytes: &[u8]) -> Result<Option<Rewritten>, String> {
+    let scan = scan(bytes)?;
+    let grows_memory = scan.bodies.iter().any(|(_, g)| g.iter().any(|(_, g)| matches!(g, Grow::Memory)));
+    // The tables grown somewhere, each with its growth function (filled in below).
+    let mut grown: BTreeMap<u32, u32> = scan
+        .bodies
+        .iter()
+        .flat_map(|(_, g)| g.iter())
+        .filter_map(|&(_, g)| match g {
+            Grow::Table(t) => Some((t, 0)),
+            Grow::Memory => None,
+        })
+        .collect();
+    if scan.memory.is_none() && !grows_memory && grown.is_empty() && scan.start.is_none() {
+        return Ok(None);
+    }
+    let malformed = || "cannot take the module apart".to_string();
+    let sections = sections(bytes).ok_or_else(malformed)?;
     let mut ids: Vec<u8> = sections.iter().map(|s| s.id).filter(|&id| rank(id) != 0).collect();
     ids.sort_unstable();
     if ids.windows(2).any(|w| w[0] == w[1]) {
-        return None; // a repeated section: let V8 say what is wrong
+        return Err("a repeated section".into());
     }
-    // The memory section: exactly one entry with plain (not shared, not 64-bit) limits.
-    let payload = &bytes[memory.payload.clone()];
-    let mut pos = 0;
-    if leb_u32(payload, &mut pos)? != 1 {
-        return None;
-    }
-    let limits = &payload[pos..];
-    let flags = *payload.get(pos)?;
-    pos += 1;
-    if flags > 1 {
-        return None;
-    }
-    let initial = leb_u32(payload, &mut pos)?;
-    let maximum = if flags == 1 { Some(leb_u32(payload, &mut pos)?) } else { None };
-    if pos != payload.len() {
-        return None;
-    }
-    let decl = MemoryDecl { initial, maximum, provided: true };
+    let existing = |id: u8| sections.iter().find(|s| s.id == id).map(|s| &bytes[s.payload.clone()]);
+    let count = |n: usize| u32::try_from(n).map_err(|_| "too many items".to_string());
+    let module_tables = count(scan.tables.len())?;
 
-    // The growth hook, if the module grows memory at all and can be scanned.
-    let scan = scan(bytes).ok();
-    let grow_tracked = scan.is_some();
-    let scan = scan.filter(|s| s.bodies.iter().any(|(_, grows)| !grows.is_empty()));
-    let hook = scan.as_ref().map(|s| (s.types, s.types + 1, s.funcs, s.tables)); // note, grow type, func, table
+    // Appended items, in index order.
+    let (mut types, mut n_types) = (Vec::new(), 0u32);
+    let (mut funcs, mut n_funcs) = (Vec::new(), 0u32);
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    let (mut exports, mut n_exports) = (Vec::new(), 0u32);
+    let mut export = |name: &str, kind: u8, index: u32| {
+        put_name(&mut exports, name);
+        exports.push(kind);
+        put_leb(&mut exports, index);
+        n_exports += 1;
+    };
+    let mut new_func = |ty: u32, body: Vec<u8>| {
+        put_leb(&mut funcs, ty);
+        bodies.push(body);
+        n_funcs += 1;
+        scan.funcs + n_funcs - 1
+    };
+    let mut memory_grow = None;
+    let mut tables = Vec::new();
+    if grows_memory {
+        // (i32 i32 i32) -> () for the hook and (i32) -> i32 for the growth function.
+        types.extend_from_slice(&[0x60, 0x03, 0x7f, 0x7f, 0x7f, 0x00, 0x60, 0x01, 0x7f, 0x01, 0x7f]);
+        let note_type = scan.types + n_types;
+        n_types += 2;
+        let hook_table = module_tables;
+        tables.extend_from_slice(&[0x70, 0x00, 0x01]); // funcref, at least one element
+        export(HOOK_TABLE, KIND_TABLE, hook_table);
+        memory_grow = Some(new_func(note_type + 1, memory_grow_body(note_type, hook_table)));
+    }
+    let mut globals = Vec::new();
+    if !grown.is_empty() {
+        let budget = scan.globals;
+        globals.extend_from_slice(&[0x7f, 0x01, 0x41, 0x00, 0x0b]); // (mut i32) (i32.const 0)
+        export(TABLE_LIMIT, KIND_GLOBAL, budget);
+        for (&table, func) in &mut grown {
+            let element = ref_type_byte(*scan.tables.get(table as usize).ok_or_else(malformed)?)?;
+            types.extend_from_slice(&[0x60, 0x02, element, 0x7f, 0x01, 0x7f]); // (ref i32) -> i32
+            n_types += 1;
+            *func = new_func(scan.types + n_types - 1, table_grow_body(table, module_tables, budget));
+        }
+    }
+    if let Some(start) = scan.start {
+        export(START, KIND_FUNC, start);
+    }
 
     // New or extended sections, by id.
-    let existing = |id: u8| sections.iter().find(|s| s.id == id).map(|s| &bytes[s.payload.clone()]);
     let mut replaced: Vec<(u8, Vec<u8>)> = Vec::new();
-    let mut import = Vec::new();
-    put_name(&mut import, MEMORY_MODULE);
-    put_name(&mut import, MEMORY_NAME);
-    import.push(0x02);
-    import.extend_from_slice(limits);
-    replaced.push((IMPORT, append_entries(existing(IMPORT), 1, &import)?));
-    if let (Some(scan), Some((note_type, grow_type, grow_func, table))) = (&scan, hook) {
-        // (i32 i32 i32) -> () and (i32) -> i32
-        let types = [0x60, 0x03, 0x7f, 0x7f, 0x7f, 0x00, 0x60, 0x01, 0x7f, 0x01, 0x7f];
-        replaced.push((TYPE, append_entries(existing(TYPE), 2, &types)?));
-        let mut func = Vec::new();
-        put_leb(&mut func, grow_type);
-        replaced.push((FUNCTION, append_entries(existing(FUNCTION), 1, &func)?));
-        replaced.push((TABLE, append_entries(existing(TABLE), 1, &[0x70, 0x00, 0x01])?));
-        let mut export = Vec::new();
-        put_name(&mut export, HOOK_TABLE);
-        export.push(0x01);
-        put_leb(&mut export, table);
-        replaced.push((EXPORT, append_entries(existing(EXPORT), 1, &export)?));
-        let mut call = vec![0x10];
-        put_leb(&mut call, grow_func);
+    let mut dropped = vec![START_SECTION];
+    if let Some(memory) = scan.memory {
+        let mut import = Vec::new();
+        put_name(&mut import, MEMORY_MODULE);
+        put_name(&mut import, MEMORY_NAME);
+        import.push(KIND_MEMORY);
+        import.push(u8::from(memory.maximum.is_some()));
+        put_leb(&mut import, memory.initial);
+        if let Some(max) = memory.maximum {
+            put_leb(&mut import, max);
+        }
+        replaced.push((IMPORT, append_entries(existing(IMPORT), 1, &import).ok_or_else(malformed)?));
+        dropped.push(MEMORY);
+    }
+    let mut extend = |id: u8, added: u32, entries: &[u8]| -> Result<(), String> {
+        if added > 0 {
+            replaced.push((id, append_entries(existing(id), added, entries).ok_or_else(malformed)?));
+        }
+        Ok(())
+    };
+    extend(TYPE, n_types, &types)?;
+    extend(FUNCTION, n_funcs, &funcs)?;
+    extend(TABLE, u32::from(!tables.is_empty()), &tables)?;
+    extend(GLOBAL, u32::from(!globals.is_empty()), &globals)?;
+    extend(EXPORT, n_exports, &exports)?;
+    if n_funcs > 0 || scan.bodies.iter().any(|(_, g)| !g.is_empty()) {
+        let call_of = |grow: Grow| {
+            let func = match grow {
+                Grow::Memory => memory_grow,
+                Grow::Table(t) => grown.get(&t).copied(),
+            };
+            let mut call = vec![0x10];
+            put_leb(&mut call, func?);
+            Some(call)
+        };
         let mut code = Vec::new();
-        put_len(&mut code, scan.bodies.len() + 1)?;
+        put_len(&mut code, scan.bodies.len() + bodies.len()).ok_or_else(malformed)?;
         for (body, grows) in &scan.bodies {
             let mut new = Vec::with_capacity(body.len() + grows.len() * 4);
             let mut at = body.start;
-            for grow in grows {
-                new.extend_from_slice(&bytes[at..grow.start]);
-                new.extend_from_slice(&call);
-                at = grow.end;
+            for (range, grow) in grows {
+                new.extend_from_slice(&bytes[at..range.start]);
+                new.extend_from_slice(&call_of(*grow).ok_or_else(malformed)?);
+                at = range.end;
             }
             new.extend_from_slice(&bytes[at..body.end]);
-            put_len(&mut code, new.len())?;
+            put_len(&mut code, new.len()).ok_or_else(malformed)?;
             code.extend_from_slice(&new);
         }
-        let shim = grow_body(note_type, table);
-        put_len(&mut code, shim.len())?;
-        code.extend_from_slice(&shim);
+        for body in &bodies {
+            put_len(&mut code, body.len()).ok_or_else(malformed)?;
+            code.extend_from_slice(body);
+        }
         replaced.push((CODE, code));
     }
 
     // Emit: replaced sections in place of the old ones, new ones where the order puts them,
-    // the memory section dropped.
-    let mut out = Vec::with_capacity(bytes.len() + 256);
+    // dropped ones left out, everything else (custom sections included) as it was.
+    let mut out = Vec::with_capacity(bytes.len() + 512);
     out.extend_from_slice(&bytes[..8]);
     let mut pending: Vec<&(u8, Vec<u8>)> = replaced.iter().filter(|(id, _)| existing(*id).is_none()).collect();
     pending.sort_by_key(|(id, _)| rank(*id));
-    let emit = |out: &mut Vec<u8>, id: u8, payload: &[u8]| -> Option<()> {
+    let emit = |out: &mut Vec<u8>, id: u8, payload: &[u8]| -> Result<(), String> {
         out.push(id);
-        put_len(out, payload.len())?;
+        put_len(out, payload.len()).ok_or_else(malformed)?;
         out.extend_from_slice(payload);
-        Some(())
+        Ok(())
     };
     for s in &sections {
         if rank(s.id) != 0 {
@@ -331,24 +492,31 @@ pub(crate) fn rewrite(bytes: &[u8]) -> Option<Rewritten> {
         }
         match replaced.iter().find(|(id, _)| *id == s.id) {
             Some((id, payload)) if rank(s.id) != 0 => emit(&mut out, *id, payload)?,
-            _ if s.id == MEMORY => {}
+            _ if rank(s.id) != 0 && dropped.contains(&s.id) => {}
             _ => out.extend_from_slice(&bytes[s.start..s.payload.end]),
         }
     }
     for (id, payload) in pending {
         emit(&mut out, *id, payload)?;
     }
-    Some(Rewritten { bytes: out, memory: decl, grow_hook: hook.is_some(), grow_tracked })
+    Ok(Some(Rewritten {
+        bytes: out,
+        memory: scan.memory,
+        grow_hook: grows_memory,
+        table_limit: !grown.is_empty(),
+        start: scan.start.is_some(),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Imports, defined memories and the hook export of a module, and whether it validates.
-    fn summary(bytes: &[u8]) -> (Vec<(String, String)>, usize, bool, bool) {
+    /// Imports, defined memories, exports and whether a start section is left, and whether the
+    /// module validates with wasmux's features.
+    fn summary(bytes: &[u8]) -> (Vec<(String, String)>, usize, Vec<String>, bool, bool) {
         let mut imports = Vec::new();
-        let (mut memories, mut hook) = (0, false);
+        let (mut memories, mut exports, mut start) = (0, Vec::new(), false);
         for payload in Parser::new(0).parse_all(bytes) {
             match payload.unwrap() {
                 Payload::ImportSection(r) => {
@@ -358,12 +526,14 @@ mod tests {
                     }
                 }
                 Payload::MemorySection(r) => memories += r.count() as usize,
-                Payload::ExportSection(r) => hook |= r.into_iter().any(|e| e.unwrap().name == HOOK_TABLE),
+                Payload::ExportSection(r) => exports.extend(r.into_iter().map(|e| e.unwrap().name.to_owned())),
+                Payload::StartSection { .. } => start = true,
                 _ => {}
             }
         }
-        let valid = wasmparser::Validator::new_with_features(WasmFeatures::all()).validate_all(bytes).is_ok();
-        (imports, memories, hook, valid)
+        let valid =
+            wasmparser::Validator::new_with_features(wasmux_abi::validate::features()).validate_all(bytes).is_ok();
+        (imports, memories, exports, start, valid)
     }
 
     fn wasm(wat: &str) -> Vec<u8> {
@@ -382,12 +552,13 @@ mod tests {
               (func (export "h") (drop (memory.grow (i32.const 1))) (call 0))
               (data (i32.const 0) "x"))"#,
         );
-        let out = rewrite(&module).unwrap();
-        assert_eq!(out.memory, MemoryDecl { initial: 2, maximum: Some(5), provided: true });
-        assert!(out.grow_hook && out.grow_tracked);
-        let (imports, memories, hook, valid) = summary(&out.bytes);
+        let out = rewrite(&module).unwrap().unwrap();
+        assert_eq!(out.memory, Some(MemoryDecl { initial: 2, maximum: Some(5) }));
+        assert!(out.grow_hook && !out.table_limit && !out.start);
+        let (imports, memories, exports, _, valid) = summary(&out.bytes);
         assert_eq!(imports, [("env".into(), "f".into()), (MEMORY_MODULE.into(), MEMORY_NAME.into())]);
-        assert_eq!((memories, hook, valid), (0, true, true));
+        assert_eq!((memories, valid), (0, true));
+        assert_eq!(exports, ["memory", "g", "h", HOOK_TABLE]);
     }
 
     #[test]
@@ -396,24 +567,58 @@ mod tests {
         let module = wasm(
             r#"(module (type (func)) (memory 1) (@custom "c" (after type) "") (func (type 0) (drop (memory.grow (i32.const 0)))))"#,
         );
-        let out = rewrite(&module).unwrap();
-        let (imports, memories, hook, valid) = summary(&out.bytes);
-        assert_eq!((imports.len(), memories, hook, valid), (1, 0, true, true));
+        let out = rewrite(&module).unwrap().unwrap();
+        let (imports, memories, exports, _, valid) = summary(&out.bytes);
+        assert_eq!((imports.len(), memories, exports.len(), valid), (1, 0, 1, true));
     }
 
     #[test]
-    fn no_hook_without_growth() {
-        let out = rewrite(&wasm(r#"(module (memory 1) (func (drop (memory.size))))"#)).unwrap();
-        assert!(!out.grow_hook && out.grow_tracked);
-        let (imports, memories, hook, valid) = summary(&out.bytes);
-        assert_eq!((imports.len(), memories, hook, valid), (1, 0, false, true));
+    fn table_growth_goes_through_the_budget() {
+        let module = wasm(
+            r#"(module
+              (global $g (mut i32) (i32.const 7))
+              (table $a 1 funcref)
+              (table $b 2 externref)
+              (func (export "f") (result i32)
+                (drop (table.grow $a (ref.null func) (i32.const 1)))
+                (table.grow $b (ref.null extern) (global.get $g)))
+              (start 0))"#,
+        );
+        let out = rewrite(&module).unwrap().unwrap();
+        assert!(!out.grow_hook && out.table_limit && out.start && out.memory.is_none());
+        let (imports, _, exports, start, valid) = summary(&out.bytes);
+        assert!(imports.is_empty() && !start && valid);
+        assert_eq!(exports, ["f", TABLE_LIMIT, START]);
+        // No table.grow is left outside the appended functions.
+        let mut grows = 0;
+        for payload in Parser::new(0).parse_all(&out.bytes) {
+            if let Payload::CodeSectionEntry(body) = payload.unwrap() {
+                let mut ops = body.get_operators_reader().unwrap();
+                let mut here = 0;
+                while !ops.eof() {
+                    here += usize::from(matches!(ops.read().unwrap(), Operator::TableGrow { .. }));
+                }
+                grows += here;
+                assert!(here <= 1);
+            }
+        }
+        assert_eq!(grows, 2);
     }
 
     #[test]
-    fn leaves_other_modules_alone() {
-        assert!(rewrite(&wasm("(module)")).is_none());
-        assert!(rewrite(&wasm("(module (memory 1 2 shared))")).is_none());
-        assert!(rewrite(b"\0asm\x01\0\0\0\x05\x10").is_none());
-        assert!(rewrite(b"garbage").is_none());
+    fn nothing_to_do() {
+        assert!(rewrite(&wasm("(module)")).unwrap().is_none());
+        assert!(rewrite(&wasm("(module (table 1 funcref) (func (drop (table.size 0))))")).unwrap().is_none());
+        let out = rewrite(&wasm(r#"(module (memory 1) (func (drop (memory.size))))"#)).unwrap().unwrap();
+        assert!(!out.grow_hook);
+        let (imports, memories, exports, _, valid) = summary(&out.bytes);
+        assert_eq!((imports.len(), memories, exports.len(), valid), (1, 0, 0, true));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_handle() {
+        assert!(rewrite(&wasm("(module (memory 1 2 shared))")).is_err());
+        assert!(rewrite(b"\0asm\x01\0\0\0\x05\x10").is_err());
+        assert!(rewrite(b"garbage").is_err());
     }
 }

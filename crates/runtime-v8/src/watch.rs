@@ -89,9 +89,15 @@ impl Watch {
         Some(self.stopped())
     }
 
+    /// Whether a termination was requested for the running call (one atomic load: the host
+    /// trampoline asks on every host call). Acquire, so that [`Self::trap`] sees the reason.
+    pub(crate) fn requested(&self) -> bool {
+        self.state.load(Ordering::Acquire) & REQUESTED != 0
+    }
+
     /// Why the current or last call was terminated.
     pub(crate) fn stopped(&self) -> Stopped {
-        match (self.reason.load(Ordering::Acquire), self.deadline) {
+        match (self.reason.load(Ordering::Relaxed), self.deadline) {
             (REASON_DEADLINE, Some((_, d))) => Stopped::Deadline(d),
             _ => Stopped::Interrupted,
         }
@@ -106,12 +112,14 @@ impl Watch {
             if s & RUNNING == 0 || s & REQUESTED != 0 || !pred(s) {
                 return false;
             }
+            // Only this function sets REQUESTED, under the lock, so no other request is in
+            // flight: the reason can be stored before the bit that publishes it.
+            self.reason.store(reason, Ordering::Relaxed);
             match self.state.compare_exchange_weak(s, s | REQUESTED, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break,
                 Err(now) => s = now,
             }
         }
-        self.reason.store(reason, Ordering::Release);
         // SAFETY: the isolate is alive while the watch holds it, and the lock is held;
         // TerminateExecution is thread-safe.
         unsafe { ffi::wasmux_v8_terminate(isolate.0.as_ptr()) };
