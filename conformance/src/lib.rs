@@ -669,7 +669,8 @@ impl fmt::Display for SuiteReport {
 pub fn run_suite(dir: &Path, runtimes: &[Runtime]) -> Result<SuiteReport, String> {
     let start = Instant::now();
     let cases = load_cases(dir)?;
-    let every_trial = |rt: &Runtime| cases.iter().all(|c| c.modules.iter().all(|m| not_applicable(c, m, *rt).is_none()));
+    let every_trial =
+        |rt: &Runtime| cases.iter().all(|c| c.modules.iter().all(|m| not_applicable(c, m, *rt).is_none()));
     let mut report = SuiteReport {
         engines: runtimes.iter().map(|r| r.name().to_string()).collect(),
         matrix: BTreeMap::new(),

@@ -237,11 +237,13 @@ pub trait Properties: Send + Sync + fmt::Debug {
     }
 }
 
+/// Property values by path; `None`: the property is hidden.
+type PropertyMap = BTreeMap<Vec<Vec<u8>>, Option<Vec<u8>>>;
+
 /// A fixed map of properties set by the embedder (e.g. `source.address`, `xds.cluster_name`).
 #[derive(Debug, Default)]
 pub struct StaticProperties {
-    /// `None`: the property is hidden.
-    values: RwLock<BTreeMap<Vec<Vec<u8>>, Option<Vec<u8>>>>,
+    values: RwLock<PropertyMap>,
 }
 
 impl StaticProperties {
@@ -857,9 +859,12 @@ impl Callouts for RecordingCallouts {
 /// A host function a filter can call by name with `proxy_call_foreign_function`.
 pub type ForeignFn = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, Status> + Send + Sync>;
 
-/// The registry of foreign functions. Built-ins: `wasmux_echo` (returns its argument),
-/// `wasmux_reverse` (returns it reversed) and `clear_route_cache` (accepted, no effect: wasmux
-/// has no routes).
+/// The registry of foreign functions. Defaults: Envoy's `compress` (zlib, `SERIALIZATION_FAILURE`
+/// on error), `uncompress` (the reverse; `SERIALIZATION_FAILURE` for bytes that are not zlib, or
+/// inflate past 64 MiB) and `clear_route_cache` (accepted; the embedder's router registers its
+/// own), plus `wasmux_echo` (returns its argument) and `wasmux_reverse` (returns it reversed).
+/// Envoy's `set_envoy_filter_state` and `declare_property` act on the calling stream and are
+/// built into the host; a function registered under one of their names takes precedence.
 #[derive(Clone)]
 pub struct ForeignFunctions {
     fns: HashMap<String, ForeignFn>,
@@ -879,8 +884,33 @@ impl Default for ForeignFunctions {
         r.register("wasmux_echo", |a| Ok(a.to_vec()));
         r.register("wasmux_reverse", |a| Ok(a.iter().rev().copied().collect()));
         r.register("clear_route_cache", |_| Ok(Vec::new()));
+        r.register("compress", compress);
+        r.register("uncompress", uncompress);
         r
     }
+}
+
+/// Largest output of `uncompress`.
+const MAX_UNCOMPRESSED: u64 = 64 << 20;
+
+/// Envoy's `compress`: zlib at the default level.
+fn compress(input: &[u8]) -> Result<Vec<u8>, Status> {
+    use std::io::Write as _;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(input).map_err(|_| Status::SerializationFailure)?;
+    z.finish().map_err(|_| Status::SerializationFailure)
+}
+
+/// Envoy's `uncompress`: zlib, at most [`MAX_UNCOMPRESSED`] bytes out.
+fn uncompress(input: &[u8]) -> Result<Vec<u8>, Status> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    let mut z = flate2::read::ZlibDecoder::new(input).take(MAX_UNCOMPRESSED + 1);
+    z.read_to_end(&mut out).map_err(|_| Status::SerializationFailure)?;
+    if out.len() as u64 > MAX_UNCOMPRESSED {
+        return Err(Status::SerializationFailure);
+    }
+    Ok(out)
 }
 
 impl ForeignFunctions {

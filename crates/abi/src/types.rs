@@ -31,6 +31,25 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in numeric order.
+    pub const ALL: &'static [Self] = &[
+        Self::Ok,
+        Self::NotFound,
+        Self::BadArgument,
+        Self::SerializationFailure,
+        Self::ParseFailure,
+        Self::InvalidMemoryAccess,
+        Self::Empty,
+        Self::CasMismatch,
+        Self::InternalFailure,
+        Self::Unimplemented,
+    ];
+
+    /// Decodes a raw status; `None` for codes the ABI does not define.
+    pub fn from_code(raw: u32) -> Option<Self> {
+        Self::ALL.iter().copied().find(|s| *s as u32 == raw)
+    }
+
     /// The spec name of this status.
     pub fn name(self) -> &'static str {
         match self {

@@ -16,12 +16,16 @@
 //!   nesting ([`MAX_NESTING`]), whose depth drives compile time and memory on the optimizing
 //!   compilers, and on the table elements the module declares ([`MAX_TABLE_ELEMENTS`]).
 //!
+//! - **Names:** exports and imports whose name begins with `wasmux:` are reserved for what the
+//!   backends add to a module (the V8 backend's hooks), and refused.
+//!
 //! Compile time itself: wasmi translates lazily (compiling is validating, about linear in
-//! size; translation happens on first call, under the callback deadline) and V8 compiles
-//! lazily too. wasmtime and wasmer compile ahead of time and cannot be interrupted: the host
-//! bounds their work by the module size ([`Limits::max_module_bytes`](crate::Limits)) and the
-//! shape above, and stops waiting at [`Limits::compile_deadline`](crate::Limits) (the
-//! `wasmux` crate's loader), leaving the compile to finish in the background.
+//! size; translation happens on first call, under the callback deadline). V8 returns from a
+//! compile once its baseline compiler is done and optimizes in the background. wasmtime and
+//! wasmer compile ahead of time and cannot be interrupted: the host bounds their work by the
+//! module size ([`Limits::max_module_bytes`](crate::Limits)) and the shape above, and stops
+//! waiting at [`Limits::compile_deadline`](crate::Limits) (the `wasmux` crate's loader),
+//! leaving the compile to finish in the background.
 
 use wasmparser::{Parser, Payload, Validator, WasmFeatures};
 
@@ -51,6 +55,9 @@ pub const MAX_BR_TABLE_TARGETS: u64 = 1_000_000;
 
 /// Most table elements a module may declare, over all its tables (initial sizes).
 pub const MAX_TABLE_ELEMENTS: u64 = 10_000_000;
+
+/// The prefix of export and import names the backends reserve for themselves.
+pub const RESERVED: &str = "wasmux:";
 
 /// The wasm features wasmux accepts on every engine.
 pub fn features() -> WasmFeatures {
@@ -95,7 +102,17 @@ pub fn validate(engine: &'static str, bytes: &[u8]) -> Result<ModuleShape> {
         match &payload {
             Payload::ImportSection(imports) => {
                 for import in imports.clone().into_imports() {
-                    match import.map_err(fail)?.ty {
+                    let import = import.map_err(fail)?;
+                    if import.module.starts_with(RESERVED) || import.name.starts_with(RESERVED) {
+                        return Err(invalid(
+                            engine,
+                            format!(
+                                "import `{}.{}`: names beginning with `{RESERVED}` are reserved",
+                                import.module, import.name
+                            ),
+                        ));
+                    }
+                    match import.ty {
                         wasmparser::TypeRef::Memory(_) => shape.memories += 1,
                         wasmparser::TypeRef::Table(t) => {
                             shape.tables += 1;
@@ -106,6 +123,17 @@ pub fn validate(engine: &'static str, bytes: &[u8]) -> Result<ModuleShape> {
                 }
             }
             Payload::MemorySection(m) => shape.memories += m.count(),
+            Payload::ExportSection(exports) => {
+                for export in exports.clone() {
+                    let name = export.map_err(fail)?.name;
+                    if name.starts_with(RESERVED) {
+                        return Err(invalid(
+                            engine,
+                            format!("export `{name}`: names beginning with `{RESERVED}` are reserved"),
+                        ));
+                    }
+                }
+            }
             Payload::TableSection(tables) => {
                 for table in tables.clone() {
                     let t = table.map_err(fail)?;
@@ -320,6 +348,19 @@ mod tests {
         let bytes = wasm(&[&section(1, &[1, 0x60, 0, 0]), &section(3, &[1, 0]), &section(10, &code)]);
         let e = validate("test", &bytes).unwrap_err().to_string();
         assert!(e.contains("invalid module"), "{e}");
+    }
+
+    #[test]
+    fn refuses_reserved_names() {
+        // Export section (id 7): one function export named "wasmux:x" of function 0.
+        let mut exports = vec![1u8, 8];
+        exports.extend_from_slice(b"wasmux:x");
+        exports.extend_from_slice(&[0, 0]);
+        let body = [1u8, 2, 0, 0x0b];
+        let bytes =
+            wasm(&[&section(1, &[1, 0x60, 0, 0]), &section(3, &[1, 0]), &section(7, &exports), &section(10, &body)]);
+        let e = validate("test", &bytes).unwrap_err().to_string();
+        assert!(e.contains("reserved"), "{e}");
     }
 
     #[test]

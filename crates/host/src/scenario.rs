@@ -164,12 +164,25 @@ pub struct Scenario {
     pub properties: PropertiesSpec,
     /// Shared data of the scenario's VM id before the plugin starts: key → value.
     pub shared_data: BTreeMap<String, Bytes>,
+    /// Canned foreign functions, by name: `{"result": bytes}` or `{"status": n}` (an ABI status
+    /// code). They take precedence over the built-in ones.
+    pub foreign_functions: BTreeMap<String, CannedForeign>,
     /// Upstreams callouts may target; absent means any.
     pub upstreams: Option<Vec<String>>,
     /// Limits.
     pub limits: ScenarioLimits,
     /// The events, in order.
     pub events: Vec<Event>,
+}
+
+/// A canned foreign function: what every call returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum CannedForeign {
+    /// The call succeeds with these bytes.
+    Result(Bytes),
+    /// The call fails with this ABI status code.
+    Status(u32),
 }
 
 /// A host property's value in a scenario.
@@ -520,11 +533,22 @@ pub fn run(runtime: Runtime, wasm: &[u8], scenario: &Scenario) -> Result<Value, 
     for (path, value) in scenario.properties.entries().map_err(invalid)? {
         props.insert_path(path, value);
     }
+    let mut foreign = wasmux_abi::services::ForeignFunctions::default();
+    for (name, canned) in &scenario.foreign_functions {
+        let answer = match canned {
+            CannedForeign::Result(b) => Ok(b.to_vec().map_err(invalid)?),
+            CannedForeign::Status(code) => Err(wasmux_abi::Status::from_code(*code)
+                .filter(|s| *s != wasmux_abi::Status::Ok)
+                .ok_or_else(|| invalid(format!("foreign function `{name}`: {code} is not an error status")))?),
+        };
+        foreign.register(name, move |_| answer.clone());
+    }
     let services = Services {
         log: log.clone(),
         callouts: callouts.clone(),
         clock: clock.clone(),
         properties: props,
+        foreign: Arc::new(foreign),
         ..Default::default()
     };
     let rec = Recorder { log, callouts, clock, services: services.clone() };
@@ -940,10 +964,8 @@ fn record_common(
             let mut v = json!({"name": m.name, "type": m.kind.as_str(), "value": m.value});
             if let Some(h) = &m.histogram {
                 v["sum"] = json!(h.sum);
-                v["buckets"] = h
-                    .buckets()
-                    .map(|(le, n)| json!([le.map_or_else(|| json!("+Inf"), |b| json!(b)), n]))
-                    .collect();
+                v["buckets"] =
+                    h.buckets().map(|(le, n)| json!([le.map_or_else(|| json!("+Inf"), |b| json!(b)), n])).collect();
             }
             v
         })

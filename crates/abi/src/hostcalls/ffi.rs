@@ -1,12 +1,32 @@
-//! Foreign functions: `proxy_call_foreign_function`.
+//! Foreign functions: `proxy_call_foreign_function`, and the Envoy built-ins that act on the
+//! calling stream.
+//!
+//! Lookup order: the embedder's registry ([`ForeignFunctions`](crate::services::ForeignFunctions),
+//! whose defaults include Envoy's `compress`, `uncompress` and `clear_route_cache`), then the
+//! built-ins below, which need the host state:
+//!
+//! - `set_envoy_filter_state`: a protobuf `SetEnvoyFilterStateArguments {string path = 1;
+//!   string value = 2; LifeSpan span = 3}`. The value is kept on the effective context and read
+//!   back as the property `filter_state.<path>` (`["filter_state", path]`), as Envoy serves its
+//!   filter state. Envoy builds a typed object from a registered factory; wasmux keeps the
+//!   bytes.
+//! - `declare_property`: a protobuf `DeclarePropertyArguments {string name = 1; bool readonly
+//!   = 2; WasmType type = 3; bytes schema = 4; LifeSpan span = 5}`. Accepted when well formed;
+//!   wasmux properties are untyped, so the declaration changes nothing else.
+//!
+//! Malformed arguments are `BAD_ARGUMENT`, as in Envoy.
 
-use crate::Status;
 use crate::guest::{HostResult, copy_out, read_bytes, read_string};
+use crate::state::ContextKind;
 use crate::vm::Guest;
+use crate::{HostState, Quota, Status};
+
+/// Longest foreign-function name accepted (longer ones are NOT_FOUND).
+const MAX_NAME: u64 = 1024;
 
 /// `proxy_call_foreign_function(name, name_len, args, args_len, return_results**,
 /// return_size*)`: NOT_FOUND for an unknown name. With both out-pointers 0 the result is
-/// discarded.
+/// discarded. Arguments are held to [`Quotas::max_body_bytes`](crate::Quotas).
 pub(super) fn call_foreign_function(
     cx: &mut (impl Guest + ?Sized),
     name: u64,
@@ -16,14 +36,128 @@ pub(super) fn call_foreign_function(
     out_ptr: u64,
     out_len: u64,
 ) -> HostResult {
+    if name_len > MAX_NAME {
+        return Ok(Status::NotFound);
+    }
+    if args_len > cx.state().quotas.max_body_bytes as u64 {
+        return Ok(cx.state().refuse(Quota::BodyBytes)?);
+    }
     let name = read_string(cx, name, name_len)?;
     let args = read_bytes(cx, args, args_len)?;
-    let Some(f) = cx.state().env.services.foreign.get(&name).cloned() else {
-        return Ok(Status::NotFound);
+    let result = match cx.state().env.services.foreign.get(&name).cloned() {
+        Some(f) => f(&args)?,
+        None => match name.as_str() {
+            "set_envoy_filter_state" => set_envoy_filter_state(cx.state(), &args)?,
+            "declare_property" => declare_property(&args)?,
+            _ => return Ok(Status::NotFound),
+        },
     };
-    let result = f(&args)?;
     if out_ptr == 0 && out_len == 0 {
         return Ok(Status::Ok);
     }
     copy_out(cx, &result, out_ptr, out_len)
+}
+
+/// `set_envoy_filter_state`: see the module docs.
+fn set_envoy_filter_state(state: &mut HostState, args: &[u8]) -> Result<Vec<u8>, Status> {
+    let mut path = None;
+    let mut value = Vec::new();
+    for field in proto::fields(args) {
+        match field? {
+            (1, proto::Value::Bytes(b)) => path = Some(b),
+            (2, proto::Value::Bytes(b)) => value = b.to_vec(),
+            (3, proto::Value::Varint(span)) if span <= 2 => {}
+            (1..=3, _) => return Err(Status::BadArgument),
+            _ => {}
+        }
+    }
+    let path = path.filter(|p| !p.is_empty()).ok_or(Status::BadArgument)?;
+    let mut key = b"filter_state\0".to_vec();
+    key.extend_from_slice(path);
+    let (max_count, max_bytes) = (state.quotas.max_properties, state.quotas.max_property_bytes);
+    let ctx = state.effective_context().ok_or(Status::NotFound)?;
+    let props = match &mut ctx.kind {
+        ContextKind::Http(h) => &mut h.properties,
+        ContextKind::Tcp(t) => &mut t.properties,
+        ContextKind::Root(r) => &mut r.properties,
+    };
+    let held: usize = props.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let replaced = props.get(&key).map_or(0, |v| key.len() + v.len());
+    if (replaced == 0 && props.len() >= max_count) || held - replaced + key.len() + value.len() > max_bytes {
+        return Err(Status::InternalFailure);
+    }
+    props.insert(key, value);
+    Ok(Vec::new())
+}
+
+/// `declare_property`: see the module docs.
+fn declare_property(args: &[u8]) -> Result<Vec<u8>, Status> {
+    let mut named = false;
+    for field in proto::fields(args) {
+        match field? {
+            (1, proto::Value::Bytes(b)) => named = !b.is_empty(),
+            (2 | 3 | 5, proto::Value::Varint(_)) | (4, proto::Value::Bytes(_)) => {}
+            (1..=5, _) => return Err(Status::BadArgument),
+            _ => {}
+        }
+    }
+    if named { Ok(Vec::new()) } else { Err(Status::BadArgument) }
+}
+
+/// The protobuf wire format, as far as the built-ins need it.
+mod proto {
+    use crate::Status;
+
+    /// A field's value.
+    pub(super) enum Value<'a> {
+        Varint(u64),
+        Bytes(&'a [u8]),
+        /// A fixed 32- or 64-bit value (skipped).
+        Fixed,
+    }
+
+    fn varint(buf: &mut &[u8]) -> Result<u64, Status> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = buf.split_first().ok_or(Status::BadArgument)?;
+            *buf = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Status::BadArgument)
+    }
+
+    /// The `(field number, value)` pairs of a message; an error ends it.
+    pub(super) fn fields(mut buf: &[u8]) -> impl Iterator<Item = Result<(u64, Value<'_>), Status>> {
+        std::iter::from_fn(move || {
+            if buf.is_empty() {
+                return None;
+            }
+            let field = (|| {
+                let key = varint(&mut buf)?;
+                let value = match key & 7 {
+                    0 => Value::Varint(varint(&mut buf)?),
+                    1 | 5 => {
+                        let n = if key & 7 == 1 { 8 } else { 4 };
+                        buf = buf.get(n..).ok_or(Status::BadArgument)?;
+                        Value::Fixed
+                    }
+                    2 => {
+                        let len = usize::try_from(varint(&mut buf)?).map_err(|_| Status::BadArgument)?;
+                        let (bytes, rest) = buf.split_at_checked(len).ok_or(Status::BadArgument)?;
+                        buf = rest;
+                        Value::Bytes(bytes)
+                    }
+                    _ => return Err(Status::BadArgument),
+                };
+                Ok((key >> 3, value))
+            })();
+            if field.is_err() {
+                buf = &[];
+            }
+            Some(field)
+        })
+    }
 }
