@@ -212,7 +212,11 @@ pub(crate) fn check_size(engine: &dyn WasmEngine, bytes: &[u8], limits: &Limits)
 /// Compiles `bytes`, waiting at most [`Limits::compile_deadline`] on engines that compile ahead
 /// of time ([`WasmEngine::compiles_ahead`]): the compile runs on a thread of its own, and a
 /// compile past the deadline is left to finish there, its result dropped.
-pub(crate) fn compile_within(engine: &Arc<dyn WasmEngine>, bytes: &[u8], limits: &Limits) -> Result<Arc<dyn WasmModule>> {
+pub(crate) fn compile_within(
+    engine: &Arc<dyn WasmEngine>,
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Arc<dyn WasmModule>> {
     let Some(deadline) = limits.compile_deadline.filter(|_| engine.compiles_ahead()) else {
         return engine.compile(bytes);
     };
@@ -228,7 +232,9 @@ pub(crate) fn compile_within(engine: &Arc<dyn WasmEngine>, bytes: &[u8], limits:
     rx.recv_timeout(deadline).unwrap_or_else(|_| {
         Err(Error::Compile {
             engine: engine.name(),
-            message: format!("compiling took longer than the compile deadline of {deadline:?} (Limits::compile_deadline)"),
+            message: format!(
+                "compiling took longer than the compile deadline of {deadline:?} (Limits::compile_deadline)"
+            ),
         })
     })
 }

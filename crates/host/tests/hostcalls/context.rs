@@ -220,7 +220,8 @@ pub(crate) fn proxy_done_completes_a_deferred_root() {
             .cb("proxy_on_delete", &("(call $bump (i32.const 2))".to_string() + &st(22, "(local.get 0)")))
             .cb(
                 "proxy_on_tick",
-                &[st(1, "(call $proxy_done)"), st(2, "(call $proxy_done)"), st(3, "(call $cnt (i32.const 2))")].concat(),
+                &[st(1, "(call $proxy_done)"), st(2, "(call $proxy_done)"), st(3, "(call $cnt (i32.const 2))")]
+                    .concat(),
             );
         let mut h = H::new(&wat);
         let id = h.stream();

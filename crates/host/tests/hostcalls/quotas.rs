@@ -229,11 +229,7 @@ pub(crate) fn queue_quotas() {
             "{v}"
         );
         let counts = h.plugin.quota_counts();
-        assert_eq!(
-            [Quota::Queues, Quota::QueueItems, Quota::QueueBytes].map(|q| counts.get(q)),
-            [1, 1, 1],
-            "{v}"
-        );
+        assert_eq!([Quota::Queues, Quota::QueueItems, Quota::QueueBytes].map(|q| counts.get(q)), [1, 1, 1], "{v}");
     }
 }
 
@@ -297,7 +293,11 @@ pub(crate) fn property_quotas() {
 pub(crate) fn callout_quotas() {
     for v in AbiVersion::ALL {
         let hdrs = crate::harness::spairs(&[(":method", "GET"), (":path", "/"), (":authority", "a")]);
-        let call = |body: &str| format!("(call $proxy_http_call {{up}} {{hdrs}} {body} (i32.const 0) (i32.const 0) (i32.const 1000) {{o0.a}})");
+        let call = |body: &str| {
+            format!(
+                "(call $proxy_http_call {{up}} {{hdrs}} {body} (i32.const 0) (i32.const 0) (i32.const 1000) {{o0.a}})"
+            )
+        };
         let wat = on_headers(
             v,
             &[("up", b"up"), ("hdrs", &hdrs), ("body", &[b'b'; 100])],
