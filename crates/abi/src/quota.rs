@@ -22,6 +22,10 @@
 //!   one callback traps with [`TrapKind::Quota`](crate::TrapKind::Quota), and the plugin's
 //!   failure policy takes over, as for any trap.
 //!
+//! For comparison, crates.io `proxy-wasm-host` 0.2.0 has opt-in limits (off by default) on log
+//! bytes, key and name length, and the queues plus metrics one guest holds, refused with
+//! `INTERNAL_FAILURE`; Envoy and proxy-wasm-cpp-host bound none of these stores.
+//!
 //! Every refusal and truncation is counted per quota ([`QuotaCounts`], readable from
 //! [`Vm::quota_counts`](crate::Vm::quota_counts)) and logged at WARN (target
 //! `wasmux::quota`, once per quota per callback), so an operator sees which quota a filter
