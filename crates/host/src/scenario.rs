@@ -199,7 +199,7 @@ pub enum PropertyValue {
         hex: String,
     },
     /// A map or struct, served in the pairs format; nested values are serialized the same way.
-    Map(BTreeMap<String, PropertyValue>),
+    Map(BTreeMap<String, Self>),
 }
 
 impl PropertyValue {
@@ -234,6 +234,9 @@ pub struct PathProperty {
     pub value: PropertyValue,
 }
 
+/// A property as path segments and encoded value (`None`: hidden).
+pub type PropertyEntry = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
 /// The properties of a scenario: by dotted name, or by path segments.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -255,7 +258,7 @@ impl PropertiesSpec {
     ///
     /// # Errors
     /// An invalid value.
-    pub fn entries(&self) -> Result<Vec<(Vec<Vec<u8>>, Option<Vec<u8>>)>, String> {
+    pub fn entries(&self) -> Result<Vec<PropertyEntry>, String> {
         let split = |dotted: &str| dotted.split('.').map(|s| s.as_bytes().to_vec()).collect();
         match self {
             Self::Dotted(m) => m.iter().map(|(k, v)| Ok((split(k), v.encode()?))).collect(),
