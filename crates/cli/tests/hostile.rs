@@ -1,7 +1,7 @@
 //! The hostile suite (issue 14): filters written to crash, hang or exhaust the host, run
 //! through the real `wasmux` binary on every sandboxed engine compiled in.
 //!
-//! Each probe is a WAT module in `tests/hostile/` (two large ones are generated here) with a
+//! Each probe is a WAT module in `tests/hostile/` (three large ones are generated here) with a
 //! scenario (`NAME.json`, or the shared `stream.json`: a stream, its request headers, its
 //! end). Every run of `wasmux run PROBE.wat --engine E --scenario S.json`:
 //!
@@ -10,6 +10,7 @@
 //!   trivial `baseline` probe on the same engine: at most [`RSS_MARGIN`] above it,
 //! - must end by itself with exit code 0 (a record on stdout) or 2 (a load error on stderr),
 //!   never by a signal, never with a panic message,
+//! - compiles its module cold (a module-cache directory of its own, removed afterwards),
 //! - and must show the probe's expected outcome (a trap named on the event, a quota counted
 //!   in the record, a load error that says why).
 //!
@@ -58,9 +59,9 @@ enum Expect {
     /// Wall time at most the baseline's plus this many milliseconds.
     Within(u64),
     /// Every one.
-    All(&'static [Expect]),
+    All(&'static [Self]),
     /// At least one.
-    Any(&'static [Expect]),
+    Any(&'static [Self]),
 }
 
 use Expect::{Action, All, Any, Clean, LoadError, Quota, StartFailed, Trap, TrapAt, Within};
@@ -127,6 +128,7 @@ const PROBES: &[Probe] = &[
     probe("flood_header_linear", Action(1, "continue")),
     probe("flood_body_append", All(&[Quota("body_bytes"), Any(&[Trap(2, "quota"), Trap(2, "deadline")])])),
     probe("flood_log_8mib", All(&[Quota("log_line"), Any(&[Action(1, "continue"), Trap(1, "deadline")])])),
+    probe("flood_log_lines", All(&[Quota("log_bytes"), Any(&[Action(1, "continue"), Trap(1, "deadline")])])),
     probe("flood_fd_write", All(&[Quota("log_line"), Any(&[Action(1, "continue"), Trap(1, "deadline")])])),
     probe("flood_shared_keys", refused!("shared_data_keys")),
     probe("flood_shared_8mib", refused!("shared_data_value")),
@@ -340,18 +342,22 @@ fn binary() -> &'static Path {
                 })
                 .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
                 .collect();
-            found.sort_by(|a, b| b.0.cmp(&a.0));
+            found.sort_by_key(|f| std::cmp::Reverse(f.0));
             candidates.extend(found.into_iter().map(|(_, p)| p));
         }
         let dir = tmp_dir();
-        // Links left by earlier runs (a day old) go.
+        // Links and module caches left by test processes that are gone go.
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.filter_map(Result::ok) {
-                let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-                if e.file_name().to_string_lossy().starts_with("wasmux-")
-                    && old.is_some_and(|d| d > Duration::from_secs(86_400))
-                {
-                    let _ = std::fs::remove_file(e.path());
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(rest) = name.strip_prefix("wasmux-").or_else(|| name.strip_prefix("cache-")) else { continue };
+                let pid = rest.split('-').next().unwrap_or("");
+                if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                    let _ = if e.path().is_dir() {
+                        std::fs::remove_dir_all(e.path())
+                    } else {
+                        std::fs::remove_file(e.path())
+                    };
                 }
             }
         }
@@ -391,16 +397,27 @@ fn wasmux(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Run {
     spawn_and_supervise(binary(), args, env)
 }
 
+/// A compiled-module cache directory of its own for one run, so that every run compiles its
+/// module cold and the user's cache is left alone. Removed after the run.
+fn fresh_cache() -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tmp_dir().join(format!("cache-{}-{n}", std::process::id()))
+}
+
 fn spawn_and_supervise(bin: &Path, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(bin);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.env_remove("WASMUX_LOG");
+    let cache = fresh_cache();
+    cmd.env_remove("WASMUX_LOG").env("WASMUX_CACHE_DIR", &cache);
     for (k, v) in env {
         cmd.env(k, v);
     }
     let start = Instant::now();
     let child = cmd.spawn().expect("spawn wasmux");
-    supervise(child, start)
+    let run = supervise(child, start);
+    let _ = std::fs::remove_dir_all(&cache);
+    run
 }
 
 fn scenario_path(p: &Probe) -> PathBuf {
@@ -829,6 +846,8 @@ fn closed_stdout_ends_quietly() {
     for (what, args, read) in commands {
         let mut cmd = Command::new(binary());
         cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let cache = fresh_cache();
+        cmd.env("WASMUX_CACHE_DIR", &cache);
         // The large run's quota warnings and trap are not what this test is about: only a
         // panic or an error message about the pipe would show.
         cmd.env("WASMUX_LOG", "off");
@@ -841,6 +860,7 @@ fn closed_stdout_ends_quietly() {
         }
         drop(stdout);
         let run = supervise(child, start);
+        let _ = std::fs::remove_dir_all(&cache);
         if let Some(f) = no_panic(what, &run) {
             failures.push(f);
         } else if run.code != Some(0) || !run.stderr.trim().is_empty() {
