@@ -156,7 +156,7 @@ const PROBES: &[Probe] = &[
         "compile_deadline",
         All(&[Any(&[LoadError("deadline"), Action(1, "continue")]), Within(2000 + 3000)]),
     ),
-    // The baseline module over a 1000-byte module limit.
+    // The baseline module over a 100-byte module limit.
     probe_with("module_too_big", "baseline", "module_too_big", LoadError("byte")),
     // Traps in stream callbacks are named in the record.
     probe("trap_stream", TrapAt(1, "unreachable", "proxy_on_request_headers")),
