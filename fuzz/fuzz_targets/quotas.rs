@@ -24,6 +24,7 @@ fn quotas() -> Quotas {
         max_body_bytes: 64,
         max_log_line_bytes: 16,
         max_log_bytes_per_callback: 64,
+        max_log_lines_per_callback: 4,
         max_shared_data_keys: 4,
         max_shared_data_value_bytes: 32,
         max_shared_data_bytes: 64,

@@ -73,6 +73,8 @@ quotas! {
     LogLine = "log_line", Ok;
     /// Bytes logged during one callback (further lines dropped).
     LogBytes = "log_bytes", Ok;
+    /// Lines logged during one callback (further lines dropped).
+    LogLines = "log_lines", Ok;
     /// Keys in the shared data of one VM id.
     SharedDataKeys = "shared_data_keys", InternalFailure;
     /// Bytes of one shared-data value (with its key).
@@ -137,6 +139,9 @@ pub struct Quotas {
     /// Bytes logged per callback (default 1 MiB); later lines in the same callback are
     /// dropped. Neither Envoy nor proxy-wasm-cpp-host limits this.
     pub max_log_bytes_per_callback: usize,
+    /// Lines logged per callback (default 1024); later lines in the same callback are dropped.
+    /// A sink that keeps lines (the CLI's record) pays for each line, however short.
+    pub max_log_lines_per_callback: usize,
     /// Keys in the shared data of a VM id (default 65 536). Envoy and proxy-wasm-cpp-host
     /// keep shared data without limit.
     pub max_shared_data_keys: usize,
@@ -185,6 +190,7 @@ impl Default for Quotas {
             max_body_bytes: 16 << 20,
             max_log_line_bytes: 16 << 10,
             max_log_bytes_per_callback: 1 << 20,
+            max_log_lines_per_callback: 1024,
             max_shared_data_keys: 65_536,
             max_shared_data_value_bytes: 1 << 20,
             max_shared_data_bytes: 64 << 20,
@@ -212,6 +218,7 @@ impl Quotas {
             Quota::BodyBytes => self.max_body_bytes,
             Quota::LogLine => self.max_log_line_bytes,
             Quota::LogBytes => self.max_log_bytes_per_callback,
+            Quota::LogLines => self.max_log_lines_per_callback,
             Quota::SharedDataKeys => self.max_shared_data_keys,
             Quota::SharedDataValue => self.max_shared_data_value_bytes,
             Quota::SharedDataBytes => self.max_shared_data_bytes,
@@ -238,6 +245,7 @@ impl Quotas {
             max_body_bytes: usize::MAX,
             max_log_line_bytes: usize::MAX,
             max_log_bytes_per_callback: usize::MAX,
+            max_log_lines_per_callback: usize::MAX,
             max_shared_data_keys: usize::MAX,
             max_shared_data_value_bytes: usize::MAX,
             max_shared_data_bytes: usize::MAX,
@@ -316,6 +324,8 @@ impl From<Quota> for Refused {
 pub(crate) struct CallBudget {
     /// Bytes logged.
     pub(crate) logged: usize,
+    /// Lines logged.
+    pub(crate) lines: usize,
     /// Lines dropped because the callback's log budget ran out.
     pub(crate) dropped_lines: u64,
     /// Refusals.

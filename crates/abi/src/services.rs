@@ -406,6 +406,15 @@ pub trait SharedQueues: Send + Sync + fmt::Debug {
     /// # Errors
     /// `NOT_FOUND` for an unknown queue id; the quota a full queue breaks.
     fn enqueue(&self, id: u32, item: &[u8], quotas: &Quotas) -> Result<(), Refused>;
+    /// Whether an item of `len` bytes would fit in queue `id` now: lets the host refuse a
+    /// full queue before it copies the item out of the guest. The default says yes;
+    /// [`Self::enqueue`] decides.
+    ///
+    /// # Errors
+    /// As [`Self::enqueue`].
+    fn has_room(&self, _id: u32, _len: u64, _quotas: &Quotas) -> Result<(), Refused> {
+        Ok(())
+    }
     /// Takes the oldest item.
     ///
     /// # Errors
@@ -489,6 +498,19 @@ impl SharedQueues for InMemoryQueues {
         let owner = q.owner;
         inner.ready.entry(owner.vm_uid).or_default().push((owner.root_context, id));
         self.pending.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    fn has_room(&self, id: u32, len: u64, quotas: &Quotas) -> Result<(), Refused> {
+        let inner = lock(&self.inner);
+        let idx = (id as usize).checked_sub(1).ok_or(Status::NotFound)?;
+        let q = inner.queues.get(idx).ok_or(Status::NotFound)?;
+        if q.items.len() >= quotas.max_queue_items {
+            return Err(Quota::QueueItems.into());
+        }
+        if (q.bytes as u64).saturating_add(len) > quotas.max_queue_bytes as u64 {
+            return Err(Quota::QueueBytes.into());
+        }
         Ok(())
     }
 

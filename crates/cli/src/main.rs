@@ -44,6 +44,10 @@ enum Command {
         /// Scenario file (JSON); see README.md.
         #[arg(long)]
         scenario: PathBuf,
+        /// Compile from scratch: do not use the compiled-module cache (by default
+        /// `$WASMUX_CACHE_DIR`, else `$XDG_CACHE_HOME/wasmux`, else `~/.cache/wasmux`).
+        #[arg(long)]
+        no_cache: bool,
     },
     /// List the engines compiled into this binary.
     Engines,
@@ -116,12 +120,46 @@ fn print_out(text: &str) {
     }
 }
 
+/// Writes a JSON value to stdout as it serializes (no copy of the whole text), then a newline;
+/// a closed pipe ends the command quietly, as in [`print_out`].
+fn write_json(value: &serde_json::Value) {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = serde_json::to_writer_pretty(&mut out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(2);
+    }
+}
+
 /// `println!` that never panics (see [`print_out`]).
 macro_rules! out {
     ($($arg:tt)*) => { print_out(&format!($($arg)*)) };
 }
 
 type AnyError = Box<dyn std::error::Error>;
+
+/// The per-user compiled-module cache: `$WASMUX_CACHE_DIR`, else `$XDG_CACHE_HOME/wasmux`, else
+/// `$HOME/.cache/wasmux`. `None` (compile every time, with a warning) when none can be opened.
+fn user_cache() -> Option<wasmux::ModuleCache> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let dir = var("WASMUX_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("wasmux")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("wasmux")))?;
+    match wasmux::ModuleCache::on_disk(&dir) {
+        Ok(cache) => Some(cache),
+        Err(e) => {
+            eprintln!("warning: compiled-module cache {} unavailable, compiling: {e}", dir.display());
+            None
+        }
+    }
+}
 
 /// Reads a module: wasm binary, or the WebAssembly text format (assembled here).
 fn read(file: &PathBuf) -> Result<Vec<u8>, AnyError> {
@@ -146,12 +184,13 @@ fn run(cmd: Command) -> Result<ExitCode, AnyError> {
             bench::run(bench::Args { engines, filter, config, json, runs, command: command.join(" "), rss_child })
         }
         Command::Inspect { file, engine, json } => inspect(&read(&file)?, engine.parse()?, json),
-        Command::Run { file, engine, scenario: path } => {
+        Command::Run { file, engine, scenario: path, no_cache } => {
             let wasm = read(&file)?;
             let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let sc = scenario::Scenario::from_json(&text)?;
-            let record = scenario::run(engine.parse()?, &wasm, &sc)?;
-            print_out(&serde_json::to_string_pretty(&record)?);
+            let cache = if no_cache { None } else { user_cache() };
+            let record = scenario::run_cached(engine.parse()?, &wasm, &sc, cache.as_ref())?;
+            write_json(&record);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,4 +1,8 @@
-//! The `wasmux` command through its binary: the compiled-module cache of `wasmux run`.
+//! The `wasmux` command through its binary (the crate's one test binary): the hostile suite
+//! ([`hostile`]) and the compiled-module cache of `wasmux run`.
+
+#[path = "hostile.rs"]
+mod hostile;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,7 +59,11 @@ fn run_uses_the_module_cache_unless_told_not_to() {
     assert_eq!(artifacts.len(), 1, "one artifact for one module on one engine: {artifacts:?}");
     let stamp = std::fs::metadata(&artifacts[0]).and_then(|m| m.modified()).expect("artifact time");
     let warm = run(&[]);
-    assert_eq!(std::fs::metadata(&artifacts[0]).and_then(|m| m.modified()).expect("artifact time"), stamp, "a warm run reads the artifact, it does not rewrite it");
+    assert_eq!(
+        std::fs::metadata(&artifacts[0]).and_then(|m| m.modified()).expect("artifact time"),
+        stamp,
+        "a warm run reads the artifact, it does not rewrite it"
+    );
     assert_eq!(cold, uncached);
     assert_eq!(warm, cold);
     let _ = std::fs::remove_dir_all(&dir);

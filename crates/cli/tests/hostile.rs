@@ -1,4 +1,4 @@
-//! The hostile suite (issue 14): filters written to crash, hang or exhaust the host, run
+//! The hostile suite: filters written to crash, hang or exhaust the host, run
 //! through the real `wasmux` binary on every sandboxed engine compiled in.
 //!
 //! Each probe is a WAT module in `tests/hostile/` (three large ones are generated here) with a
@@ -128,7 +128,7 @@ const PROBES: &[Probe] = &[
     probe("flood_header_linear", Action(1, "continue")),
     probe("flood_body_append", All(&[Quota("body_bytes"), Any(&[Trap(2, "quota"), Trap(2, "deadline")])])),
     probe("flood_log_8mib", All(&[Quota("log_line"), Any(&[Action(1, "continue"), Trap(1, "deadline")])])),
-    probe("flood_log_lines", All(&[Quota("log_bytes"), Any(&[Action(1, "continue"), Trap(1, "deadline")])])),
+    probe("flood_log_lines", All(&[Quota("log_lines"), Any(&[Action(1, "continue"), Trap(1, "deadline")])])),
     probe("flood_fd_write", All(&[Quota("log_line"), Any(&[Action(1, "continue"), Trap(1, "deadline")])])),
     probe("flood_shared_keys", refused!("shared_data_keys")),
     probe("flood_shared_8mib", refused!("shared_data_value")),

@@ -9,7 +9,8 @@
 //! record on every engine.
 //!
 //! Bytes (configurations, bodies, header values) are JSON strings when they are UTF-8 text,
-//! or `{"hex": "..."}` otherwise, in both directions.
+//! or `{"hex": "..."}` otherwise, in both directions. In records, values over
+//! [`RECORD_BYTES_INLINE`] (1 MiB) appear as `{"len": n, "sha256": "..."}`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -69,7 +70,16 @@ impl Bytes {
     }
 }
 
+/// Values larger than this appear in records by length and SHA-256 only.
+pub const RECORD_BYTES_INLINE: usize = 1 << 20;
+
 fn bytes_json(b: &[u8]) -> Value {
+    if b.len() > RECORD_BYTES_INLINE {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(b);
+        let hex: String = digest.iter().map(|x| format!("{x:02x}")).collect();
+        return json!({"len": b.len(), "sha256": hex});
+    }
     serde_json::to_value(Bytes::from_slice(b)).unwrap_or(Value::Null)
 }
 
@@ -528,6 +538,19 @@ fn control_name(c: &StreamControl) -> String {
 /// A scenario the runner cannot use, or a module that does not load (compile or compatibility
 /// errors). Filter failures after loading are part of the record, not errors.
 pub fn run(runtime: Runtime, wasm: &[u8], scenario: &Scenario) -> Result<Value, ScenarioError> {
+    run_cached(runtime, wasm, scenario, None)
+}
+
+/// [`run`], loading the module through a compiled-module cache when one is given.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_cached(
+    runtime: Runtime,
+    wasm: &[u8],
+    scenario: &Scenario,
+    cache: Option<&crate::ModuleCache>,
+) -> Result<Value, ScenarioError> {
     let log = Arc::new(MemoryLog::default());
     let callouts = Arc::new(RecordingCallouts::default());
     callouts.set_upstreams(scenario.upstreams.clone());
@@ -580,7 +603,10 @@ pub fn run(runtime: Runtime, wasm: &[u8], scenario: &Scenario) -> Result<Value, 
             return Err(invalid(format!("initial shared data `{k}`: {e:?}")));
         }
     }
-    let compiled = runtime.load(wasm, options)?;
+    let compiled = match cache {
+        Some(cache) => runtime.load_cached(wasm, options, cache)?,
+        None => runtime.load(wasm, options)?,
+    };
     let abi = compiled.info().abi;
     let mut out = json!({ "engine": runtime.name(), "abi_version": abi.as_str() });
     match compiled.instantiate() {

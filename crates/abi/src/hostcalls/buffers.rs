@@ -73,8 +73,14 @@ pub(super) fn set_buffer_bytes(
 ) -> HostResult {
     let ty = buffer_type(cx.state(), ty)?;
     let max = cx.state().quotas.max_body_bytes;
-    if len > max as u64 {
-        // Too big on its own: refused before it is read.
+    // The size the buffer would have, checked before anything is copied.
+    let current = match read_buffer(cx.state(), ty) {
+        Ok((buf, _)) => buf.len(),
+        Err(_) => 0,
+    };
+    let from = usize::try_from(start).unwrap_or(usize::MAX).min(current);
+    let to = from.saturating_add(usize::try_from(size).unwrap_or(usize::MAX)).min(current);
+    if (current - (to - from)) as u64 + len > max as u64 {
         return Ok(cx.state().refuse(Quota::BodyBytes)?);
     }
     let data = read_bytes(cx, ptr, len)?;
@@ -93,9 +99,6 @@ pub(super) fn set_buffer_bytes(
     let buf = buf.ok_or(Status::NotFound)?;
     let from = usize::try_from(start).unwrap_or(usize::MAX).min(buf.len());
     let to = from.saturating_add(usize::try_from(size).unwrap_or(usize::MAX)).min(buf.len());
-    if buf.len() - (to - from) + data.len() > max {
-        return Ok(state.refuse(Quota::BodyBytes)?);
-    }
     buf.splice(from..to, data);
     Ok(Status::Ok)
 }

@@ -75,8 +75,12 @@ pub(super) fn http_call(
 ) -> HostResult {
     let upstream = read_string(cx, up, up_len)?;
     let headers = read_map(cx, hdr, hdr_len)?;
-    if body_len > cx.state().quotas.max_body_bytes as u64 {
-        return Ok(cx.state().refuse(Quota::BodyBytes)?);
+    let state = cx.state();
+    if body_len > state.quotas.max_body_bytes as u64 {
+        return Ok(state.refuse(Quota::BodyBytes)?);
+    }
+    if (state.callout_bytes as u64).saturating_add(body_len) > state.quotas.max_callout_bytes as u64 {
+        return Ok(state.refuse(Quota::CalloutBytes)?);
     }
     let body = read_bytes(cx, body, body_len)?;
     let trailers = read_map(cx, trl, trl_len)?;
@@ -217,8 +221,20 @@ fn grpc_act(state: &mut HostState, token: u64, action: GrpcAction) -> HostResult
 
 /// `proxy_grpc_send(token, message, message_len, end_stream)`: streams only.
 pub(super) fn grpc_send(cx: &mut (impl Guest + ?Sized), token: u64, msg: u64, msg_len: u64, end: u64) -> HostResult {
-    if msg_len > cx.state().quotas.max_body_bytes as u64 {
-        return Ok(cx.state().refuse(Quota::BodyBytes)?);
+    let state = cx.state();
+    if msg_len > state.quotas.max_body_bytes as u64 {
+        return Ok(state.refuse(Quota::BodyBytes)?);
+    }
+    // The callout quotas, checked before the message is copied (again after, by `grpc_act`).
+    if let Some(c) = state.callouts.get(&(token as u32))
+        && c.kind == CalloutKind::GrpcStream
+    {
+        if c.pending.len() >= state.quotas.max_grpc_pending_sends {
+            return Ok(state.refuse(Quota::GrpcPendingSends)?);
+        }
+        if (state.callout_bytes as u64).saturating_add(msg_len) > state.quotas.max_callout_bytes as u64 {
+            return Ok(state.refuse(Quota::CalloutBytes)?);
+        }
     }
     let message = read_bytes(cx, msg, msg_len)?;
     grpc_act(cx.state(), token, GrpcAction::Send { message, end_stream: end as u32 != 0 })

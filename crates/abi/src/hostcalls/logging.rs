@@ -10,11 +10,19 @@ pub(super) fn log(cx: &mut (impl Guest + ?Sized), level: u64, msg: u64, len: u64
     let level = u32::try_from(level).ok().and_then(LogLevel::from_raw).ok_or(Status::BadArgument)?;
     if level < cx.state().env.log_level {
         // Dropped without copying, but a bad range is still reported.
-        check_range(cx, msg, len)?;
+        if len > 0 {
+            check_range(cx, msg, len)?;
+        }
         return Ok(Status::Ok);
     }
-    // The message is read where it lies in guest memory where the engine lends it.
-    with_guest_bytes(cx, msg, len, |bytes, state| emit(state, level, bytes))?;
+    // The message is read where it lies in guest memory where the engine lends it; where it
+    // is copied, only what a line can keep is (one byte more, so the line knows it was cut).
+    let keep = (cx.state().quotas.max_log_line_bytes as u64).saturating_add(1).min(len);
+    if len > 0 {
+        check_range(cx, msg, len)?;
+    }
+    let total = usize::try_from(len).unwrap_or(usize::MAX);
+    with_guest_bytes(cx, msg, keep, |bytes, state| emit_part(state, level, bytes, total))?;
     Ok(Status::Ok)
 }
 
@@ -41,13 +49,14 @@ pub(crate) fn emit_part(state: &mut HostState, level: LogLevel, message: &[u8], 
         return;
     }
     let left = state.quotas.max_log_bytes_per_callback.saturating_sub(state.budget.logged);
-    if left == 0 {
+    if left == 0 || state.budget.lines >= state.quotas.max_log_lines_per_callback {
         if state.budget.dropped_lines == 0 {
-            state.note_quota(Quota::LogBytes);
+            state.note_quota(if left == 0 { Quota::LogBytes } else { Quota::LogLines });
         }
         state.budget.dropped_lines += 1;
         return;
     }
+    state.budget.lines += 1;
     let keep = state.quotas.max_log_line_bytes.min(left);
     if total <= keep {
         state.budget.logged += message.len();
@@ -71,6 +80,11 @@ fn send(state: &HostState, level: LogLevel, message: &[u8]) {
 pub(crate) fn log_dropped_lines(state: &mut HostState) {
     let n = state.budget.dropped_lines;
     let max = state.quotas.max_log_bytes_per_callback;
-    let text = format!("[wasmux] {n} log lines dropped: the callback logged its quota of {max} bytes");
+    let (lines, max_lines) = (state.budget.lines, state.quotas.max_log_lines_per_callback);
+    let text = if lines >= max_lines {
+        format!("[wasmux] {n} log lines dropped: the callback logged its quota of {max_lines} lines")
+    } else {
+        format!("[wasmux] {n} log lines dropped: the callback logged its quota of {max} bytes")
+    };
     send(state, LogLevel::Warn.max(state.env.log_level), text.as_bytes());
 }

@@ -102,6 +102,11 @@ pub(super) fn enqueue(cx: &mut (impl Guest + ?Sized), id: u64, val: u64, val_len
         // Too big for any queue: refused before it is read.
         return Ok(cx.state().refuse(Quota::QueueBytes)?);
     }
+    // A full queue refuses without the item being copied (the service checks again).
+    let state = cx.state();
+    if let Err(r) = state.env.services.queues.has_room(id as u32, val_len, &state.quotas) {
+        return refused(state, r);
+    }
     let value = read_bytes(cx, val, val_len)?;
     let state = cx.state();
     match state.env.services.queues.enqueue(id as u32, &value, &state.quotas) {
