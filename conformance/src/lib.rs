@@ -16,7 +16,9 @@
 //!   - `name.wasm`: a built fixture, relative to `conformance/fixtures/wasm/`;
 //!   - `wat:name.wat`: a hand-written micro-module, relative to `conformance/wat/`, assembled
 //!     with the `wat` crate when the case runs;
-//!   - `bytes:hex:0061736d...`: raw bytes given inline (for malformed modules).
+//!   - `bytes:hex:0061736d...`: raw bytes given inline (for malformed modules);
+//!   - `go:name.wasm`: a filter built by the upstream Go compiler, relative to
+//!     `conformance/fixtures/go/` (`scripts/build-go-fixtures.sh`).
 //! - `scenario` is a [`wasmux::scenario::Scenario`] object.
 //! - `expect` is compared as a *subset* of the record produced by [`wasmux::scenario::run`]:
 //!   every key present in `expect` must be present in the record with an equal value; objects
@@ -138,6 +140,9 @@ pub fn module_variant(spec: &str) -> String {
     if spec.starts_with("bytes:") {
         return "bytes".into();
     }
+    if let Some(go) = spec.strip_prefix("go:") {
+        return go.trim_end_matches(".wasm").to_string();
+    }
     let stem = spec.trim_end_matches(".wasm");
     stem.rsplit('.').next().unwrap_or(stem).to_string()
 }
@@ -180,7 +185,10 @@ pub fn load_module(spec: &str) -> Result<Vec<u8>, String> {
         let path = root_dir().join("wat").join(w);
         return wat::parse_file(&path).map_err(|e| format!("{}: {e}", path.display()));
     }
-    let path = root_dir().join("fixtures").join("wasm").join(spec);
+    let path = match spec.strip_prefix("go:") {
+        Some(go) => root_dir().join("fixtures").join("go").join(go),
+        None => root_dir().join("fixtures").join("wasm").join(spec),
+    };
     std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
@@ -200,6 +208,9 @@ pub fn not_applicable(case: &Case, module: &str, runtime: Runtime) -> Option<&'s
     }
     if module.starts_with("wat:") || module.starts_with("bytes:") {
         return Some("hand-written wasm has no native build (sandbox and limit cases are out of scope: no sandbox)");
+    }
+    if module.starts_with("go:") {
+        return Some("a Go-built module has no native build");
     }
     if !module.ends_with(".wasip1.wasm") {
         return Some("one native build per fixture, run under the wasip1 label");

@@ -171,6 +171,11 @@ pub trait Clock: Send + Sync + fmt::Debug {
     fn realtime_nanos(&self) -> u64;
     /// Monotonic nanoseconds from an arbitrary origin.
     fn monotonic_nanos(&self) -> u64;
+
+    /// The guest waits `d` (WASI `poll_oneoff` with a clock subscription). The host never
+    /// blocks a filter: the system clock ignores it; a manual clock moves forward by `d`, so a
+    /// guest that sleeps sees its time pass.
+    fn idle(&self, _d: Duration) {}
 }
 
 /// The system clocks.
@@ -217,6 +222,9 @@ impl Clock for ManualClock {
     }
     fn monotonic_nanos(&self) -> u64 {
         self.nanos.load(Ordering::SeqCst)
+    }
+    fn idle(&self, d: Duration) {
+        self.advance(d);
     }
 }
 

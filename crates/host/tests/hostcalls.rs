@@ -97,6 +97,7 @@ cases! {
     // WASI and Emscripten helpers.
     wasi::wasi_functions,
     wasi::wasi_environment_and_unstable_module,
+    wasi::poll_oneoff_lets_virtual_time_pass,
     // Error statuses across all functions.
     errors::invalid_memory_access_everywhere,
     errors::bad_enum_arguments,

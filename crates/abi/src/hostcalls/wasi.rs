@@ -298,19 +298,78 @@ pub(super) fn sched_yield(_: &mut (impl Guest + ?Sized)) -> HostResult<u32> {
     Ok(Errno::SUCCESS)
 }
 
-/// `poll_oneoff`: reports no events (a filter must not block).
+/// Most subscriptions one `poll_oneoff` may pass; more is EINVAL.
+const MAX_SUBSCRIPTIONS: u64 = 1024;
+
+/// `poll_oneoff(in, out, nsubscriptions, nevents*)`. A filter must not block a proxy's worker,
+/// so nothing waits: the soonest clock subscription fires at once, after the clock service has
+/// been told of the wait ([`Clock::idle`](crate::services::Clock::idle): a manual clock moves
+/// forward by it, so a guest that sleeps sees its time pass in scenarios; the system clock does
+/// not move, and a guest that checks the time waits in a loop, under its deadline, as in
+/// Envoy). Every clock subscription due by then gets an event; fd subscriptions get `BADF`
+/// events (a filter has no files). Malformed subscriptions are EINVAL.
 pub(super) fn poll_oneoff(
     cx: &mut (impl Guest + ?Sized),
-    _input: u64,
-    _output: u64,
+    input: u64,
+    output: u64,
     n: u64,
     out: u64,
 ) -> HostResult<u32> {
-    if n == 0 {
+    if n == 0 || n > MAX_SUBSCRIPTIONS {
         return Ok(Errno::INVAL);
     }
-    Ok(write_u32(cx, out, 0).map_or(Errno::FAULT, |()| Errno::SUCCESS))
+    let Ok(subs) = read_bytes(cx, input, n * SUBSCRIPTION) else { return Ok(Errno::FAULT) };
+    if check_range(cx, output, n * EVENT).is_err() {
+        return Ok(Errno::FAULT);
+    }
+    let clock = cx.state().env.services.clock.clone();
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default());
+    // Each clock subscription's wait from now, in nanoseconds.
+    let mut waits = Vec::with_capacity(n as usize);
+    for s in subs.chunks_exact(SUBSCRIPTION as usize) {
+        let wait = match s[8] {
+            0 => {
+                let now = match u32::from_le_bytes([s[16], s[17], s[18], s[19]]) {
+                    0 => clock.realtime_nanos(),
+                    1 | 2 | 3 => clock.monotonic_nanos(),
+                    _ => return Ok(Errno::INVAL),
+                };
+                let timeout = word(s, 24);
+                let absolute = s[40] & 1 != 0;
+                Some(if absolute { timeout.saturating_sub(now) } else { timeout })
+            }
+            1 | 2 => None,
+            _ => return Ok(Errno::INVAL),
+        };
+        waits.push(wait);
+    }
+    let soonest = waits.iter().flatten().min().copied();
+    if let Some(wait) = soonest {
+        clock.idle(std::time::Duration::from_nanos(wait));
+    }
+    let mut events = Vec::new();
+    for (s, wait) in subs.chunks_exact(SUBSCRIPTION as usize).zip(&waits) {
+        let (error, kind) = match wait {
+            Some(w) if soonest.is_some_and(|m| *w <= m) => (Errno::SUCCESS, 0u8),
+            Some(_) => continue,
+            None => (Errno::BADF, s[8]),
+        };
+        let mut e = [0u8; EVENT as usize];
+        e[..8].copy_from_slice(&s[..8]);
+        e[8..10].copy_from_slice(&(error as u16).to_le_bytes());
+        e[10] = kind;
+        events.extend_from_slice(&e);
+    }
+    let count = (events.len() as u64) / EVENT;
+    if write_bytes(cx, output, &events).is_err() {
+        return Ok(Errno::FAULT);
+    }
+    Ok(write_u32(cx, out, count as u32).map_or(Errno::FAULT, |()| Errno::SUCCESS))
 }
+
+/// Bytes of one WASI subscription and of one event.
+const SUBSCRIPTION: u64 = 48;
+const EVENT: u64 = 32;
 
 /// `proc_exit`: logged as an error; the call returns (the guest traps right after, on its own
 /// `unreachable`).

@@ -154,7 +154,7 @@ pub(crate) fn wasi_functions() {
         assert_eq!(h.read(envptrs, 8), ptrs, "{v}: environ pointers");
         assert_eq!(h.read(envbuf, 19), b"A=1\0LONG_NAME=x y\0\xEE");
         assert_eq!(h.out(11), (0, 0), "{v}: no arguments");
-        assert_eq!(h.out_word(12, 0), 0, "{v}: no events");
+        assert_eq!(h.out_word(12, 0), 1, "{v}: a clock subscription of zero timeout fires at once");
         assert_eq!(h.out_u64(14), 0, "{v}: stdio offset");
         let mut fdstat = vec![2u8, 0, 0, 0, 0, 0, 0, 0];
         fdstat.extend(64u64.to_le_bytes());
@@ -221,4 +221,55 @@ pub(crate) fn wasi_environment_and_unstable_module() {
         [(LogLevel::Error, "line".to_string())],
         "stdout below the level is dropped; an empty write logs nothing"
     );
+}
+
+/// One WASI subscription (48 bytes): a clock (`tag` 0: clock `id`, `timeout`, `flags`) or an
+/// fd (`tag` 1 or 2).
+fn subscription(userdata: u64, tag: u8, id: u32, timeout: u64, flags: u16) -> Vec<u8> {
+    let mut s = vec![0u8; 48];
+    s[..8].copy_from_slice(&userdata.to_le_bytes());
+    s[8] = tag;
+    s[16..20].copy_from_slice(&id.to_le_bytes());
+    s[24..32].copy_from_slice(&timeout.to_le_bytes());
+    s[40..42].copy_from_slice(&flags.to_le_bytes());
+    s
+}
+
+/// `poll_oneoff` never blocks: the soonest clock subscription fires at once, and the clock
+/// service is told of the wait, so under a manual clock (scenarios) a guest that sleeps sees its
+/// time pass, by exactly the wait. Later clock subscriptions get no event; fd subscriptions get
+/// BADF events; an absolute deadline already passed fires without moving the clock.
+pub(crate) fn poll_oneoff_lets_virtual_time_pass() {
+    let v = AbiVersion::V0_2_1;
+    let relative: Vec<u8> = [
+        subscription(0x11, 0, 1, 5_000_000, 0),
+        subscription(0x22, 0, 1, 9_000_000, 0),
+        subscription(0x33, 1, 0, 0, 0),
+    ]
+    .concat();
+    let passed = subscription(0x44, 0, 0, 1, 1);
+    let wat = Wat::new(v).data("rel", &relative).data("abs", &passed).data("events", [0u8; 4 * 32]).cb(
+        "proxy_on_request_headers",
+        &[
+            st(0, "(call $poll_oneoff {rel.p} {events.p} (i32.const 3) {o0.a})"),
+            st(1, "(call $clock_time_get (i32.const 1) (i64.const 1) {o1.a})"),
+            st(2, "(call $poll_oneoff {rel.p} {events.p} (i32.const 0) {o0.b})"),
+            st(3, "(call $poll_oneoff {rel.p} {events.p} (i32.const 5000) {o0.b})"),
+            st(4, "(call $poll_oneoff {abs.p} {events.p} (i32.const 1) {o2.a})"),
+            st(5, "(call $clock_time_get (i32.const 1) (i64.const 1) {o3.a})"),
+            "(i32.const 0)".into(),
+        ]
+        .concat(),
+    );
+    let (events, _) = wat.addr("events");
+    let mut h = H::new(&wat);
+    let id = h.stream();
+    h.plugin.request_headers(id, headers(&[]), true).unwrap();
+    assert_eq!(h.slots(0, 6), [0, 0, 28, 28, 0, 0], "OK, OK, INVAL for no and for too many subscriptions, OK, OK");
+    assert_eq!(h.out_word(0, 0), 2, "the soonest clock and the fd");
+    assert_eq!(h.out_u64(1), CLOCK_START + 5_000_000, "the manual clock moved by the soonest wait");
+    assert_eq!(h.out_word(2, 0), 1, "a passed absolute deadline fires");
+    assert_eq!(h.out_u64(3), CLOCK_START + 5_000_000, "without moving the clock");
+    let ev = h.read(events, 32);
+    assert_eq!((u64::from_le_bytes(ev[..8].try_into().unwrap()), ev[10]), (0x44, 0), "the last call's event");
 }
