@@ -125,6 +125,12 @@ pub(super) fn replace_value(
     val_len: u64,
 ) -> HostResult {
     edit(cx, ty, (key, key_len), (val, val_len), |m, q, key, val| {
+        // What an add would grow the map to bounds what a replace can: only when that is over
+        // a quota is the map searched for what the replace takes out.
+        if m.len() < q.count && m.byte_size().saturating_add(key.len() + val.len()) <= q.bytes {
+            m.replace(key, val);
+            return Ok(());
+        }
         // Replacing can only remove entries besides the first; count the first's bytes out.
         let grown = match m.locate(key) {
             Some((_, old)) => m.byte_size() - old + val.len(),
