@@ -17,9 +17,8 @@
 //! Malformed arguments are `BAD_ARGUMENT`, as in Envoy.
 
 use crate::guest::{HostResult, copy_out, read_bytes, read_string};
-use crate::state::ContextKind;
 use crate::vm::Guest;
-use crate::{HostState, Quota, Status};
+use crate::{HostState, Quota, Refused, Status};
 
 /// Longest foreign-function name accepted (longer ones are NOT_FOUND).
 const MAX_NAME: u64 = 1024;
@@ -74,20 +73,15 @@ fn set_envoy_filter_state(state: &mut HostState, args: &[u8]) -> Result<Vec<u8>,
     let path = path.filter(|p| !p.is_empty()).ok_or(Status::BadArgument)?;
     let mut key = b"filter_state\0".to_vec();
     key.extend_from_slice(path);
-    let (max_count, max_bytes) = (state.quotas.max_properties, state.quotas.max_property_bytes);
-    let ctx = state.effective_context().ok_or(Status::NotFound)?;
-    let props = match &mut ctx.kind {
-        ContextKind::Http(h) => &mut h.properties,
-        ContextKind::Tcp(t) => &mut t.properties,
-        ContextKind::Root(r) => &mut r.properties,
-    };
-    let held: usize = props.iter().map(|(k, v)| k.len() + v.len()).sum();
-    let replaced = props.get(&key).map_or(0, |v| key.len() + v.len());
-    if (replaced == 0 && props.len() >= max_count) || held - replaced + key.len() + value.len() > max_bytes {
-        return Err(Status::InternalFailure);
+    // Within the property quotas; a refusal is counted and answered like a property's.
+    match super::properties::store(state, key, value) {
+        Ok(()) => Ok(Vec::new()),
+        Err(Refused::Status(s)) => Err(s),
+        Err(Refused::Quota(q)) => {
+            state.note_quota(q);
+            Err(q.status())
+        }
     }
-    props.insert(key, value);
-    Ok(Vec::new())
 }
 
 /// `declare_property`: see the module docs.

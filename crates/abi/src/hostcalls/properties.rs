@@ -7,10 +7,10 @@
 //! embedder's [`Properties`](crate::services::Properties) service. Encodings follow Envoy: strings raw,
 //! integers 8 bytes little-endian, maps in the pairs format.
 
-use crate::guest::{HostResult, copy_out, read_bytes};
+use crate::guest::{HostResult, copy_out, read_bytes, refused};
 use crate::state::{ContextKind, HttpStreamState, root_state};
 use crate::vm::Guest;
-use crate::{HeaderMap, HostState, Quota, Status};
+use crate::{HeaderMap, HostState, Quota, Refused, Status};
 
 fn map_value(m: &HeaderMap, rest: &[&[u8]]) -> Option<Vec<u8>> {
     match rest {
@@ -136,6 +136,15 @@ pub(super) fn set_property(
         return Ok(Status::BadArgument);
     }
     let state = cx.state();
+    match store(state, raw, value) {
+        Ok(()) => Ok(Status::Ok),
+        Err(r) => refused(state, r),
+    }
+}
+
+/// Stores a property on the effective context (raw NUL-joined path), within the property
+/// quotas.
+pub(super) fn store(state: &mut HostState, raw: Vec<u8>, value: Vec<u8>) -> Result<(), Refused> {
     let (max_count, max_bytes) = (state.quotas.max_properties, state.quotas.max_property_bytes);
     let ctx = state.effective_context().ok_or(Status::NotFound)?;
     let props = match &mut ctx.kind {
@@ -145,12 +154,12 @@ pub(super) fn set_property(
     };
     let replaced = props.get(&raw).map(|old| raw.len() + old.len());
     if replaced.is_none() && props.len() >= max_count {
-        return Ok(state.refuse(Quota::Properties)?);
+        return Err(Quota::Properties.into());
     }
     let held: usize = props.iter().map(|(k, v)| k.len() + v.len()).sum();
     if held - replaced.unwrap_or(0) + raw.len() + value.len() > max_bytes {
-        return Ok(state.refuse(Quota::PropertyBytes)?);
+        return Err(Quota::PropertyBytes.into());
     }
     props.insert(raw, value);
-    Ok(Status::Ok)
+    Ok(())
 }
