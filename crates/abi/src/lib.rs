@@ -7,6 +7,9 @@
 //! - every host function of ABI 0.1.0, 0.2.0 and 0.2.1, plus the WASI preview1 functions SDKs
 //!   import, in one data table ([`HOST_FUNCS`]); backends register it in one loop and never
 //!   implement an ABI function themselves;
+//! - one validation verdict for every engine ([`validate`]): the wasm feature set and the
+//!   structural bounds every sandboxed backend applies to the original bytes before its engine
+//!   sees them;
 //! - load-time checks ([`check_module`]): ABI version detection from the export markers and
 //!   validation of every import and callback signature, reported in one error;
 //! - the driver ([`Vm`]): start-up, the context hierarchy (VM, root, HTTP and TCP streams),
@@ -14,7 +17,11 @@
 //!   `proxy_done`;
 //! - the embedder capabilities ([`services`]): logging, clocks, properties, shared data,
 //!   shared queues, metrics, timers, callouts and foreign functions, each a small trait with a
-//!   real in-memory default.
+//!   real in-memory default;
+//! - containment on the host side: [`Quotas`] bound everything a host function stores or keeps
+//!   for the guest ([`quota`]), host calls are restricted while the host runs the guest's
+//!   allocator or start-up exports (as in proxy-wasm-cpp-host), and shared-queue delivery runs
+//!   one round per event.
 //!
 //! It does not own engines (see the `wasmux-*` backend crates), module caching, failure
 //! policy or engine selection (the `wasmux` facade).
