@@ -331,7 +331,7 @@ pub(super) fn poll_oneoff(
             0 => {
                 let now = match u32::from_le_bytes([s[16], s[17], s[18], s[19]]) {
                     0 => clock.realtime_nanos(),
-                    1 | 2 | 3 => clock.monotonic_nanos(),
+                    1..=3 => clock.monotonic_nanos(),
                     _ => return Ok(Errno::INVAL),
                 };
                 let timeout = word(s, 24);
