@@ -22,6 +22,3 @@ scripts/build-native-fixtures.sh
 
 echo "== cargo test"
 cargo test --workspace --all-features
-
-echo "== stress test, release build"
-cargo test --release -p wasmux --test stress

@@ -351,7 +351,18 @@ pub fn run_case(case: &Case, module: &str, runtime: Runtime) -> Outcome {
     let start = Instant::now();
     let mut out =
         Outcome { result: Ok(()), record: None, coverage: Vec::new(), abi_version: None, elapsed: Duration::ZERO };
-    let wasm = match load_module_for(module, runtime) {
+    // Natively, one thread runs one live instance of a library loaded by path; a scenario with
+    // several VMs gets the library's bytes, which load as a private copy per VM.
+    let several_vms = !case.scenario.plugins.is_empty() && !runtime.runs_wasm();
+    let load = |spec: &str| {
+        let w = load_module_for(spec, runtime)?;
+        if !several_vms {
+            return Ok(w);
+        }
+        let path = String::from_utf8(w).map_err(|e| e.to_string())?;
+        std::fs::read(&path).map_err(|e| format!("cannot read {path}: {e}"))
+    };
+    let wasm = match load(module) {
         Ok(w) => w,
         Err(e) => {
             out.result = Err(format!("cannot load module `{module}`: {e}"));
@@ -366,7 +377,7 @@ pub fn run_case(case: &Case, module: &str, runtime: Runtime) -> Outcome {
         Some(Value::Array(a)) => a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
         Some(other) => vec![other.to_string()],
     };
-    out.result = match scenario::run(runtime, &wasm, &case.scenario) {
+    out.result = match scenario::run_with(runtime, &wasm, &case.scenario, None, Some(&load)) {
         Err(e) => {
             let text = e.to_string();
             if load_error.is_none() {

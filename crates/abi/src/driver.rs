@@ -555,6 +555,12 @@ impl Vm {
         })
     }
 
+    /// The root context a context belongs to (a root context is its own root); `None` for an
+    /// unknown id.
+    pub fn root_of(&mut self, id: u32) -> Option<u32> {
+        self.inst.state().contexts.get(&id).map(|c| c.root)
+    }
+
     /// Whether a context still exists (for example one whose completion is deferred).
     pub fn context_exists(&mut self, id: u32) -> bool {
         self.inst.state().contexts.contains_key(&id)

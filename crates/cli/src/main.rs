@@ -189,7 +189,10 @@ fn run(cmd: Command) -> Result<ExitCode, AnyError> {
             let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let sc = scenario::Scenario::from_json(&text)?;
             let cache = if no_cache { None } else { user_cache() };
-            let record = scenario::run_cached(engine.parse()?, &wasm, &sc, cache.as_ref())?;
+            // Modules named by `plugins[].module` are paths relative to the scenario file.
+            let base = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+            let loader = |name: &str| read(&base.join(name)).map_err(|e| e.to_string());
+            let record = scenario::run_with(engine.parse()?, &wasm, &sc, cache.as_ref(), Some(&loader))?;
             write_json(&record);
             Ok(ExitCode::SUCCESS)
         }

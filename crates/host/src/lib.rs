@@ -46,7 +46,7 @@ mod runtime;
 pub mod scenario;
 
 pub use cache::{CacheKey, CacheSource, CacheStats, ModuleCache};
-pub use plugin::{CompiledPlugin, FailurePolicy, Plugin, PluginOptions, PluginStats};
+pub use plugin::{CompiledPlugin, FailurePolicy, Plugin, PluginOptions, PluginStats, RootOptions};
 pub use runtime::{Runtime, UnknownRuntime};
 pub use wasmux_abi as abi;
 pub use wasmux_abi::{

@@ -76,6 +76,20 @@ impl Default for PluginOptions {
     }
 }
 
+/// The part of a plugin's options that belongs to one root context, for a plugin that shares
+/// another plugin's VM ([`CompiledPlugin::sibling`]).
+#[derive(Debug, Clone, Default)]
+pub struct RootOptions {
+    /// Plugin name (property `plugin_name`).
+    pub name: String,
+    /// Root id: selects the root context in the filter.
+    pub root_id: String,
+    /// Plugin configuration (passed to `proxy_on_configure`).
+    pub plugin_configuration: Vec<u8>,
+    /// Failure policy for this plugin's streams.
+    pub failure_policy: FailurePolicy,
+}
+
 /// A compiled, checked module with its options: the thing every worker instantiates from.
 #[derive(Debug)]
 pub struct CompiledPlugin {
@@ -140,6 +154,43 @@ impl CompiledPlugin {
         Ok(Arc::new(Self { engine, module, info, env, plugin, options }))
     }
 
+    /// Another plugin on this plugin's VM: the same engine, module and VM-wide settings (VM id,
+    /// VM configuration, environment, log level, limits, services, callout timeout cap), with
+    /// its own name, root id, configuration and failure policy. Nothing is compiled again.
+    ///
+    /// Plugins that share a VM run as root contexts of one instance per worker, as Envoy runs
+    /// plugins with the same `vm_id` and code: start them together with
+    /// [`CompiledPlugin::instantiate_group`], or add them to a running [`Plugin`] with
+    /// [`Plugin::add_root`].
+    pub fn sibling(self: &Arc<Self>, root: RootOptions) -> Arc<Self> {
+        let plugin = Arc::new(PluginConfig {
+            name: root.name.clone(),
+            root_id: root.root_id.clone(),
+            configuration: root.plugin_configuration.clone(),
+        });
+        let options = PluginOptions {
+            name: root.name,
+            root_id: root.root_id,
+            plugin_configuration: root.plugin_configuration,
+            failure_policy: root.failure_policy,
+            ..self.options.clone()
+        };
+        Arc::new(Self {
+            engine: self.engine.clone(),
+            module: self.module.clone(),
+            info: self.info.clone(),
+            env: self.env.clone(),
+            plugin,
+            options,
+        })
+    }
+
+    /// Whether two plugins run in the same VM: one is a [`sibling`](Self::sibling) of the
+    /// other (or they are the same).
+    pub fn shares_vm_with(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.module, &other.module) && Arc::ptr_eq(&self.env, &other.env)
+    }
+
     /// What the load-time check found.
     pub fn info(&self) -> &ModuleInfo {
         &self.info
@@ -178,13 +229,31 @@ impl CompiledPlugin {
         Ok(Plugin {
             compiled: self.clone(),
             vm,
-            root,
+            roots: vec![Root { compiled: self.clone(), id: root }],
             stats: PluginStats::default(),
             next_reload: None,
             backoff: Duration::ZERO,
             quota_base: QuotaCounts::default(),
             last_trap: None,
         })
+    }
+
+    /// One instance running every plugin of `plugins` as its own root context, started in
+    /// order (`proxy_on_context_create`, `proxy_on_vm_start`, `proxy_on_configure` for each, as
+    /// proxy-wasm-cpp-host does). Plugin `i` of the list is root index `i` of the result.
+    ///
+    /// # Errors
+    /// An empty list, or plugins that do not share a VM ([`Self::shares_vm_with`]); start-up
+    /// traps and rejections, as [`Self::instantiate`].
+    pub fn instantiate_group(plugins: &[Arc<Self>]) -> Result<Plugin> {
+        let Some((first, rest)) = plugins.split_first() else {
+            return Err(Error::Engine { engine: "host", message: "a plugin group needs at least one plugin".into() });
+        };
+        let mut plugin = first.instantiate()?;
+        for p in rest {
+            plugin.add_root(p)?;
+        }
+        Ok(plugin)
     }
 
     fn start(&self) -> Result<(Vm, u32)> {
@@ -254,12 +323,17 @@ pub struct PluginStats {
     pub quota_hits: u64,
 }
 
-/// A running plugin: one VM instance and its root context. Not `Sync`: one per worker.
+/// A running plugin: one VM instance and its root context, or the root contexts of several
+/// plugins that share the VM ([`CompiledPlugin::instantiate_group`]). Not `Sync`: one per
+/// worker.
+///
+/// Root index 0 is the plugin it was instantiated from; the methods without a root index
+/// (`http_stream`, `tick`, ...) act on it.
 #[derive(Debug)]
 pub struct Plugin {
     compiled: Arc<CompiledPlugin>,
     vm: Vm,
-    root: u32,
+    roots: Vec<Root>,
     stats: PluginStats,
     next_reload: Option<Instant>,
     backoff: Duration,
@@ -267,6 +341,13 @@ pub struct Plugin {
     quota_base: QuotaCounts,
     /// The last trap the failure policy absorbed, until taken.
     last_trap: Option<Trap>,
+}
+
+/// One plugin's root context in a [`Plugin`]'s VM.
+#[derive(Debug)]
+struct Root {
+    compiled: Arc<CompiledPlugin>,
+    id: u32,
 }
 
 /// The local reply the failure policy sends on a failed HTTP stream.
@@ -286,9 +367,44 @@ impl Plugin {
         &mut self.vm
     }
 
-    /// The plugin's root context id.
+    /// The plugin's root context id (root index 0).
     pub fn root_context(&self) -> u32 {
-        self.root
+        self.roots[0].id
+    }
+
+    /// The root context id of root index `index`.
+    pub fn root_context_of(&self, index: usize) -> Option<u32> {
+        self.roots.get(index).map(|r| r.id)
+    }
+
+    /// The plugins running in this VM, by root index.
+    pub fn plugins(&self) -> impl ExactSizeIterator<Item = &Arc<CompiledPlugin>> {
+        self.roots.iter().map(|r| &r.compiled)
+    }
+
+    /// Starts another plugin of the same VM ([`CompiledPlugin::sibling`]) as a root context of
+    /// this instance, and returns its root index. A reload restarts it with the others.
+    ///
+    /// # Errors
+    /// A plugin that does not share this VM; start-up traps and rejections.
+    pub fn add_root(&mut self, plugin: &Arc<CompiledPlugin>) -> Result<usize> {
+        if !plugin.shares_vm_with(&self.compiled) {
+            return Err(Error::Engine {
+                engine: "host",
+                message: format!(
+                    "plugin `{}` does not share the VM of plugin `{}` (make it with CompiledPlugin::sibling)",
+                    plugin.options.name, self.compiled.options.name
+                ),
+            });
+        }
+        self.maybe_reload();
+        let id = self.vm.start_plugin(plugin.plugin.clone())?;
+        self.roots.push(Root { compiled: plugin.clone(), id });
+        Ok(self.roots.len() - 1)
+    }
+
+    fn root_at(&self, index: usize) -> Result<u32> {
+        self.root_context_of(index).ok_or(Error::Context { id: 0, reason: "no plugin at this root index" })
     }
 
     /// The compiled plugin this instance came from.
@@ -321,8 +437,16 @@ impl Plugin {
     /// Traps (subject to the failure policy, which cannot answer a stream that does not exist
     /// yet: the error is returned).
     pub fn http_stream(&mut self) -> Result<u32> {
+        self.http_stream_for(0)
+    }
+
+    /// Creates an HTTP stream context of the plugin at root index `index`.
+    ///
+    /// # Errors
+    /// As [`Self::http_stream`]; an unknown index.
+    pub fn http_stream_for(&mut self, index: usize) -> Result<u32> {
         self.maybe_reload();
-        let root = self.root;
+        let root = self.root_at(index)?;
         self.vm.create_http_stream(root)
     }
 
@@ -331,8 +455,16 @@ impl Plugin {
     /// # Errors
     /// Traps.
     pub fn tcp_stream(&mut self) -> Result<(u32, Action)> {
+        self.tcp_stream_for(0)
+    }
+
+    /// Creates a TCP stream context of the plugin at root index `index`.
+    ///
+    /// # Errors
+    /// As [`Self::tcp_stream`]; an unknown index.
+    pub fn tcp_stream_for(&mut self, index: usize) -> Result<(u32, Action)> {
         self.maybe_reload();
-        let root = self.root;
+        let root = self.root_at(index)?;
         self.vm.create_tcp_stream(root)
     }
 
@@ -356,7 +488,8 @@ impl Plugin {
         if let Error::Trap(t) = &err {
             self.last_trap = Some((**t).clone());
         }
-        let name = &self.compiled.options.name;
+        let compiled = self.stream_plugin(id);
+        let name = &compiled.options.name;
         match &err {
             Error::Trap(t) => tracing::error!(
                 target: "wasmux::plugin", plugin = %name, export = t.export.as_deref().unwrap_or("?"),
@@ -364,26 +497,39 @@ impl Plugin {
             ),
             other => tracing::warn!(target: "wasmux::plugin", plugin = %name, "stream failed: {other}"),
         }
-        match self.compiled.options.failure_policy {
+        // The VM is shared by every plugin on it: it is reloaded when one of them asks for
+        // reloads, whichever plugin's stream failed.
+        self.schedule_reload();
+        match compiled.options.failure_policy {
             FailurePolicy::FailOpen => {
                 self.stats.failed_streams += 1;
                 Ok(Action::Continue)
             }
-            FailurePolicy::FailClosed => {
+            FailurePolicy::FailClosed | FailurePolicy::Reload { .. } => {
                 self.fail_stream(id);
-                Ok(Action::Pause)
-            }
-            FailurePolicy::Reload { .. } => {
-                self.fail_stream(id);
-                self.schedule_reload();
                 Ok(Action::Pause)
             }
         }
     }
 
+    /// The plugin a stream belongs to (root index 0 when the stream is unknown).
+    fn stream_plugin(&mut self, id: u32) -> Arc<CompiledPlugin> {
+        let root = self.vm.root_of(id);
+        let r = self.roots.iter().find(|r| Some(r.id) == root).unwrap_or(&self.roots[0]);
+        r.compiled.clone()
+    }
+
+    /// The reload policy of the VM: the first plugin's that asks for reloads.
+    fn reload_policy(&self) -> Option<(Duration, Duration)> {
+        self.roots.iter().find_map(|r| match r.compiled.options.failure_policy {
+            FailurePolicy::Reload { base_backoff, max_backoff } => Some((base_backoff, max_backoff)),
+            _ => None,
+        })
+    }
+
     /// Under the reload policy, plans a reload after the base backoff (once per failure spell).
     fn schedule_reload(&mut self) {
-        if let FailurePolicy::Reload { base_backoff, .. } = self.compiled.options.failure_policy
+        if let Some((base_backoff, _)) = self.reload_policy()
             && self.next_reload.is_none()
         {
             self.backoff = base_backoff;
@@ -414,16 +560,18 @@ impl Plugin {
     /// Replaces a failed VM when the reload policy's backoff has elapsed. Streams of the old
     /// VM are gone; new streams go to the fresh VM.
     fn maybe_reload(&mut self) {
-        let FailurePolicy::Reload { max_backoff, .. } = self.compiled.options.failure_policy else { return };
+        let Some((_, max_backoff)) = self.reload_policy() else { return };
         let Some(at) = self.next_reload else { return };
         if Instant::now() < at {
             return;
         }
-        match self.compiled.start() {
-            Ok((vm, root)) => {
+        match self.restart() {
+            Ok((vm, ids)) => {
                 let mut old = std::mem::replace(&mut self.vm, vm);
                 self.quota_base.add(&old.quota_counts());
-                self.root = root;
+                for (r, id) in self.roots.iter_mut().zip(ids) {
+                    r.id = id;
+                }
                 self.stats.reloads += 1;
                 self.next_reload = None;
                 tracing::info!(target: "wasmux::plugin", plugin = %self.compiled.options.name, "VM reloaded");
@@ -435,6 +583,16 @@ impl Plugin {
                 tracing::error!(target: "wasmux::plugin", plugin = %self.compiled.options.name, "VM reload failed: {e}");
             }
         }
+    }
+
+    /// A fresh VM with every root context started again, in order.
+    fn restart(&self) -> Result<(Vm, Vec<u32>)> {
+        let (mut vm, first) = self.compiled.start()?;
+        let mut ids = vec![first];
+        for r in &self.roots[1..] {
+            ids.push(vm.start_plugin(r.compiled.plugin.clone())?);
+        }
+        Ok((vm, ids))
     }
 
     /// Request headers. See [`Vm::on_request_headers`].
@@ -564,14 +722,27 @@ impl Plugin {
     /// # Errors
     /// Traps.
     pub fn tick(&mut self) -> Result<()> {
-        let root = self.root;
+        self.tick_for(0)
+    }
+
+    /// Fires the tick timer of the plugin at root index `index`.
+    ///
+    /// # Errors
+    /// Traps; an unknown index.
+    pub fn tick_for(&mut self, index: usize) -> Result<()> {
+        let root = self.root_at(index)?;
         let r = self.vm.on_tick(root);
         self.absorb(r)
     }
 
     /// The tick period the filter asked for.
     pub fn tick_period(&mut self) -> Option<Duration> {
-        let root = self.root;
+        self.tick_period_for(0)
+    }
+
+    /// The tick period the plugin at root index `index` asked for.
+    pub fn tick_period_for(&mut self, index: usize) -> Option<Duration> {
+        let root = self.root_context_of(index)?;
         self.vm.tick_period(root)
     }
 

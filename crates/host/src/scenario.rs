@@ -13,15 +13,18 @@
 //! [`RECORD_BYTES_INLINE`] (1 MiB) appear as `{"len": n, "sha256": "..."}`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use wasmux_abi::services::{CalloutEvent, GrpcAction, ManualClock, MemoryLog, RecordingCallouts, StaticProperties};
-use wasmux_abi::{Error, HeaderMap, HttpCallResponse, LogLevel, PeerType, Services, StreamControl};
+use wasmux_abi::services::{
+    CalloutEvent, Callouts, GrpcAction, GrpcCallout, HttpCallout, LogLine, LogSink, ManualClock, MemoryLog,
+    RecordingCallouts, StaticProperties,
+};
+use wasmux_abi::{Error, HeaderMap, HttpCallResponse, LogLevel, PeerType, Services, Status, StreamControl};
 
-use crate::{CompiledPlugin, FailurePolicy, Plugin, PluginOptions, Runtime};
+use crate::{CompiledPlugin, FailurePolicy, Plugin, PluginOptions, RootOptions, Runtime};
 
 /// Bytes in a scenario: text, or hex for binary data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,8 +184,35 @@ pub struct Scenario {
     pub upstreams: Option<Vec<String>>,
     /// Limits.
     pub limits: ScenarioLimits,
+    /// Several plugins instead of the one the fields above describe (those must then be left
+    /// out): each with its own module, VM id, root id and configurations, all on one set of
+    /// services. Plugins with the same module, VM id and VM configuration share one VM (one
+    /// instance, a root context each), as in Envoy. Events name their plugin (`"plugin"`);
+    /// without one they go to the first.
+    pub plugins: Vec<PluginSpec>,
     /// The events, in order.
     pub events: Vec<Event>,
+}
+
+/// One plugin of a scenario with several ([`Scenario::plugins`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginSpec {
+    /// Plugin name: unique, and how events and records name the plugin.
+    pub name: String,
+    /// The module: a path (or a conformance module spec) for the runner's module loader;
+    /// absent means the scenario's module.
+    pub module: Option<String>,
+    /// VM id.
+    pub vm_id: String,
+    /// Root id.
+    pub root_id: String,
+    /// VM configuration.
+    pub vm_config: Bytes,
+    /// Plugin configuration.
+    pub plugin_config: Bytes,
+    /// Shared data of this plugin's VM id before any plugin starts: key → value.
+    pub shared_data: BTreeMap<String, Bytes>,
 }
 
 /// A canned foreign function: what every call returns.
@@ -289,6 +319,9 @@ pub enum Event {
     HttpStream {
         /// Its name.
         stream: String,
+        /// The plugin whose root context it belongs to (default: the first).
+        #[serde(default)]
+        plugin: Option<String>,
     },
     /// Request headers.
     RequestHeaders {
@@ -350,6 +383,9 @@ pub enum Event {
     TcpStream {
         /// Its name.
         stream: String,
+        /// The plugin whose root context it belongs to (default: the first).
+        #[serde(default)]
+        plugin: Option<String>,
     },
     /// Data from the client.
     DownstreamData {
@@ -447,7 +483,11 @@ pub enum Event {
         message: String,
     },
     /// Fire the tick timer.
-    Tick,
+    Tick {
+        /// The plugin (default: the first).
+        #[serde(default)]
+        plugin: Option<String>,
+    },
     /// Move the clock forward.
     AdvanceClock {
         /// Milliseconds.
@@ -460,16 +500,26 @@ pub enum Event {
         /// Arguments.
         #[serde(default)]
         args: Bytes,
+        /// The plugin (default: the first).
+        #[serde(default)]
+        plugin: Option<String>,
     },
     /// Enqueue an item on a shared queue from the host side.
     Enqueue {
-        /// Queue name (in the scenario's VM id).
+        /// Queue name (in the VM id of the plugin).
         queue: String,
         /// Item.
         item: Bytes,
+        /// The plugin whose VM id names the queue (default: the first).
+        #[serde(default)]
+        plugin: Option<String>,
     },
-    /// Shut the plugin down: done, log, delete on the root context.
-    Shutdown,
+    /// Shut the plugin down: done, then delete, on the root context.
+    Shutdown {
+        /// The plugin (default: the first).
+        #[serde(default)]
+        plugin: Option<String>,
+    },
 }
 
 /// A scenario that cannot run (bad JSON, unknown stream name, ...), as opposed to a filter that
@@ -502,6 +552,58 @@ struct Recorder {
     callouts: Arc<RecordingCallouts>,
     clock: Arc<ManualClock>,
     services: Services,
+    /// The VM behind every log line and callout, in the order they were recorded.
+    order: Arc<Mutex<TapOrder>>,
+}
+
+#[derive(Debug, Default)]
+struct TapOrder {
+    logs: Vec<usize>,
+    callouts: Vec<usize>,
+}
+
+/// One VM's log sink and callouts: the scenario's shared recorders, with the VM noted, so
+/// records can tell VMs apart (context ids and callout tokens are per VM).
+#[derive(Debug)]
+struct Tap {
+    vm: usize,
+    log: Arc<MemoryLog>,
+    callouts: Arc<RecordingCallouts>,
+    order: Arc<Mutex<TapOrder>>,
+}
+
+impl Tap {
+    fn note(&self, f: impl FnOnce(&mut TapOrder) -> &mut Vec<usize>) {
+        f(&mut self.order.lock().unwrap_or_else(PoisonError::into_inner)).push(self.vm);
+    }
+
+    fn noted(&self, r: Result<(), Status>) -> Result<(), Status> {
+        if r.is_ok() {
+            self.note(|o| &mut o.callouts);
+        }
+        r
+    }
+}
+
+impl LogSink for Tap {
+    fn log(&self, line: &LogLine<'_>) {
+        self.log.log(line);
+        self.note(|o| &mut o.logs);
+    }
+}
+
+impl Callouts for Tap {
+    fn http_call(&self, call: &HttpCallout) -> Result<(), Status> {
+        self.noted(self.callouts.http_call(call))
+    }
+
+    fn grpc_open(&self, call: &GrpcCallout) -> Result<(), Status> {
+        self.noted(self.callouts.grpc_open(call))
+    }
+
+    fn grpc_action(&self, token: u32, action: &GrpcAction) -> Result<(), Status> {
+        self.noted(self.callouts.grpc_action(token, action))
+    }
 }
 
 fn invalid(s: impl Into<String>) -> ScenarioError {
@@ -532,13 +634,16 @@ fn control_name(c: &StreamControl) -> String {
     }
 }
 
+/// Loads the module a plugin of a scenario names (`plugins[].module`).
+pub type ModuleLoader<'a> = &'a dyn Fn(&str) -> Result<Vec<u8>, String>;
+
 /// Runs a scenario on an engine and returns the record.
 ///
 /// # Errors
 /// A scenario the runner cannot use, or a module that does not load (compile or compatibility
 /// errors). Filter failures after loading are part of the record, not errors.
 pub fn run(runtime: Runtime, wasm: &[u8], scenario: &Scenario) -> Result<Value, ScenarioError> {
-    run_cached(runtime, wasm, scenario, None)
+    run_with(runtime, wasm, scenario, None, None)
 }
 
 /// [`run`], loading the module through a compiled-module cache when one is given.
@@ -551,6 +656,58 @@ pub fn run_cached(
     scenario: &Scenario,
     cache: Option<&crate::ModuleCache>,
 ) -> Result<Value, ScenarioError> {
+    run_with(runtime, wasm, scenario, cache, None)
+}
+
+/// The plugins of a scenario: its `plugins`, or the one its top-level fields describe.
+fn plugin_specs(scenario: &Scenario) -> Result<Vec<PluginSpec>, ScenarioError> {
+    if scenario.plugins.is_empty() {
+        return Ok(vec![PluginSpec {
+            name: scenario.plugin_name.clone().unwrap_or_else(|| "plugin".into()),
+            module: None,
+            vm_id: scenario.vm_id.clone(),
+            root_id: scenario.root_id.clone(),
+            vm_config: scenario.vm_config.clone(),
+            plugin_config: scenario.plugin_config.clone(),
+            shared_data: scenario.shared_data.clone(),
+        }]);
+    }
+    let single = [
+        ("plugin_name", scenario.plugin_name.is_some()),
+        ("root_id", !scenario.root_id.is_empty()),
+        ("vm_id", !scenario.vm_id.is_empty()),
+        ("vm_config", scenario.vm_config != Bytes::Empty),
+        ("plugin_config", scenario.plugin_config != Bytes::Empty),
+        ("shared_data", !scenario.shared_data.is_empty()),
+    ];
+    if let Some((field, _)) = single.iter().find(|(_, set)| *set) {
+        return Err(invalid(format!("`{field}` belongs in each entry of `plugins` when `plugins` is given")));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &scenario.plugins {
+        if p.name.is_empty() {
+            return Err(invalid("every entry of `plugins` needs a `name`"));
+        }
+        if !seen.insert(p.name.as_str()) {
+            return Err(invalid(format!("two plugins are named `{}`", p.name)));
+        }
+    }
+    Ok(scenario.plugins.clone())
+}
+
+/// [`run`] with a module cache and a loader for the modules `plugins[].module` names (without
+/// one, naming a module is an error).
+///
+/// # Errors
+/// As [`run`]; a module the loader cannot give.
+pub fn run_with(
+    runtime: Runtime,
+    wasm: &[u8],
+    scenario: &Scenario,
+    cache: Option<&crate::ModuleCache>,
+    modules: Option<ModuleLoader<'_>>,
+) -> Result<Value, ScenarioError> {
+    let specs = plugin_specs(scenario)?;
     let log = Arc::new(MemoryLog::default());
     let callouts = Arc::new(RecordingCallouts::default());
     callouts.set_upstreams(scenario.upstreams.clone());
@@ -563,8 +720,8 @@ pub fn run_cached(
     for (name, canned) in &scenario.foreign_functions {
         let answer = match canned {
             CannedForeign::Result(b) => Ok(b.to_vec().map_err(invalid)?),
-            CannedForeign::Status(code) => Err(wasmux_abi::Status::from_code(*code)
-                .filter(|s| *s != wasmux_abi::Status::Ok)
+            CannedForeign::Status(code) => Err(Status::from_code(*code)
+                .filter(|s| *s != Status::Ok)
                 .ok_or_else(|| invalid(format!("foreign function `{name}`: {code} is not an error status")))?),
         };
         foreign.register(name, move |_| answer.clone());
@@ -577,55 +734,128 @@ pub fn run_cached(
         foreign: Arc::new(foreign),
         ..Default::default()
     };
-    let rec = Recorder { log, callouts, clock, services: services.clone() };
+    let order = Arc::new(Mutex::new(TapOrder::default()));
+    let rec = Recorder { log, callouts, clock, services: services.clone(), order: order.clone() };
     let level = scenario.log_level.as_deref().unwrap_or("trace");
+    let log_level = LogLevel::parse(level).ok_or_else(|| invalid(format!("unknown log level `{level}`")))?;
     let limits = scenario.limits.to_limits();
-    let options = PluginOptions {
-        name: scenario.plugin_name.clone().unwrap_or_else(|| "plugin".into()),
-        root_id: scenario.root_id.clone(),
-        vm_id: scenario.vm_id.clone(),
-        vm_configuration: scenario.vm_config.to_vec().map_err(invalid)?,
-        plugin_configuration: scenario.plugin_config.to_vec().map_err(invalid)?,
-        environment: scenario.environment.clone().into_iter().collect(),
-        log_level: LogLevel::parse(level).ok_or_else(|| invalid(format!("unknown log level `{level}`")))?,
-        limits,
-        failure_policy: FailurePolicy::FailClosed,
-        services,
-        max_callout_timeout: scenario
-            .limits
-            .max_callout_timeout_ms
-            .map_or(wasmux_abi::VmEnv::DEFAULT_MAX_CALLOUT_TIMEOUT, Duration::from_millis),
-    };
-    for (k, v) in &scenario.shared_data {
-        let value = v.to_vec().map_err(invalid)?;
-        let quotas = &options.limits.quotas;
-        if let Err(e) = options.services.shared_data.set(&options.vm_id, k.as_bytes(), &value, 0, quotas) {
-            return Err(invalid(format!("initial shared data `{k}`: {e:?}")));
+    for spec in &specs {
+        for (k, v) in &spec.shared_data {
+            let value = v.to_vec().map_err(invalid)?;
+            if let Err(e) = services.shared_data.set(&spec.vm_id, k.as_bytes(), &value, 0, &limits.quotas) {
+                return Err(invalid(format!("initial shared data `{k}`: {e:?}")));
+            }
         }
     }
-    let compiled = match cache {
-        Some(cache) => runtime.load_cached(wasm, options, cache)?,
-        None => runtime.load(wasm, options)?,
-    };
-    let abi = compiled.info().abi;
+
+    // Compile each module once; group plugins by (module, VM id, VM configuration): one VM each.
+    let mut loaded: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut groups: Vec<VmGroup> = Vec::new();
+    let mut members = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let vm_config = spec.vm_config.to_vec().map_err(invalid)?;
+        let root = RootOptions {
+            name: spec.name.clone(),
+            root_id: spec.root_id.clone(),
+            plugin_configuration: spec.plugin_config.to_vec().map_err(invalid)?,
+            failure_policy: FailurePolicy::FailClosed,
+        };
+        if let Some(g) = groups.iter().position(|(m, v, c, _)| *m == spec.module && *v == spec.vm_id && *c == vm_config)
+        {
+            let sibling = groups[g].3[0].sibling(root);
+            groups[g].3.push(sibling);
+            members.push(Member { vm: g, root: groups[g].3.len() - 1, name: spec.name.clone() });
+            continue;
+        }
+        let vm = groups.len();
+        let tap = Arc::new(Tap { vm, log: rec.log.clone(), callouts: rec.callouts.clone(), order: order.clone() });
+        let options = PluginOptions {
+            name: root.name,
+            root_id: root.root_id,
+            vm_id: spec.vm_id.clone(),
+            vm_configuration: vm_config.clone(),
+            plugin_configuration: root.plugin_configuration,
+            environment: scenario.environment.clone().into_iter().collect(),
+            log_level,
+            limits: limits.clone(),
+            failure_policy: root.failure_policy,
+            services: Services { log: tap.clone(), callouts: tap, ..services.clone() },
+            max_callout_timeout: scenario
+                .limits
+                .max_callout_timeout_ms
+                .map_or(wasmux_abi::VmEnv::DEFAULT_MAX_CALLOUT_TIMEOUT, Duration::from_millis),
+        };
+        // Each VM compiles its module (from the module cache when there is one): the null
+        // engine runs one live instance of a compiled library per thread.
+        let bytes = match &spec.module {
+            None => wasm,
+            Some(name) => match loaded.iter().find(|(n, _)| n == name) {
+                Some((_, b)) => b,
+                None => {
+                    let load = modules
+                        .ok_or_else(|| invalid(format!("plugin `{}`: no loader for module `{name}`", spec.name)))?;
+                    let b = load(name).map_err(|e| invalid(format!("plugin `{}`: module `{name}`: {e}", spec.name)))?;
+                    loaded.push((name.clone(), b));
+                    &loaded[loaded.len() - 1].1
+                }
+            },
+        };
+        let compiled = match cache {
+            Some(cache) => runtime.load_cached(bytes, options, cache)?,
+            None => runtime.load(bytes, options)?,
+        };
+        groups.push((spec.module.clone(), spec.vm_id.clone(), vm_config, vec![compiled]));
+        members.push(Member { vm, root: 0, name: spec.name.clone() });
+    }
+
+    let abi = groups[0].3[0].info().abi;
     let mut out = json!({ "engine": runtime.name(), "abi_version": abi.as_str() });
-    match compiled.instantiate() {
-        Ok(plugin) => {
-            out["start"] = json!("ok");
-            let body = Runner {
-                plugin,
-                rec: &rec,
-                names: BTreeMap::new(),
-                events: Vec::new(),
-                finished: BTreeMap::new(),
-                snapshots: BTreeMap::new(),
+    let multi = !scenario.plugins.is_empty();
+    let mut vms = Vec::with_capacity(groups.len());
+    let mut start_error = None;
+    'start: for (_, _, _, plugins) in &groups {
+        let mut instance = match plugins[0].instantiate() {
+            Ok(p) => p,
+            Err(e) => {
+                start_error = Some((plugins[0].options().name.clone(), e));
+                break 'start;
             }
-            .run(scenario, &compiled)?;
+        };
+        let name = plugins[0].options().name.clone();
+        for p in &plugins[1..] {
+            if let Err(e) = instance.add_root(p) {
+                start_error = Some((p.options().name.clone(), e));
+                // Kept for the record: its started root contexts name their log lines.
+                vms.push(Slot { name, plugin: instance });
+                break 'start;
+            }
+        }
+        vms.push(Slot { name, plugin: instance });
+    }
+    let mut runner = Runner {
+        vms,
+        members,
+        multi,
+        rec: &rec,
+        names: BTreeMap::new(),
+        events: Vec::new(),
+        finished: BTreeMap::new(),
+        snapshots: BTreeMap::new(),
+    };
+    match start_error {
+        None => {
+            out["start"] = json!("ok");
+            let body = runner.run(scenario)?;
             merge(&mut out, body);
         }
-        Err(e) => {
-            out["start"] = error_json(&e);
-            merge(&mut out, record_common(&rec, None, &BTreeMap::new(), scenario));
+        Some((name, e)) => {
+            let mut start = error_json(&e);
+            if multi {
+                start["plugin"] = json!(name);
+            }
+            out["start"] = start;
+            // The scenario stops at start-up; the record has what happened until then.
+            merge(&mut out, runner.record_common(scenario));
         }
     }
     Ok(out)
@@ -637,11 +867,31 @@ fn merge(out: &mut Value, more: Value) {
     }
 }
 
-struct Runner<'a> {
+/// The plugins that share one VM: (module, VM id, VM configuration, plugins in start order).
+type VmGroup = (Option<String>, String, Vec<u8>, Vec<Arc<CompiledPlugin>>);
+
+/// One VM of a scenario: an instance with a root context per plugin of its group.
+struct Slot {
+    /// The name of its first plugin (how records name the VM).
+    name: String,
     plugin: Plugin,
+}
+
+/// One plugin of a scenario: its VM and root index there.
+struct Member {
+    vm: usize,
+    root: usize,
+    name: String,
+}
+
+struct Runner<'a> {
+    vms: Vec<Slot>,
+    members: Vec<Member>,
+    /// The scenario lists `plugins` (records then name plugins and VMs).
+    multi: bool,
     rec: &'a Recorder,
-    /// stream name -> context id
-    names: BTreeMap<String, u32>,
+    /// stream name -> (plugin index, context id)
+    names: BTreeMap<String, (usize, u32)>,
     events: Vec<Value>,
     /// stream name -> finished state
     finished: BTreeMap<String, Value>,
@@ -650,36 +900,62 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    fn id(&self, name: &str) -> Result<u32, ScenarioError> {
-        self.names.get(name).copied().ok_or_else(|| invalid(format!("unknown stream `{name}`")))
+    /// The stream's VM and context id.
+    fn id(&self, name: &str) -> Result<(usize, u32), ScenarioError> {
+        let (member, id) = self.names.get(name).copied().ok_or_else(|| invalid(format!("unknown stream `{name}`")))?;
+        Ok((self.members[member].vm, id))
     }
 
-    /// Callout tokens in dispatch order: index `n` is the scenario's callout number `n`.
-    fn callout_tokens(&self) -> Vec<u32> {
+    /// The plugin an event names (the first when it names none).
+    fn member(&self, plugin: Option<&String>) -> Result<usize, ScenarioError> {
+        match plugin {
+            None => Ok(0),
+            Some(name) => self
+                .members
+                .iter()
+                .position(|m| m.name == *name)
+                .ok_or_else(|| invalid(format!("unknown plugin `{name}`"))),
+        }
+    }
+
+    fn vm(&mut self, vm: usize) -> &mut Plugin {
+        &mut self.vms[vm].plugin
+    }
+
+    /// The root context id of a plugin.
+    fn root(&self, member: usize) -> u32 {
+        let m = &self.members[member];
+        self.vms[m.vm].plugin.root_context_of(m.root).unwrap_or(0)
+    }
+
+    /// Callouts in dispatch order, as (VM, token): index `n` is the scenario's callout `n`.
+    fn callout_tokens(&self) -> Vec<(usize, u32)> {
+        let order = self.rec.order.lock().unwrap_or_else(PoisonError::into_inner);
         self.rec
             .callouts
             .events()
             .iter()
-            .filter_map(|e| match e {
-                CalloutEvent::Http(h) => Some(h.token),
-                CalloutEvent::GrpcOpen(g) => Some(g.token),
+            .zip(order.callouts.iter())
+            .filter_map(|(e, vm)| match e {
+                CalloutEvent::Http(h) => Some((*vm, h.token)),
+                CalloutEvent::GrpcOpen(g) => Some((*vm, g.token)),
                 CalloutEvent::Grpc { .. } => None,
             })
             .collect()
     }
 
-    fn call_index(&self, token: u32) -> Option<usize> {
-        self.callout_tokens().iter().position(|t| *t == token)
+    fn call_index(&self, vm: usize, token: u32) -> Option<usize> {
+        self.callout_tokens().iter().position(|t| *t == (vm, token))
     }
 
-    fn token(&self, call: usize) -> Result<u32, ScenarioError> {
+    fn token(&self, call: usize) -> Result<(usize, u32), ScenarioError> {
         self.callout_tokens()
             .get(call)
             .copied()
             .ok_or_else(|| invalid(format!("no callout number {call} was dispatched")))
     }
 
-    fn run(mut self, scenario: &Scenario, _compiled: &Arc<CompiledPlugin>) -> Result<Value, ScenarioError> {
+    fn run(mut self, scenario: &Scenario) -> Result<Value, ScenarioError> {
         for ev in &scenario.events {
             let name = serde_json::to_value(ev)?["event"].clone();
             let mut entry = json!({ "event": name });
@@ -689,28 +965,53 @@ impl Runner<'_> {
                 Ok(None) => {}
                 Err(e) => entry["error"] = error_json(&e),
             }
+            // Queue items another VM enqueued reach their owner once per event.
+            if self.vms.len() > 1 {
+                for slot in &mut self.vms {
+                    if let Err(e) = slot.plugin.poll() {
+                        let mut err = error_json(&e);
+                        err["vm"] = json!(slot.name);
+                        entry["delivery_error"] = err;
+                    }
+                }
+            }
             // A trap the failure policy answered is named on the event that hit it.
-            if let Some(t) = self.plugin.take_trap() {
-                entry["trap"] = json!({"kind": t.kind.as_str(), "export": t.export});
+            for slot in &mut self.vms {
+                if let Some(t) = slot.plugin.take_trap() {
+                    entry["trap"] = json!({"kind": t.kind.as_str(), "export": t.export});
+                    if self.multi {
+                        entry["trap"]["vm"] = json!(slot.name);
+                    }
+                }
             }
             self.events.push(entry);
         }
-        let mut body = record_common(self.rec, Some(&mut self.plugin), &self.names, scenario);
-        body["events"] = Value::Array(self.events);
+        let mut body = self.record_common(scenario);
+        body["events"] = Value::Array(std::mem::take(&mut self.events));
+        let mut counts = wasmux_abi::QuotaCounts::default();
+        let mut coverage = Vec::new();
+        for slot in &mut self.vms {
+            counts.add(&slot.plugin.quota_counts());
+            coverage.extend(slot.plugin.vm().coverage());
+        }
         let quota: serde_json::Map<String, Value> =
-            self.plugin.quota_counts().iter().map(|(q, n)| (q.as_str().to_string(), json!(n))).collect();
+            counts.iter().map(|(q, n)| (q.as_str().to_string(), json!(n))).collect();
         if !quota.is_empty() {
             body["quota"] = Value::Object(quota);
         }
-        let mut coverage = self.plugin.vm().coverage();
         coverage.sort_unstable();
+        coverage.dedup();
         body["coverage"] = json!(coverage);
         let mut streams = serde_json::Map::new();
-        for (name, id) in &self.names {
-            let mut st = stream_json(self.plugin.vm(), *id)
+        for (name, &(member, id)) in &self.names {
+            let vm = self.members[member].vm;
+            let mut st = stream_json(self.vms[vm].plugin.vm(), id)
                 .or_else(|| self.snapshots.get(name).cloned())
                 .unwrap_or_else(|| json!({}));
             st["finished"] = self.finished.get(name).cloned().unwrap_or(json!(false));
+            if self.multi {
+                st["plugin"] = json!(self.members[member].name);
+            }
             streams.insert(name.clone(), st);
         }
         body["streams"] = Value::Object(streams);
@@ -758,93 +1059,82 @@ fn unit(r: wasmux_abi::Result<()>) -> Step {
 }
 
 impl Runner<'_> {
+    /// Creates a stream of a plugin and names it.
+    fn new_stream(
+        &mut self,
+        stream: &str,
+        plugin: Option<&String>,
+        create: impl FnOnce(&mut Plugin, usize) -> Result<(u32, Option<String>), Error>,
+    ) -> Result<Step, ScenarioError> {
+        if self.names.contains_key(stream) {
+            return Err(invalid(format!("stream `{stream}` already exists")));
+        }
+        let member = self.member(plugin)?;
+        let (vm, root) = (self.members[member].vm, self.members[member].root);
+        Ok(create(self.vm(vm), root).map(|(id, action)| {
+            self.names.insert(stream.to_string(), (member, id));
+            action
+        }))
+    }
+
     fn step(&mut self, ev: &Event, entry: &mut Value) -> Result<Step, ScenarioError> {
         let bytes = |b: &Bytes| b.to_vec().map_err(invalid);
-        let p = &mut self.plugin;
+        if let Some(stream) = event_stream(ev) {
+            entry["stream"] = json!(stream);
+        }
         Ok(match ev {
-            Event::HttpStream { stream } => {
-                entry["stream"] = json!(stream);
-                if self.names.contains_key(stream) {
-                    return Err(invalid(format!("stream `{stream}` already exists")));
-                }
-                match p.http_stream() {
-                    Ok(id) => {
-                        self.names.insert(stream.clone(), id);
-                        Ok(None)
-                    }
-                    Err(e) => Err(e),
-                }
+            Event::HttpStream { stream, plugin } => {
+                self.new_stream(stream, plugin.as_ref(), |p, root| Ok((p.http_stream_for(root)?, None)))?
             }
-            Event::TcpStream { stream } => {
-                entry["stream"] = json!(stream);
-                if self.names.contains_key(stream) {
-                    return Err(invalid(format!("stream `{stream}` already exists")));
-                }
-                match p.tcp_stream() {
-                    Ok((id, a)) => {
-                        self.names.insert(stream.clone(), id);
-                        Ok(Some(a.name()))
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+            Event::TcpStream { stream, plugin } => self.new_stream(stream, plugin.as_ref(), |p, root| {
+                p.tcp_stream_for(root).map(|(id, a)| (id, Some(a.name())))
+            })?,
             Event::RequestHeaders { stream, headers, end_of_stream } => {
-                entry["stream"] = json!(stream);
-                let (id, m) = (self.id(stream)?, to_map(headers).map_err(invalid)?);
-                action(self.plugin.request_headers(id, m, *end_of_stream))
+                let ((vm, id), m) = (self.id(stream)?, to_map(headers).map_err(invalid)?);
+                action(self.vm(vm).request_headers(id, m, *end_of_stream))
             }
             Event::RequestBody { stream, data, end_of_stream } => {
-                entry["stream"] = json!(stream);
-                let id = self.id(stream)?;
-                action(self.plugin.request_body(id, &bytes(data)?, *end_of_stream))
+                let (vm, id) = self.id(stream)?;
+                action(self.vm(vm).request_body(id, &bytes(data)?, *end_of_stream))
             }
             Event::RequestTrailers { stream, trailers } => {
-                entry["stream"] = json!(stream);
-                let (id, m) = (self.id(stream)?, to_map(trailers).map_err(invalid)?);
-                action(self.plugin.request_trailers(id, m))
+                let ((vm, id), m) = (self.id(stream)?, to_map(trailers).map_err(invalid)?);
+                action(self.vm(vm).request_trailers(id, m))
             }
             Event::ResponseHeaders { stream, headers, end_of_stream } => {
-                entry["stream"] = json!(stream);
-                let (id, m) = (self.id(stream)?, to_map(headers).map_err(invalid)?);
-                action(self.plugin.response_headers(id, m, *end_of_stream))
+                let ((vm, id), m) = (self.id(stream)?, to_map(headers).map_err(invalid)?);
+                action(self.vm(vm).response_headers(id, m, *end_of_stream))
             }
             Event::ResponseBody { stream, data, end_of_stream } => {
-                entry["stream"] = json!(stream);
-                let id = self.id(stream)?;
-                action(self.plugin.response_body(id, &bytes(data)?, *end_of_stream))
+                let (vm, id) = self.id(stream)?;
+                action(self.vm(vm).response_body(id, &bytes(data)?, *end_of_stream))
             }
             Event::ResponseTrailers { stream, trailers } => {
-                entry["stream"] = json!(stream);
-                let (id, m) = (self.id(stream)?, to_map(trailers).map_err(invalid)?);
-                action(self.plugin.response_trailers(id, m))
+                let ((vm, id), m) = (self.id(stream)?, to_map(trailers).map_err(invalid)?);
+                action(self.vm(vm).response_trailers(id, m))
             }
             Event::DownstreamData { stream, data, end_of_stream } => {
-                entry["stream"] = json!(stream);
-                let id = self.id(stream)?;
-                action(self.plugin.downstream_data(id, &bytes(data)?, *end_of_stream))
+                let (vm, id) = self.id(stream)?;
+                action(self.vm(vm).downstream_data(id, &bytes(data)?, *end_of_stream))
             }
             Event::UpstreamData { stream, data, end_of_stream } => {
-                entry["stream"] = json!(stream);
-                let id = self.id(stream)?;
-                action(self.plugin.upstream_data(id, &bytes(data)?, *end_of_stream))
+                let (vm, id) = self.id(stream)?;
+                action(self.vm(vm).upstream_data(id, &bytes(data)?, *end_of_stream))
             }
             Event::DownstreamClose { stream, peer: pt } => {
-                entry["stream"] = json!(stream);
-                let id = self.id(stream)?;
-                unit(self.plugin.downstream_close(id, peer(pt)?))
+                let (vm, id) = self.id(stream)?;
+                unit(self.vm(vm).downstream_close(id, peer(pt)?))
             }
             Event::UpstreamClose { stream, peer: pt } => {
-                entry["stream"] = json!(stream);
-                let id = self.id(stream)?;
-                unit(self.plugin.upstream_close(id, peer(pt)?))
+                let (vm, id) = self.id(stream)?;
+                unit(self.vm(vm).upstream_close(id, peer(pt)?))
             }
             Event::Finish { stream } => {
-                entry["stream"] = json!(stream);
-                let id = self.id(stream)?;
-                if let Some(s) = stream_json(self.plugin.vm(), id) {
+                let (vm, id) = self.id(stream)?;
+                if let Some(s) = stream_json(self.vm(vm).vm(), id) {
                     self.snapshots.insert(stream.clone(), s);
                 }
-                match self.plugin.finish(id) {
+                match self.vm(vm).finish(id) {
                     Ok(done) => {
                         self.finished.insert(stream.clone(), json!(if done { "done" } else { "deferred" }));
                         Ok(None)
@@ -854,7 +1144,7 @@ impl Runner<'_> {
             }
             Event::HttpCallResponse { call, headers, body, trailers, failed } => {
                 entry["call"] = json!(call);
-                let token = self.token(*call)?;
+                let (vm, token) = self.token(*call)?;
                 let resp = if *failed {
                     None
                 } else {
@@ -864,153 +1154,246 @@ impl Runner<'_> {
                         trailers: to_map(trailers).map_err(invalid)?,
                     })
                 };
-                unit(self.plugin.http_call_response(token, resp))
+                unit(self.vm(vm).http_call_response(token, resp))
             }
             Event::GrpcInitialMetadata { call, metadata } => {
                 entry["call"] = json!(call);
-                let (token, m) = (self.token(*call)?, to_map(metadata).map_err(invalid)?);
-                unit(self.plugin.vm().on_grpc_initial_metadata(token, m))
+                let ((vm, token), m) = (self.token(*call)?, to_map(metadata).map_err(invalid)?);
+                unit(self.vm(vm).vm().on_grpc_initial_metadata(token, m))
             }
             Event::GrpcMessage { call, message } => {
                 entry["call"] = json!(call);
-                let token = self.token(*call)?;
-                unit(self.plugin.vm().on_grpc_message(token, bytes(message)?))
+                let (vm, token) = self.token(*call)?;
+                unit(self.vm(vm).vm().on_grpc_message(token, bytes(message)?))
             }
             Event::GrpcTrailingMetadata { call, metadata } => {
                 entry["call"] = json!(call);
-                let (token, m) = (self.token(*call)?, to_map(metadata).map_err(invalid)?);
-                unit(self.plugin.vm().on_grpc_trailing_metadata(token, m))
+                let ((vm, token), m) = (self.token(*call)?, to_map(metadata).map_err(invalid)?);
+                unit(self.vm(vm).vm().on_grpc_trailing_metadata(token, m))
             }
             Event::GrpcClose { call, status, message } => {
                 entry["call"] = json!(call);
-                let token = self.token(*call)?;
-                unit(self.plugin.vm().on_grpc_close(token, *status, message))
+                let (vm, token) = self.token(*call)?;
+                unit(self.vm(vm).vm().on_grpc_close(token, *status, message))
             }
-            Event::Tick => unit(self.plugin.tick()),
+            Event::Tick { plugin } => {
+                let m = self.member(plugin.as_ref())?;
+                let (vm, root) = (self.members[m].vm, self.members[m].root);
+                unit(self.vm(vm).tick_for(root))
+            }
             Event::AdvanceClock { ms } => {
                 // Moving time expires callouts whose timeout has passed.
                 self.rec.clock.advance(Duration::from_millis(*ms));
-                match self.plugin.poll() {
-                    Ok(tokens) => {
-                        let calls: Vec<usize> = tokens.iter().filter_map(|t| self.call_index(*t)).collect();
-                        if !calls.is_empty() {
-                            entry["expired_calls"] = json!(calls);
-                        }
-                        Ok(None)
+                let mut calls = Vec::new();
+                let mut result = Ok(None);
+                for vm in 0..self.vms.len() {
+                    match self.vm(vm).poll() {
+                        Ok(tokens) => calls.extend(tokens.iter().filter_map(|t| self.call_index(vm, *t))),
+                        Err(e) => result = Err(e),
                     }
-                    Err(e) => Err(e),
                 }
+                calls.sort_unstable();
+                if !calls.is_empty() {
+                    entry["expired_calls"] = json!(calls);
+                }
+                result
             }
-            Event::ForeignFunction { function_id, args } => {
-                let root = self.plugin.root_context();
-                unit(self.plugin.vm().on_foreign_function(root, *function_id, bytes(args)?))
+            Event::ForeignFunction { function_id, args, plugin } => {
+                let m = self.member(plugin.as_ref())?;
+                let (vm, root) = (self.members[m].vm, self.root(m));
+                unit(self.vm(vm).vm().on_foreign_function(root, *function_id, bytes(args)?))
             }
-            Event::Enqueue { queue, item } => {
+            Event::Enqueue { queue, item, plugin } => {
+                let m = self.member(plugin.as_ref())?;
+                let options = self.vms[self.members[m].vm].plugin.compiled().options();
                 let q = &self.rec.services.queues;
-                let Some(id) = q.resolve(&self.plugin.compiled().options().vm_id, queue.as_bytes()) else {
+                let Some(id) = q.resolve(&options.vm_id, queue.as_bytes()) else {
                     return Err(invalid(format!("no shared queue named `{queue}`")));
                 };
-                let r = q.enqueue(id, &bytes(item)?, &self.plugin.compiled().options().limits.quotas);
-                if let Err(s) = r {
+                if let Err(s) = q.enqueue(id, &bytes(item)?, &options.limits.quotas) {
                     return Err(invalid(format!("enqueue failed: {s:?}")));
                 }
-                unit(self.plugin.vm().poll())
+                let mut result = Ok(None);
+                for vm in 0..self.vms.len() {
+                    if let Err(e) = self.vm(vm).vm().poll() {
+                        result = Err(e);
+                    }
+                }
+                result
             }
-            Event::Shutdown => {
-                let root = self.plugin.root_context();
-                match self.plugin.vm().finish(root) {
+            Event::Shutdown { plugin } => {
+                let m = self.member(plugin.as_ref())?;
+                let (vm, root) = (self.members[m].vm, self.root(m));
+                match self.vm(vm).vm().finish(root) {
                     Ok(done) => Ok(Some(if done { "done" } else { "deferred" }.into())),
                     Err(e) => Err(e),
                 }
             }
         })
     }
-}
 
-/// Logs, callouts, metrics, shared data and the tick period.
-fn record_common(
-    rec: &Recorder,
-    plugin: Option<&mut Plugin>,
-    names: &BTreeMap<String, u32>,
-    scenario: &Scenario,
-) -> Value {
-    let mut ctx_names: BTreeMap<u32, String> = names.iter().map(|(n, id)| (*id, n.clone())).collect();
-    let mut tick = Value::Null;
-    if let Some(p) = plugin {
-        ctx_names.insert(p.root_context(), "root".into());
-        tick = json!(p.tick_period().map(|d| d.as_millis() as u64));
-    }
-    // The first context is always the plugin's root context, also when start-up failed.
-    ctx_names.entry(1).or_insert_with(|| "root".into());
-    ctx_names.insert(0, "vm".into());
-    let logs: Vec<Value> = rec
-        .log
-        .records()
-        .iter()
-        .map(|r| {
-            let ctx = ctx_names.get(&r.context_id).cloned().unwrap_or_else(|| format!("#{}", r.context_id));
-            json!({"level": r.level.as_str(), "context": ctx, "message": r.message})
-        })
-        .collect();
-    let mut tokens: Vec<u32> = Vec::new();
-    let mut callouts = Vec::new();
-    for e in rec.callouts.events() {
-        match e {
-            CalloutEvent::Http(h) => {
-                tokens.push(h.token);
-                callouts.push(json!({
-                    "kind": "http", "upstream": h.upstream, "headers": map_json(&h.headers),
-                    "body": bytes_json(&h.body), "trailers": map_json(&h.trailers),
-                    "timeout_ms": h.timeout.as_millis() as u64,
-                }));
-            }
-            CalloutEvent::GrpcOpen(g) => {
-                tokens.push(g.token);
-                callouts.push(json!({
-                    "kind": if g.stream { "grpc_stream" } else { "grpc_call" }, "upstream": g.upstream,
-                    "service": g.service, "method": g.method, "initial_metadata": map_json(&g.initial_metadata),
-                    "message": bytes_json(&g.message), "timeout_ms": g.timeout.as_millis() as u64,
-                }));
-            }
-            CalloutEvent::Grpc { token, action } => {
-                let call = tokens.iter().position(|t| *t == token);
-                callouts.push(match action {
-                    GrpcAction::Send { message, end_stream } => json!({
-                        "kind": "grpc_send", "call": call, "message": bytes_json(&message), "end_stream": end_stream,
-                    }),
-                    GrpcAction::Cancel => json!({"kind": "grpc_cancel", "call": call}),
-                    GrpcAction::Close => json!({"kind": "grpc_close", "call": call}),
-                });
+    /// How records name a context of a VM: its stream name, `root` and `vm` (`root:<plugin>`
+    /// and `vm:<name>` with several plugins), or `#<id>`.
+    fn context_names(&mut self) -> BTreeMap<(usize, u32), String> {
+        let mut names: BTreeMap<(usize, u32), String> = BTreeMap::new();
+        for (name, &(member, id)) in &self.names {
+            names.insert((self.members[member].vm, id), name.clone());
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            if let Some(slot) = self.vms.get(m.vm) {
+                let root = slot.plugin.root_context_of(m.root).unwrap_or(0);
+                let label = if self.multi { format!("root:{}", self.members[i].name) } else { "root".into() };
+                names.insert((m.vm, root), label);
             }
         }
+        if !self.multi {
+            // The first context is always the plugin's root context, also when start-up failed.
+            names.entry((0, 1)).or_insert_with(|| "root".into());
+        }
+        names
     }
-    let metrics: Vec<Value> = rec
-        .services
-        .metrics
-        .snapshot()
-        .into_iter()
-        .map(|m| {
-            let mut v = json!({"name": m.name, "type": m.kind.as_str(), "value": m.value});
-            if let Some(h) = &m.histogram {
-                v["sum"] = json!(h.sum);
-                v["buckets"] =
-                    h.buckets().map(|(le, n)| json!([le.map_or_else(|| json!("+Inf"), |b| json!(b)), n])).collect();
+
+    /// Logs, callouts, metrics, shared data and the tick period.
+    fn record_common(&mut self, scenario: &Scenario) -> Value {
+        let ctx_names = self.context_names();
+        let vm_name = |vm: usize| {
+            self.vms.get(vm).map_or_else(
+                || self.members.iter().find(|m| m.vm == vm).map_or_else(|| format!("{vm}"), |m| m.name.clone()),
+                |s| s.name.clone(),
+            )
+        };
+        let order = self.rec.order.lock().unwrap_or_else(PoisonError::into_inner);
+        let logs: Vec<Value> = self
+            .rec
+            .log
+            .records()
+            .iter()
+            .zip(order.logs.iter())
+            .map(|(r, &vm)| {
+                let ctx = match ctx_names.get(&(vm, r.context_id)) {
+                    Some(n) => n.clone(),
+                    None if r.context_id == 0 && self.multi => format!("vm:{}", vm_name(vm)),
+                    None if r.context_id == 0 => "vm".into(),
+                    None => format!("#{}", r.context_id),
+                };
+                json!({"level": r.level.as_str(), "context": ctx, "message": r.message})
+            })
+            .collect();
+        let mut tokens: Vec<(usize, u32)> = Vec::new();
+        let mut callouts = Vec::new();
+        for (e, &vm) in self.rec.callouts.events().into_iter().zip(order.callouts.iter()) {
+            let mut c = match e {
+                CalloutEvent::Http(h) => {
+                    tokens.push((vm, h.token));
+                    json!({
+                        "kind": "http", "upstream": h.upstream, "headers": map_json(&h.headers),
+                        "body": bytes_json(&h.body), "trailers": map_json(&h.trailers),
+                        "timeout_ms": h.timeout.as_millis() as u64,
+                    })
+                }
+                CalloutEvent::GrpcOpen(g) => {
+                    tokens.push((vm, g.token));
+                    json!({
+                        "kind": if g.stream { "grpc_stream" } else { "grpc_call" }, "upstream": g.upstream,
+                        "service": g.service, "method": g.method, "initial_metadata": map_json(&g.initial_metadata),
+                        "message": bytes_json(&g.message), "timeout_ms": g.timeout.as_millis() as u64,
+                    })
+                }
+                CalloutEvent::Grpc { token, action } => {
+                    let call = tokens.iter().position(|t| *t == (vm, token));
+                    match action {
+                        GrpcAction::Send { message, end_stream } => json!({
+                            "kind": "grpc_send", "call": call, "message": bytes_json(&message), "end_stream": end_stream,
+                        }),
+                        GrpcAction::Cancel => json!({"kind": "grpc_cancel", "call": call}),
+                        GrpcAction::Close => json!({"kind": "grpc_close", "call": call}),
+                    }
+                }
+            };
+            if self.multi {
+                c["vm"] = json!(vm_name(vm));
             }
-            v
+            callouts.push(c);
+        }
+        drop(order);
+        let metrics: Vec<Value> = self
+            .rec
+            .services
+            .metrics
+            .snapshot()
+            .into_iter()
+            .map(|m| {
+                let mut v = json!({"name": m.name, "type": m.kind.as_str(), "value": m.value});
+                if let Some(h) = &m.histogram {
+                    v["sum"] = json!(h.sum);
+                    v["buckets"] =
+                        h.buckets().map(|(le, n)| json!([le.map_or_else(|| json!("+Inf"), |b| json!(b)), n])).collect();
+                }
+                v
+            })
+            .collect();
+        let mut vm_ids: Vec<&str> = Vec::new();
+        if self.multi {
+            for p in &scenario.plugins {
+                if !vm_ids.contains(&p.vm_id.as_str()) {
+                    vm_ids.push(&p.vm_id);
+                }
+            }
+        } else {
+            vm_ids.push(&scenario.vm_id);
+        }
+        let mut shared = Vec::new();
+        for vm_id in vm_ids {
+            for (k, v, cas) in self.rec.services.shared_data.entries(vm_id) {
+                let mut e = json!({"key": bytes_json(&k), "value": bytes_json(&v), "cas": cas});
+                if self.multi {
+                    e["vm_id"] = json!(vm_id);
+                }
+                shared.push(e);
+            }
+        }
+        let tick = if self.multi {
+            let mut periods = serde_json::Map::new();
+            for m in &self.members {
+                if let Some(slot) = self.vms.get_mut(m.vm)
+                    && let Some(d) = slot.plugin.tick_period_for(m.root)
+                {
+                    periods.insert(m.name.clone(), json!(d.as_millis() as u64));
+                }
+            }
+            Value::Object(periods)
+        } else {
+            match self.vms.first_mut() {
+                Some(slot) => json!(slot.plugin.tick_period().map(|d| d.as_millis() as u64)),
+                None => Value::Null,
+            }
+        };
+        json!({
+            "logs": logs,
+            "callouts": callouts,
+            "metrics": metrics,
+            "shared_data": shared,
+            "tick_period_ms": tick,
         })
-        .collect();
-    let shared: Vec<Value> = rec
-        .services
-        .shared_data
-        .entries(&scenario.vm_id)
-        .into_iter()
-        .map(|(k, v, cas)| json!({"key": bytes_json(&k), "value": bytes_json(&v), "cas": cas}))
-        .collect();
-    json!({
-        "logs": logs,
-        "callouts": callouts,
-        "metrics": metrics,
-        "shared_data": shared,
-        "tick_period_ms": tick,
-    })
+    }
+}
+
+/// The stream an event acts on, if any.
+fn event_stream(ev: &Event) -> Option<&str> {
+    match ev {
+        Event::HttpStream { stream, .. }
+        | Event::TcpStream { stream, .. }
+        | Event::RequestHeaders { stream, .. }
+        | Event::RequestBody { stream, .. }
+        | Event::RequestTrailers { stream, .. }
+        | Event::ResponseHeaders { stream, .. }
+        | Event::ResponseBody { stream, .. }
+        | Event::ResponseTrailers { stream, .. }
+        | Event::DownstreamData { stream, .. }
+        | Event::UpstreamData { stream, .. }
+        | Event::DownstreamClose { stream, .. }
+        | Event::UpstreamClose { stream, .. }
+        | Event::Finish { stream } => Some(stream),
+        _ => None,
+    }
 }

@@ -7,12 +7,14 @@
 //! - after each, the host keeps running: the same compiled plugin gives fresh, working
 //!   instances, and another plugin in the process is not disturbed;
 //! - the failure policies: fail closed (503), fail open (continue), reload (a fresh VM after
-//!   the backoff, counted in the stats).
+//!   the backoff, counted in the stats);
+//! - plugins sharing one VM (root contexts of one instance): each stream gets its own plugin's
+//!   policy, and a reload restarts every root context.
 
 use std::time::{Duration, Instant};
 
 use wasmux::abi::Limits;
-use wasmux::{Action, Error, FailurePolicy, HeaderMap, PluginOptions, Runtime, TrapKind};
+use wasmux::{Action, CompiledPlugin, Error, FailurePolicy, HeaderMap, PluginOptions, RootOptions, Runtime, TrapKind};
 
 /// A filter whose request-headers callback misbehaves according to the `:path` length:
 /// 1 byte loops forever, 2 bytes grows memory until it fails and then traps, 3 bytes recurses
@@ -169,5 +171,72 @@ fn reload_waits_for_the_backoff() {
         let id = p.http_stream().expect("stream");
         assert_eq!(p.request_headers(id, headers("/okay"), true).expect("policy"), Action::Pause, "{rt}");
         assert_eq!(p.stats().reloads, 0);
+    }
+}
+
+fn sibling(
+    first: &std::sync::Arc<CompiledPlugin>,
+    name: &str,
+    policy: FailurePolicy,
+) -> std::sync::Arc<CompiledPlugin> {
+    first.sibling(RootOptions { name: name.into(), failure_policy: policy, ..RootOptions::default() })
+}
+
+#[test]
+fn plugins_sharing_a_vm_answer_with_their_own_policy() {
+    let wasm = wat::parse_str(FILTER).expect("wat");
+    for rt in sandboxed() {
+        let first = rt.load(&wasm, options(FailurePolicy::FailClosed)).expect("load");
+        let open = sibling(&first, "open", FailurePolicy::FailOpen);
+        assert!(open.shares_vm_with(&first) && first.shares_vm_with(&open));
+        let other = rt.load(&wasm, options(FailurePolicy::FailClosed)).expect("load");
+        assert!(!other.shares_vm_with(&first), "{rt}: separately loaded plugins have separate VMs");
+
+        let mut p = CompiledPlugin::instantiate_group(&[first.clone(), open]).expect("group");
+        let roots = [p.root_context_of(0).expect("root 0"), p.root_context_of(1).expect("root 1")];
+        assert_eq!(roots, [1, 2], "{rt}: two root contexts of one instance");
+        assert_eq!(p.root_context_of(2), None);
+        assert_eq!(p.plugins().map(|c| c.options().name.clone()).collect::<Vec<_>>(), ["", "open"]);
+        let refused = p.add_root(&other).expect_err("a plugin of another VM");
+        assert!(refused.to_string().contains("does not share the VM"), "{rt}: {refused}");
+        assert!(p.http_stream_for(5).is_err(), "{rt}: unknown root index");
+
+        // The fail-open plugin's stream traps: it continues without the filter.
+        let id = p.http_stream_for(1).expect("stream of `open`");
+        assert_eq!(p.vm().root_of(id), Some(roots[1]));
+        assert_eq!(p.request_headers(id, headers("/st"), true).expect("policy"), Action::Continue, "{rt}");
+        assert!(p.vm().http(id).expect("state").local_reply.is_none());
+        // The VM failed for both plugins; the fail-closed one answers 503.
+        let id = p.http_stream().expect("stream of the first plugin");
+        assert_eq!(p.request_headers(id, headers("/okay"), true).expect("policy"), Action::Pause, "{rt}");
+        let reply = p.vm().http(id).expect("state").local_reply.clone().expect("503");
+        assert_eq!(reply.status_code, 503, "{rt}");
+        let s = p.stats();
+        assert_eq!((s.failures, s.failed_streams), (2, 2), "{rt}");
+    }
+}
+
+#[test]
+fn a_reload_restarts_every_plugin_of_the_vm() {
+    let wasm = wat::parse_str(FILTER).expect("wat");
+    let reload = FailurePolicy::Reload { base_backoff: Duration::ZERO, max_backoff: Duration::from_secs(1) };
+    for rt in sandboxed() {
+        let first = rt.load(&wasm, options(reload)).expect("load");
+        let closed = sibling(&first, "closed", FailurePolicy::FailClosed);
+        let mut p = CompiledPlugin::instantiate_group(&[first, closed]).expect("group");
+        // A trap on the fail-closed plugin's stream: 503, and the VM is due for a reload
+        // because the other plugin of the VM asks for reloads.
+        let id = p.http_stream_for(1).expect("stream");
+        assert_eq!(p.request_headers(id, headers("/st"), true).expect("policy"), Action::Pause, "{rt}");
+        assert!(p.vm().failure().is_some());
+        let id = p.http_stream_for(1).expect("stream on the reloaded VM");
+        assert!(p.vm().failure().is_none(), "{rt}: VM was not replaced");
+        assert_eq!(p.vm().roots(), [1, 2], "{rt}: both root contexts restarted");
+        assert_eq!(p.vm().root_of(id), p.root_context_of(1));
+        assert_eq!(p.request_headers(id, headers("/okay"), true).expect("ok"), Action::Continue, "{rt}");
+        let id = p.http_stream().expect("stream of the first plugin");
+        assert_eq!(p.request_headers(id, headers("/okay"), true).expect("ok"), Action::Continue, "{rt}");
+        let s = p.stats();
+        assert_eq!((s.failures, s.reloads, s.reload_failures), (1, 1, 0), "{rt}");
     }
 }

@@ -4,7 +4,7 @@
 //! Every request CAS-increments a shared counter and enqueues its path on a shared queue whose
 //! owner drains it in `proxy_on_queue_ready`. Nothing may be lost: the final counter equals the
 //! number of successful CAS writes, and every enqueued item is dequeued exactly once. Sizes are
-//! bounded so the test stays fast (it also runs with `--release` in CI).
+//! bounded so the test stays fast.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
