@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, and every test in the workspace.
-# Needs the Rust toolchain, and apt-get/dpkg for the V8 library (scripts/fetch-v8.sh, run
-# below). Fixture modules are committed (scripts/build-fixtures.sh rebuilds them).
+# Needs the Rust toolchain, and apt-get/dpkg for system packages and the V8 library
+# (scripts/install-deps.sh and scripts/fetch-v8.sh, run below). Fixture modules are committed (scripts/build-fixtures.sh rebuilds them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== system packages (cmake for pingora's zlib-ng): scripts/install-deps.sh"
+scripts/install-deps.sh
 
 echo "== V8 for the v8 engine (--all-features builds it): scripts/fetch-v8.sh"
 scripts/fetch-v8.sh

@@ -49,6 +49,17 @@ enum Command {
         #[arg(long)]
         no_cache: bool,
     },
+    /// Run the reverse proxy: listeners, routes to clusters, proxy-wasm filter chains (see
+    /// README.md for the configuration). Stops on SIGINT or SIGTERM, draining requests in
+    /// flight. Set `WASMUX_LOG=info` to see it start.
+    Serve {
+        /// Configuration file (YAML); module paths are relative to it.
+        #[arg(long)]
+        config: PathBuf,
+        /// Check the configuration and load every plugin, then exit without serving.
+        #[arg(long)]
+        check: bool,
+    },
     /// List the engines compiled into this binary.
     Engines,
     /// Compare engines on the same work: start-up (cold, from the module cache), per-worker
@@ -184,6 +195,16 @@ fn run(cmd: Command) -> Result<ExitCode, AnyError> {
             bench::run(bench::Args { engines, filter, config, json, runs, command: command.join(" "), rss_child })
         }
         Command::Inspect { file, engine, json } => inspect(&read(&file)?, engine.parse()?, json),
+        Command::Serve { config, check } => {
+            let (cfg, base) = wasmux_proxy::Config::from_file(&config)?;
+            if check {
+                wasmux_proxy::build(&cfg, &base)?;
+                out!("{}: configuration and plugins are valid", config.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            wasmux_proxy::run(&cfg, &base)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { file, engine, scenario: path, no_cache } => {
             let wasm = read(&file)?;
             let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;

@@ -1,0 +1,491 @@
+//! The reverse proxy: routes, clusters, and the filter chain of each route, as a Pingora
+//! `ProxyHttp`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::ErrorType;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use wasmux::HeaderMap;
+use wasmux::abi::LocalReply;
+
+use crate::chain::{Chain, FilterChains, StreamFilters, Verdict};
+
+/// How a route matches a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Every host.
+    Any,
+    /// This host exactly (case-insensitive).
+    Exact(String),
+    /// Hosts ending with this suffix (from `*.example.com`: `.example.com`).
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// From a configuration value: `*`, `*.suffix` or a host.
+    pub fn parse(s: Option<&str>) -> Self {
+        match s {
+            None | Some("*") => Self::Any,
+            Some(s) => match s.strip_prefix('*') {
+                Some(suffix) => Self::Suffix(suffix.to_ascii_lowercase()),
+                None => Self::Exact(s.to_ascii_lowercase()),
+            },
+        }
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(h) => host.eq_ignore_ascii_case(h),
+            Self::Suffix(s) => host.len() > s.len() && host.to_ascii_lowercase().ends_with(s.as_str()),
+        }
+    }
+}
+
+/// A route, ready to serve.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Host match.
+    pub host: HostMatch,
+    /// Path prefix.
+    pub prefix: String,
+    /// Cluster index.
+    pub cluster: usize,
+    /// The filter chain.
+    pub chain: Chain,
+    /// Route timeout.
+    pub timeout: Option<Duration>,
+}
+
+/// A cluster, ready to serve.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Name.
+    pub name: String,
+    /// Endpoints, used round robin.
+    pub endpoints: Vec<SocketAddr>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    next: AtomicUsize,
+}
+
+impl Cluster {
+    /// A cluster.
+    pub fn new(name: String, endpoints: Vec<SocketAddr>, connect_timeout: Duration) -> Self {
+        Self { name, endpoints, connect_timeout, next: AtomicUsize::new(0) }
+    }
+
+    /// The next endpoint, round robin.
+    pub fn pick(&self) -> Option<SocketAddr> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.endpoints.get(n % self.endpoints.len().max(1)).copied()
+    }
+}
+
+/// A listener's proxy: its routes, over the proxy's clusters and filter chains.
+#[derive(Debug, Clone)]
+pub struct WasmProxy {
+    chains: Arc<FilterChains>,
+    clusters: Arc<Vec<Cluster>>,
+    routes: Arc<Vec<Route>>,
+}
+
+impl WasmProxy {
+    /// A proxy for one listener.
+    pub fn new(chains: Arc<FilterChains>, clusters: Arc<Vec<Cluster>>, routes: Vec<Route>) -> Self {
+        Self { chains, clusters, routes: Arc::new(routes) }
+    }
+
+    fn route(&self, host: &str, path: &[u8]) -> Option<usize> {
+        let host =
+            host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+        self.routes.iter().position(|r| r.host.matches(host) && path.starts_with(r.prefix.as_bytes()))
+    }
+}
+
+/// What the proxy keeps per request.
+#[derive(Debug, Default)]
+pub struct RequestCtx {
+    route: Option<usize>,
+    filters: StreamFilters,
+    /// A reply already sent to the client (status), so the error path must not send another.
+    replied: Option<u16>,
+    /// The body that replaces the upstream's after a local reply in the response phase.
+    replacement: Option<Vec<u8>>,
+}
+
+/// The request as proxy-wasm filters see it: pseudo-headers first, then the headers (`host`
+/// becomes `:authority`, as Envoy does).
+pub fn request_map(req: &RequestHeader) -> HeaderMap {
+    let mut m = HeaderMap::new();
+    let authority = req
+        .headers
+        .get(http::header::HOST)
+        .map(|v| v.as_bytes().to_vec())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes().to_vec()))
+        .unwrap_or_default();
+    m.add(b":authority", &authority);
+    m.add(b":path", req.raw_path());
+    m.add(b":method", req.method.as_str().as_bytes());
+    m.add(b":scheme", req.uri.scheme_str().unwrap_or("http").as_bytes());
+    for (k, v) in &req.headers {
+        if k != http::header::HOST {
+            m.add(k.as_str().as_bytes(), v.as_bytes());
+        }
+    }
+    m
+}
+
+/// The response as filters see it: `:status`, then the headers.
+pub fn response_map(resp: &ResponseHeader) -> HeaderMap {
+    let mut m = HeaderMap::new();
+    m.add(b":status", resp.status.as_str().as_bytes());
+    for (k, v) in &resp.headers {
+        m.add(k.as_str().as_bytes(), v.as_bytes());
+    }
+    m
+}
+
+fn header_names(h: &http::HeaderMap) -> Vec<http::HeaderName> {
+    let mut names: Vec<http::HeaderName> = h.keys().cloned().collect();
+    names.dedup();
+    names
+}
+
+/// Writes what the filters made of the request back into Pingora's request header.
+pub fn apply_request(req: &mut RequestHeader, m: &HeaderMap) -> pingora::Result<()> {
+    if let Some(method) = m.get(b":method")
+        && method != req.method.as_str().as_bytes()
+    {
+        let method = http::Method::from_bytes(method)
+            .map_err(|_| pingora::Error::explain(ErrorType::InvalidHTTPHeader, "a filter set an invalid :method"))?;
+        req.set_method(method);
+    }
+    if let Some(path) = m.get(b":path")
+        && path != req.raw_path()
+    {
+        req.set_raw_path(path)?;
+    }
+    for name in header_names(&req.headers) {
+        req.remove_header(&name);
+    }
+    if let Some(authority) = m.get(b":authority")
+        && !authority.is_empty()
+    {
+        req.insert_header(http::header::HOST, authority)?;
+    }
+    for (k, v) in m.iter() {
+        if k.starts_with(b":") {
+            continue;
+        }
+        match http::HeaderName::from_bytes(k) {
+            Ok(name) => {
+                req.append_header(name, v)?;
+            }
+            Err(_) => tracing::warn!(target: "wasmux::proxy", "dropped a header with an invalid name from a filter"),
+        }
+    }
+    Ok(())
+}
+
+/// Writes what the filters made of the response back into Pingora's response header.
+pub fn apply_response(resp: &mut ResponseHeader, m: &HeaderMap) -> pingora::Result<()> {
+    if let Some(status) = m.get(b":status")
+        && status != resp.status.as_str().as_bytes()
+    {
+        let code = std::str::from_utf8(status).ok().and_then(|s| s.parse::<u16>().ok());
+        match code {
+            Some(c) => resp.set_status(c)?,
+            None => tracing::warn!(target: "wasmux::proxy", "a filter set an invalid :status; kept the upstream's"),
+        }
+    }
+    for name in header_names(&resp.headers) {
+        resp.remove_header(&name);
+    }
+    for (k, v) in m.iter() {
+        if k.starts_with(b":") {
+            continue;
+        }
+        match http::HeaderName::from_bytes(k) {
+            Ok(name) => {
+                resp.append_header(name, v)?;
+            }
+            Err(_) => tracing::warn!(target: "wasmux::proxy", "dropped a header with an invalid name from a filter"),
+        }
+    }
+    Ok(())
+}
+
+/// The response header of a local reply, and its body.
+pub fn reply_header(r: &LocalReply) -> pingora::Result<(ResponseHeader, Vec<u8>)> {
+    let grpc = r.grpc_status.is_some();
+    let status =
+        if grpc { 200 } else { u16::try_from(r.status_code).ok().filter(|s| (100..1000).contains(s)).unwrap_or(500) };
+    let mut resp = ResponseHeader::build(status, None)?;
+    for (k, v) in r.headers.iter() {
+        if let Ok(name) = http::HeaderName::from_bytes(k) {
+            resp.append_header(name, v)?;
+        }
+    }
+    let mut body = r.body.clone();
+    if let Some(code) = r.grpc_status {
+        // A gRPC local reply is trailers-only: the status and message travel in headers.
+        resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+        resp.insert_header("grpc-status", code.to_string())?;
+        if !body.is_empty() {
+            let message: String = String::from_utf8_lossy(&body).chars().filter(|c| !c.is_control()).collect();
+            resp.insert_header("grpc-message", message)?;
+        }
+        body.clear();
+    }
+    resp.remove_header(&http::header::TRANSFER_ENCODING);
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    Ok((resp, body))
+}
+
+async fn send_reply(session: &mut Session, r: &LocalReply) -> pingora::Result<u16> {
+    let (resp, body) = reply_header(r)?;
+    let status = resp.status.as_u16();
+    session.write_response_header(Box::new(resp), body.is_empty()).await?;
+    if !body.is_empty() {
+        session.write_response_body(Some(Bytes::from(body)), true).await?;
+    }
+    Ok(status)
+}
+
+fn plain_reply(status: u32, body: &str, details: &str) -> LocalReply {
+    LocalReply {
+        status_code: status,
+        details: details.into(),
+        body: body.as_bytes().to_vec(),
+        headers: HeaderMap::from_pairs([("content-type", "text/plain")]),
+        grpc_status: None,
+    }
+}
+
+/// Envoy's answer when a route's time runs out.
+fn timeout_reply() -> LocalReply {
+    plain_reply(504, "upstream request timeout", "upstream_response_timeout")
+}
+
+impl WasmProxy {
+    /// Answers the client and remembers it, so the error path stays quiet.
+    async fn reply(&self, session: &mut Session, ctx: &mut RequestCtx, r: &LocalReply) -> pingora::Result<()> {
+        let status = send_reply(session, r).await?;
+        ctx.replied = Some(status);
+        Ok(())
+    }
+
+    fn has_filters(&self, ctx: &RequestCtx) -> bool {
+        ctx.route.is_some_and(|r| !self.routes[r].chain.0.is_empty())
+    }
+}
+
+/// Whether a response has no body, from its status, headers and the request method.
+fn response_is_empty(resp: &ResponseHeader, method: &http::Method) -> bool {
+    let status = resp.status.as_u16();
+    method == http::Method::HEAD
+        || status == 204
+        || status == 304
+        || (100..200).contains(&status)
+        || resp.headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0")
+}
+
+#[async_trait]
+impl ProxyHttp for WasmProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        let req = session.req_header();
+        let mut headers = request_map(req);
+        let host = std::str::from_utf8(headers.get(b":authority").unwrap_or_default()).unwrap_or_default().to_string();
+        let Some(route) = self.route(&host, req.raw_path()) else {
+            self.reply(session, ctx, &plain_reply(404, "", "route_not_found")).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route);
+        let r = &self.routes[route];
+        if r.chain.0.is_empty() {
+            return Ok(false);
+        }
+        ctx.filters = self.chains.start(&r.chain, r.timeout);
+        let end_of_stream = session.as_downstream_mut().is_body_empty();
+        match self.chains.request_headers(&mut ctx.filters, &mut headers, end_of_stream).await {
+            Verdict::Continue => {
+                apply_request(session.req_header_mut(), &headers)?;
+                Ok(false)
+            }
+            Verdict::Reply(reply) => {
+                self.reply(session, ctx, &reply).await?;
+                Ok(true)
+            }
+            Verdict::Timeout => {
+                self.reply(session, ctx, &timeout_reply()).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+        let route = ctx.route.map(|r| &self.routes[r]);
+        let cluster = route.and_then(|r| self.clusters.get(r.cluster));
+        let Some((cluster, addr)) = cluster.and_then(|c| c.pick().map(|a| (c, a))) else {
+            return Err(pingora::Error::explain(ErrorType::HTTPStatus(503), "no healthy upstream"));
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(cluster.connect_timeout);
+        if let Some(t) = route.and_then(|r| r.timeout) {
+            peer.options.read_timeout = Some(t);
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // Filters may change the body's length: the upstream request is chunked instead.
+        if self.has_filters(ctx) && upstream_request.headers.contains_key(http::header::CONTENT_LENGTH) {
+            upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+            upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if !self.has_filters(ctx) {
+            return Ok(());
+        }
+        let chunk = body.take().unwrap_or_default();
+        let (data, verdict) = self.chains.request_body(&mut ctx.filters, &chunk, end_of_stream).await;
+        let reply = match verdict {
+            Verdict::Continue => {
+                *body = Some(Bytes::from(data));
+                return Ok(());
+            }
+            Verdict::Reply(r) => r,
+            Verdict::Timeout => timeout_reply(),
+        };
+        self.reply(session, ctx, &reply).await?;
+        Err(pingora::Error::explain(ErrorType::HTTPStatus(ctx.replied.unwrap_or(500)), "answered by a filter"))
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if ctx.replied.is_some() || !self.has_filters(ctx) {
+            return Ok(());
+        }
+        let end_of_stream = response_is_empty(upstream_response, &session.req_header().method);
+        let mut headers = response_map(upstream_response);
+        let reply = match self.chains.response_headers(&mut ctx.filters, &mut headers, end_of_stream).await {
+            Verdict::Continue => {
+                apply_response(upstream_response, &headers)?;
+                if !end_of_stream {
+                    // Filters may change the body's length: chunked to an HTTP/1.1 client (the
+                    // response is then HTTP/1.1 whatever the upstream spoke), delimited by the
+                    // connection's close to an HTTP/1.0 one.
+                    upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+                    if session.req_header().version == http::Version::HTTP_11 {
+                        upstream_response.set_version(http::Version::HTTP_11);
+                        upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                    }
+                }
+                return Ok(());
+            }
+            Verdict::Reply(r) => r,
+            Verdict::Timeout => timeout_reply(),
+        };
+        // The reply replaces the upstream's response: its headers now, its body instead of the
+        // upstream's body.
+        let (resp, body) = reply_header(&reply)?;
+        *upstream_response = resp;
+        ctx.replacement = Some(body);
+        ctx.replied = Some(upstream_response.status.as_u16());
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        if let Some(replacement) = &mut ctx.replacement {
+            *body = end_of_stream.then(|| Bytes::from(std::mem::take(replacement)));
+            return Ok(None);
+        }
+        if !self.has_filters(ctx) {
+            return Ok(None);
+        }
+        let chunk = body.take().unwrap_or_default();
+        let (data, verdict) = self.chains.response_body(&mut ctx.filters, &chunk, end_of_stream);
+        match verdict {
+            Verdict::Continue => {
+                *body = (!data.is_empty()).then(|| Bytes::from(data));
+                Ok(None)
+            }
+            // The response headers are gone: the stream can only be reset.
+            Verdict::Reply(_) | Verdict::Timeout => {
+                Err(pingora::Error::explain(ErrorType::InternalError, "a filter answered after the response headers"))
+            }
+        }
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &pingora::Error, ctx: &mut RequestCtx) -> FailToProxy {
+        if let Some(status) = ctx.replied {
+            return FailToProxy { error_code: status, can_reuse_downstream: false };
+        }
+        use ErrorType as E;
+        let reply = match e.etype() {
+            E::ConnectTimedout | E::ConnectRefused | E::ConnectNoRoute | E::ConnectError => plain_reply(
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                "upstream_reset_before_response_started{connection_failure}",
+            ),
+            E::ReadTimedout | E::WriteTimedout if e.esource() == &pingora::ErrorSource::Upstream => timeout_reply(),
+            E::HTTPStatus(code) => plain_reply(u32::from(*code), "", "proxy"),
+            _ if e.esource() == &pingora::ErrorSource::Upstream => plain_reply(
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                "upstream_reset_before_response_started{connection_termination}",
+            ),
+            E::ReadError | E::WriteError | E::ConnectionClosed => {
+                // The client is gone.
+                return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            }
+            _ => plain_reply(500, "", "internal"),
+        };
+        let code: u16 = send_reply(session, &reply).await.unwrap_or_default();
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        if ctx.route.is_some() {
+            self.chains.finish(&mut ctx.filters);
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! `wasmux serve` through real sockets on loopback: an upstream and the proxy started
+//! in-process on ports the test picked, and a real HTTP client (hyper). Every test runs on
+//! every wasm engine compiled in, with the project's SDK fixtures.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use wasmux::Runtime;
+use wasmux_proxy::{Config, ServeError, ServeHandle};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/fixtures/wasm")
+}
+
+fn engines() -> impl Iterator<Item = Runtime> {
+    Runtime::available().iter().copied().filter(|r| r.runs_wasm())
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+/// An upstream on loopback: answers every request with its method, path and headers, one per
+/// line, a blank line, then the request body. `/slow` waits 300 ms first. Counts requests.
+struct Upstream {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn upstream() -> Upstream {
+    let rt = runtime();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let hits = counter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let hits = hits.clone();
+                    async move {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let mut text = format!("{} {}\n", req.method(), req.uri());
+                        for (k, v) in req.headers() {
+                            text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                        }
+                        let slow = req.uri().path() == "/slow";
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        text.push('\n');
+                        text.push_str(&String::from_utf8_lossy(&body));
+                        if slow {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        let resp = hyper::Response::builder()
+                            .header("server", "upstream")
+                            .header("x-powered-by", "test")
+                            .header("content-type", "text/plain")
+                            .body(Full::new(Bytes::from(text)))
+                            .expect("response");
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Upstream { addr, hits, _rt: rt }
+}
+
+/// What the client got.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The upstream's view of the request: its header lines.
+    fn upstream_saw(&self, line: &str) -> bool {
+        self.body.split("\n\n").next().unwrap_or_default().lines().any(|l| l == line)
+    }
+}
+
+async fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect to the proxy");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", "example.com");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+        .await
+        .expect("the proxy answers within 20 s")
+        .expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
+
+/// A proxy on a free port with this configuration (`{listener}`, `{upstream}`, `{admin}` and
+/// `{engine}` substituted), started, and its listener accepting.
+struct Proxy {
+    port: u16,
+    admin: u16,
+    handle: Option<ServeHandle>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.stop();
+        }
+    }
+}
+
+fn config(yaml: &str, engine: Runtime, upstream: SocketAddr, port: u16, admin: u16) -> String {
+    yaml.replace("{listener}", &format!("127.0.0.1:{port}"))
+        .replace("{admin}", &format!("127.0.0.1:{admin}"))
+        .replace("{upstream}", &upstream.to_string())
+        .replace("{engine}", engine.name())
+}
+
+fn start(yaml: &str, engine: Runtime, upstream: SocketAddr) -> Proxy {
+    let (port, admin) = (free_port(), free_port());
+    let text = config(yaml, engine, upstream, port, admin);
+    let cfg = Config::parse(&text, "test.yaml").unwrap_or_else(|e| panic!("config: {e}\n{text}"));
+    let handle = wasmux_proxy::start(&cfg, &fixtures()).unwrap_or_else(|e| panic!("{engine}: start: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{engine}: the proxy did not listen within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Proxy { port, admin, handle: Some(handle) }
+}
+
+const HEADERS: &str = r#"
+workers: 2
+admin: { address: "{admin}" }
+listeners:
+  - name: main
+    address: "{listener}"
+    routes:
+      - match: { prefix: "/plain" }
+        cluster: backend
+      - match: { prefix: "/" }
+        cluster: backend
+        filters: [hdr]
+clusters:
+  - name: backend
+    endpoints: ["{upstream}"]
+  - name: nowhere
+    endpoints: ["127.0.0.1:1"]
+    connect_timeout_ms: 500
+plugins:
+  - name: hdr
+    vm: { runtime: {engine}, code: headers.wasip1.wasm }
+"#;
+
+#[test]
+fn header_edits_reach_the_upstream_and_the_client() {
+    let rt = runtime();
+    let up = upstream();
+    for engine in engines() {
+        let proxy = start(HEADERS, engine, up.addr);
+        let r = rt.block_on(send(proxy.port, "GET", "/hello?q=1", &[("x-remove-me", "1"), ("x-keep", "2")], ""));
+        assert_eq!(r.status, 200, "{engine}: {r:?}");
+        assert!(r.upstream_saw("GET /hello?q=1"), "{engine}: {}", r.body);
+        assert!(r.upstream_saw("x-wasmux-request: seen"), "{engine}: {}", r.body);
+        assert!(r.upstream_saw("user-agent: wasmux-fixture"), "{engine}: {}", r.body);
+        assert!(r.upstream_saw("x-keep: 2"), "{engine}: {}", r.body);
+        assert!(r.upstream_saw("host: example.com"), "{engine}: {}", r.body);
+        assert!(!r.body.contains("x-remove-me"), "{engine}: {}", r.body);
+        assert_eq!(r.header("x-wasmux-response"), Some("seen"), "{engine}");
+        assert_eq!(r.header("server"), Some("wasmux"), "{engine}");
+        assert_eq!(r.header("x-powered-by"), None, "{engine}");
+        // A route without filters is a plain proxy.
+        let r = rt.block_on(send(proxy.port, "GET", "/plain", &[("x-remove-me", "1")], ""));
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("x-remove-me: 1"), "{engine}: {}", r.body);
+        assert_eq!(r.header("server"), Some("upstream"));
+    }
+}
+
+#[test]
+fn local_replies_answer_without_the_upstream() {
+    let rt = runtime();
+    let up = upstream();
+    for engine in engines() {
+        let proxy = start(HEADERS, engine, up.addr);
+        let before = up.hits.load(Ordering::SeqCst);
+        let r = rt.block_on(send(proxy.port, "GET", "/deny", &[], ""));
+        assert_eq!((r.status, r.body.as_str()), (403, "denied\n"), "{engine}: {r:?}");
+        assert_eq!(r.header("x-deny-reason"), Some("path"), "{engine}");
+        let r = rt.block_on(send(proxy.port, "GET", "/grpc-deny", &[], ""));
+        assert_eq!(r.status, 200, "{engine}: {r:?}");
+        assert_eq!(r.header("grpc-status"), Some("7"), "{engine}: {r:?}");
+        assert_eq!(r.header("grpc-message"), Some("no access"), "{engine}: {r:?}");
+        assert_eq!(r.header("x-grpc-deny"), Some("1"), "{engine}: {r:?}");
+        assert_eq!(up.hits.load(Ordering::SeqCst), before, "{engine}: the upstream was called");
+    }
+}
+
+const BODY: &str = r#"
+workers: 1
+listeners:
+  - name: main
+    address: "{listener}"
+    routes:
+      - match: { prefix: "/chunked" }
+        cluster: backend
+        filters: [chunked]
+      - match: { prefix: "/" }
+        cluster: backend
+        filters: [buffered]
+clusters:
+  - name: backend
+    endpoints: ["{upstream}"]
+plugins:
+  - name: buffered
+    configuration: buffered
+    vm: { runtime: {engine}, code: body.wasip1.wasm }
+  - name: chunked
+    configuration: chunked
+    vm: { runtime: {engine}, code: body.wasip1.wasm }
+"#;
+
+#[test]
+fn bodies_are_filtered_buffered_and_chunked() {
+    let rt = runtime();
+    let up = upstream();
+    for engine in engines() {
+        let proxy = start(BODY, engine, up.addr);
+        // Buffered: the request body reaches the upstream uppercased; the response gets framed.
+        let r = rt.block_on(send(proxy.port, "POST", "/echo", &[], "hello world"));
+        assert_eq!(r.status, 200, "{engine}: {r:?}");
+        assert!(r.body.starts_with("<<POST /echo\n"), "{engine}: {:?}", r.body);
+        assert!(r.body.ends_with("\n\nHELLO WORLD\n-- wasmux"), "{engine}: {:?}", r.body);
+        assert!(r.body.contains("transfer-encoding: chunked"), "{engine}: {:?}", r.body);
+        // Chunked: the same request, each response chunk reversed and the end marked.
+        let r = rt.block_on(send(proxy.port, "POST", "/chunked", &[], "abc"));
+        assert_eq!(r.status, 200, "{engine}: {r:?}");
+        assert!(r.body.ends_with("\n-- end"), "{engine}: {:?}", r.body);
+        assert!(r.body.contains("CBA"), "{engine}: {:?}", r.body);
+    }
+}
+
+/// A request body sent in two chunks with a pause between them, on a raw socket.
+#[test]
+fn a_buffering_filter_sees_the_whole_body_across_chunks() {
+    let up = upstream();
+    for engine in engines() {
+        let proxy = start(BODY, engine, up.addr);
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        s.write_all(b"POST /echo HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n")
+            .expect("write");
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(b"5\r\nworld\r\n0\r\n\r\n").expect("write");
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("-- wasmux") && Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{engine}: {text}");
+        assert!(text.contains("HELLO WORLD"), "{engine}: {text}");
+    }
+}
+
+const POLICIES: &str = r#"
+workers: 1
+listeners:
+  - name: main
+    address: "{listener}"
+    routes:
+      - match: { prefix: "/open" }
+        cluster: backend
+        filters: [open]
+      - match: { prefix: "/" }
+        cluster: backend
+        filters: [closed]
+clusters:
+  - name: backend
+    endpoints: ["{upstream}"]
+plugins:
+  - name: closed
+    failure_policy: fail_closed
+    vm: { runtime: {engine}, code: headers.wasip1.wasm }
+  - name: open
+    failure_policy: fail_open
+    vm: { runtime: {engine}, code: headers.wasip1.wasm, vm_id: other }
+"#;
+
+#[test]
+fn a_trapping_filter_fails_closed_or_open() {
+    let rt = runtime();
+    let up = upstream();
+    for engine in engines() {
+        let proxy = start(POLICIES, engine, up.addr);
+        let r = rt.block_on(send(proxy.port, "GET", "/trap", &[], ""));
+        assert_eq!(r.status, 503, "{engine}: {r:?}");
+        // The failed VM keeps failing closed.
+        let r = rt.block_on(send(proxy.port, "GET", "/fine", &[], ""));
+        assert_eq!(r.status, 503, "{engine}: {r:?}");
+        // Fail open: the trapping filter is skipped, the request proxied.
+        let r = rt.block_on(send(proxy.port, "GET", "/open/trap", &[], ""));
+        assert_eq!(r.status, 200, "{engine}: {r:?}");
+        let r = rt.block_on(send(proxy.port, "GET", "/open/x", &[], ""));
+        assert_eq!(r.status, 200, "{engine}: {r:?}");
+        let handle = proxy.handle.as_ref().expect("running");
+        let traps: u64 = handle.chains.plugins().iter().map(|p| p.counters.traps.load(Ordering::Relaxed)).sum();
+        assert!(traps >= 1, "{engine}: traps counted");
+    }
+}
+
+#[test]
+fn unknown_routes_and_dead_upstreams_get_envoys_answers() {
+    let rt = runtime();
+    let up = upstream();
+    let yaml = r#"
+listeners:
+  - name: main
+    address: "{listener}"
+    routes:
+      - match: { prefix: "/dead" }
+        cluster: nowhere
+      - match: { prefix: "/api", host: "*.example.com" }
+        cluster: backend
+clusters:
+  - name: backend
+    endpoints: ["{upstream}"]
+  - name: nowhere
+    endpoints: ["127.0.0.1:1"]
+    connect_timeout_ms: 500
+"#;
+    let proxy = start(yaml, Runtime::available()[0], up.addr);
+    let r = rt.block_on(send(proxy.port, "GET", "/nothing-here", &[], ""));
+    assert_eq!(r.status, 404, "{r:?}");
+    // The host must match `*.example.com`: example.com itself does not.
+    let r = rt.block_on(send(proxy.port, "GET", "/api", &[], ""));
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = rt.block_on(send(proxy.port, "GET", "/api", &[("host", "www.example.com")], ""));
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = rt.block_on(send(proxy.port, "GET", "/dead", &[], ""));
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.starts_with("upstream connect error"), "{r:?}");
+}
+
+#[test]
+fn aborted_requests_leave_no_live_context() {
+    let up = upstream();
+    for engine in engines() {
+        let proxy = start(HEADERS, engine, up.addr);
+        // Clients that hang up while the upstream is still answering.
+        for _ in 0..20 {
+            let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+            s.write_all(b"GET /slow HTTP/1.1\r\nhost: example.com\r\n\r\n").expect("write");
+            drop(s);
+        }
+        let handle = proxy.handle.as_ref().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let live = handle.chains.live_streams();
+            let streams: u64 = handle.chains.plugins()[0].counters.streams.load(Ordering::Relaxed);
+            if live == 0 && streams >= 20 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{engine}: {live} live contexts, {streams} streams");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The admin endpoint says so too.
+        let rt = runtime();
+        let metrics = rt.block_on(send(proxy.admin, "GET", "/metrics", &[], ""));
+        assert!(metrics.body.contains("wasmux_live_stream_contexts 0"), "{engine}: {}", metrics.body);
+        assert!(metrics.body.contains("wasmux_plugin_streams_total{plugin=\"hdr\"}"), "{}", metrics.body);
+        let ready = rt.block_on(send(proxy.admin, "GET", "/ready", &[], ""));
+        assert_eq!(ready.status, 200);
+    }
+}
+
+#[test]
+fn bad_configurations_are_refused_with_their_line() {
+    let err = |text: &str| Config::parse(text, "bad.yaml").expect_err("refused").to_string();
+    let e = err("listeners:\n  - name: a\n    address: \"127.0.0.1:1\"\n    routes:\n      - cluster: missing\n");
+    assert!(e.starts_with("bad.yaml:5:") && e.contains("no cluster is named `missing`"), "{e}");
+    let e = err("listeners: [\n");
+    assert!(e.contains("invalid YAML"), "{e}");
+    let e = err("listeners:\n  - name: a\n    adress: x\n");
+    assert!(e.starts_with("bad.yaml:3:") && e.contains("adress"), "{e}");
+    let e = err("listeners:\n  - name: a\n    address: \"nope\"\n    routes: []\n");
+    assert!(e.starts_with("bad.yaml:3:") && e.contains("not an ip:port"), "{e}");
+    let e = err(
+        "listeners:\n  - name: a\n    address: \"127.0.0.1:1\"\n    routes: []\nplugins:\n  - name: p\n    vm: { runtime: nosuch, code: x.wasm }\n",
+    );
+    assert!(e.starts_with("bad.yaml:7:") && e.contains("nosuch"), "{e}");
+    let e = err(
+        "listeners:\n  - name: a\n    address: \"127.0.0.1:1\"\n    routes:\n      - cluster: c\n        filters: [ghost]\nclusters:\n  - name: c\n    endpoints: [\"127.0.0.1:2\"]\n",
+    );
+    assert!(e.starts_with("bad.yaml:6:") && e.contains("ghost"), "{e}");
+}
+
+#[test]
+fn a_plugin_that_does_not_load_stops_the_start() {
+    let yaml = r#"
+listeners:
+  - name: main
+    address: "127.0.0.1:1"
+    routes: []
+plugins:
+  - name: broken
+    vm: { code: missing.wasm }
+  - name: rejecting
+    configuration: not-a-mode
+    vm: { code: body.wasip1.wasm }
+"#;
+    let cfg = Config::parse(yaml, "t.yaml").expect("valid");
+    match wasmux_proxy::build(&cfg, &fixtures()) {
+        Err(ServeError::Plugin { plugin, message }) => {
+            assert_eq!(plugin, "broken");
+            assert!(message.contains("missing.wasm"), "{message}");
+        }
+        other => panic!("expected a plugin error, got {other:?}"),
+    }
+    let yaml = yaml.replace("  - name: broken\n    vm: { code: missing.wasm }\n", "");
+    let cfg = Config::parse(&yaml, "t.yaml").expect("valid");
+    match wasmux_proxy::build(&cfg, &fixtures()) {
+        Err(ServeError::Plugin { plugin, message }) => {
+            assert_eq!(plugin, "rejecting", "{message}");
+            assert!(message.contains("rejected"), "{message}");
+        }
+        other => panic!("expected a plugin error, got {other:?}"),
+    }
+}
