@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,7 @@ pub struct PluginEntry {
 #[derive(Debug)]
 pub struct FilterChains {
     uid: u64,
+    me: Weak<Self>,
     /// VM groups: the plugins sharing one VM, in root-index order.
     groups: Vec<Vec<Arc<CompiledPlugin>>>,
     plugins: Vec<PluginEntry>,
@@ -118,6 +119,8 @@ thread_local! {
 struct Worker {
     /// One per group; `None` when the instance could not start on this thread.
     vms: Vec<Option<Plugin>>,
+    /// When each root context of each VM ticks next.
+    ticks: Vec<Vec<Option<Instant>>>,
     /// Reloads seen per VM, to count new ones.
     reloads: Vec<u64>,
     live: Arc<AtomicI64>,
@@ -132,7 +135,21 @@ impl FilterChains {
     ///
     /// # Errors
     /// A plugin whose VM or root context does not start, named.
-    pub fn new(groups: Vec<Vec<Arc<CompiledPlugin>>>) -> Result<Self, String> {
+    pub fn new(groups: Vec<Vec<Arc<CompiledPlugin>>>) -> Result<Arc<Self>, String> {
+        Self::with_uid(Self::next_uid(), groups)
+    }
+
+    /// A fresh identity for a filter-chain set, for the services its plugins are compiled
+    /// with ([`Self::with_uid`]).
+    pub fn next_uid() -> u64 {
+        NEXT_UID.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// [`Self::new`] with an identity from [`Self::next_uid`].
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub fn with_uid(uid: u64, groups: Vec<Vec<Arc<CompiledPlugin>>>) -> Result<Arc<Self>, String> {
         let mut plugins = Vec::new();
         for (g, group) in groups.iter().enumerate() {
             let started = CompiledPlugin::instantiate_group(group);
@@ -143,7 +160,7 @@ impl FilterChains {
                 plugins.push(PluginEntry { name: p.options().name.clone(), group: g, root, counters: Arc::default() });
             }
         }
-        Ok(Self { uid: NEXT_UID.fetch_add(1, Ordering::Relaxed), groups, plugins, live: Mutex::default() })
+        Ok(Arc::new_cyclic(|me| Self { uid, me: me.clone(), groups, plugins, live: Mutex::default() }))
     }
 
     /// The plugins.
@@ -191,6 +208,10 @@ impl FilterChains {
     }
 
     fn new_worker(&self) -> Worker {
+        // The inbox first: VMs register their queues while they start, and the queue registry
+        // notes the registering worker's inbox as the owner's.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        crate::callout::set_inbox(self.uid, tx);
         let vms = self
             .groups
             .iter()
@@ -204,7 +225,94 @@ impl FilterChains {
             .collect();
         let live = Arc::new(AtomicI64::new(0));
         self.live.lock().unwrap_or_else(PoisonError::into_inner).push(live.clone());
-        Worker { vms, reloads: vec![0; self.groups.len()], live }
+        // The task that drains the inbox, on this thread's runtime (outside a runtime, as in a
+        // unit test, nothing arrives from outside).
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(drive(self.me.clone(), rx));
+        }
+        let ticks = self.groups.iter().map(|g| vec![None; g.len()]).collect();
+        Worker { vms, ticks, reloads: vec![0; self.groups.len()], live }
+    }
+
+    /// The plugin at root `root` of VM `group`.
+    fn plugin_at(&self, group: usize, root: usize) -> Option<usize> {
+        self.plugins.iter().position(|p| p.group == group && p.root == root)
+    }
+
+    /// Delivers something from outside a request into this worker's VMs, then wakes the
+    /// streams it may have resumed.
+    fn deliver(&self, d: crate::callout::Delivery) {
+        self.with_worker(|w| match d {
+            crate::callout::Delivery::Http { group, token, response } => {
+                let Some(vm) = w.vms.get_mut(group).and_then(Option::as_mut) else { return };
+                // An unknown token (the VM was reloaded since) is dropped.
+                let _ = vm.http_call_response(token, response);
+                self.account_root(group, vm);
+                wake_all(vm);
+            }
+            crate::callout::Delivery::Queue => {
+                for (group, vm) in w.vms.iter_mut().enumerate() {
+                    let Some(vm) = vm.as_mut() else { continue };
+                    let _ = vm.poll();
+                    self.account_root(group, vm);
+                    wake_all(vm);
+                }
+            }
+        });
+    }
+
+    /// Counts a trap of a callback that did not belong to a stream (charged to the VM's first
+    /// plugin).
+    fn account_root(&self, group: usize, vm: &mut Plugin) {
+        if let Some(p) = self.plugin_at(group, 0) {
+            self.account(p, vm);
+        }
+    }
+
+    /// The next tick due on this worker, scheduling root contexts that just asked for ticks
+    /// and dropping those that stopped.
+    fn next_tick(&self) -> Option<Instant> {
+        self.with_worker(|w| {
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            for (group, vm) in w.vms.iter_mut().enumerate() {
+                let Some(vm) = vm.as_mut() else { continue };
+                for (root, at) in w.ticks[group].iter_mut().enumerate() {
+                    match vm.tick_period_for(root) {
+                        None => *at = None,
+                        Some(period) => {
+                            let due = *at.get_or_insert(now + period);
+                            next = Some(next.map_or(due, |n| n.min(due)));
+                        }
+                    }
+                }
+            }
+            next
+        })
+    }
+
+    /// Fires the ticks that are due.
+    fn fire_ticks(&self) {
+        self.with_worker(|w| {
+            let now = Instant::now();
+            for (group, vm) in w.vms.iter_mut().enumerate() {
+                let Some(vm) = vm.as_mut() else { continue };
+                let mut fired = false;
+                for (root, at) in w.ticks[group].iter_mut().enumerate() {
+                    if at.is_some_and(|t| t <= now) {
+                        let _ = vm.tick_for(root);
+                        if let Some(p) = self.plugin_at(group, root) {
+                            self.account(p, vm);
+                        }
+                        *at = vm.tick_period_for(root).map(|p| now + p);
+                        fired = true;
+                    }
+                }
+                if fired {
+                    wake_all(vm);
+                }
+            }
+        });
     }
 
     /// Starts the chain's stream contexts for a request; `timeout` bounds every wait of the
@@ -488,6 +596,29 @@ impl FilterChains {
     }
 }
 
+/// A worker's background task: delivers its inbox and fires its VMs' ticks, on the worker's
+/// thread, until the runtime stops or the chains are gone.
+async fn drive(me: Weak<FilterChains>, mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::callout::Delivery>) {
+    loop {
+        let Some(next) = me.upgrade().map(|c| c.next_tick()) else { return };
+        let delivery = match next {
+            Some(at) => tokio::select! {
+                d = rx.recv() => match d { Some(d) => Some(d), None => return },
+                () = tokio::time::sleep_until(at.into()) => None,
+            },
+            None => match rx.recv().await {
+                Some(d) => Some(d),
+                None => return,
+            },
+        };
+        let Some(chains) = me.upgrade() else { return };
+        match delivery {
+            Some(d) => chains.deliver(d),
+            None => chains.fire_ticks(),
+        }
+    }
+}
+
 /// Ends a request's stream contexts on this thread's worker.
 fn finish_streams(state: &mut StreamFilters) {
     state.finished = true;
@@ -587,7 +718,6 @@ fn waiter(vm: &Plugin, id: u32) -> Arc<tokio::sync::Notify> {
 
 /// Wakes every paused stream of a VM, to look again at what happened to it (after a callback
 /// that did not come from the stream itself: a callout response, a tick, a queue).
-#[allow(dead_code)]
 pub(crate) fn wake_all(vm: &Plugin) {
     let key = vm_key(vm);
     WAITERS.with(|ws| {

@@ -35,7 +35,13 @@
 //! cannot wait inside a response body: a response body a filter still holds at its end is
 //! released (counted). When the request ends, for any reason, every stream context gets
 //! `proxy_on_done`, `proxy_on_log` and `proxy_on_delete`.
+//!
+//! What reaches a VM from outside a request arrives through its worker's inbox ([`callout`]):
+//! HTTP callout responses (callouts run as tasks on the worker that dispatched them) and
+//! shared-queue notifications from other workers; the worker's background task also fires the
+//! root contexts' ticks. After each, the streams the filter may have resumed look again.
 
+pub mod callout;
 pub mod chain;
 pub mod config;
 pub mod proxy;

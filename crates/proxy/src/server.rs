@@ -9,12 +9,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
+use pingora::connectors::http::Connector;
 use pingora::listeners::TcpSocketOptions;
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::services::Service as ServiceTrait;
 use pingora::services::listening::Service;
-use wasmux::abi::services::{InMemoryMetrics, Metrics, RecordingCallouts};
+use wasmux::abi::services::{InMemoryMetrics, Metrics};
+
+use crate::callout::{ClusterCallouts, NotifyingQueues};
 use wasmux::{CompiledPlugin, FailurePolicy, LogLevel, PluginOptions, RootOptions, Runtime, Services};
 
 use crate::chain::FilterChains;
@@ -67,11 +70,25 @@ fn failure_policy(p: Policy) -> FailurePolicy {
 /// A module that cannot be read, compiled or started, named by its plugin.
 pub fn build(config: &Config, base: &Path) -> Result<Built, ServeError> {
     let metrics = Arc::new(InMemoryMetrics::default());
-    // Callouts to clusters come with the callout slice of the data plane; until then a filter's
-    // callout is refused as to an unknown cluster.
-    let callouts = Arc::new(RecordingCallouts::default());
-    callouts.set_upstreams(Some(Vec::new()));
-    let services = Services { metrics: metrics.clone(), callouts, ..Services::default() };
+    let uid = FilterChains::next_uid();
+    let clusters: Arc<Vec<Cluster>> = Arc::new(
+        config
+            .clusters
+            .iter()
+            .map(|c| {
+                Cluster::new(
+                    c.name.as_str().to_string(),
+                    c.endpoints.iter().filter_map(|e| addr(e)).collect(),
+                    Duration::from_millis(c.connect_timeout_ms.unwrap_or(5000)),
+                )
+            })
+            .collect(),
+    );
+    // One connection pool for every callout; one queue registry whose owners are woken on
+    // their own worker.
+    let connector = Arc::new(Connector::new(None));
+    let services =
+        Services { metrics: metrics.clone(), queues: Arc::new(NotifyingQueues::new(uid)), ..Services::default() };
 
     // VM key: (vm_id, runtime, code, VM configuration, environment), as Envoy keys VMs.
     type Key = (String, String, String, Vec<u8>, Vec<(String, String)>);
@@ -115,29 +132,22 @@ pub fn build(config: &Config, base: &Path) -> Result<Built, ServeError> {
                 .max_callout_timeout_ms
                 .map_or(wasmux::abi::VmEnv::DEFAULT_MAX_CALLOUT_TIMEOUT, Duration::from_millis),
         };
+        // Each VM's callouts know which VM they answer to.
+        let callouts =
+            ClusterCallouts::new(uid, groups.len(), clusters.clone(), connector.clone(), options.max_callout_timeout);
+        let options =
+            PluginOptions { services: Services { callouts: Arc::new(callouts), ..options.services }, ..options };
         let compiled = rt.load(&bytes, options).map_err(|e| err(e.to_string()))?;
         keys.push(key);
         groups.push(vec![compiled]);
     }
-    let chains = Arc::new(FilterChains::new(groups).map_err(|message| {
+    let chains = FilterChains::with_uid(uid, groups).map_err(|message| {
         let plugin = message.split('`').nth(1).unwrap_or_default().to_string();
         ServeError::Plugin { plugin, message }
-    })?);
+    })?;
 
-    let clusters: Vec<Cluster> = config
-        .clusters
-        .iter()
-        .map(|c| {
-            Cluster::new(
-                c.name.as_str().to_string(),
-                c.endpoints.iter().filter_map(|e| addr(e)).collect(),
-                Duration::from_millis(c.connect_timeout_ms.unwrap_or(5000)),
-            )
-        })
-        .collect();
     let cluster_index = |name: &str| clusters.iter().position(|c| c.name == name).unwrap_or(0);
     let mut listeners = Vec::new();
-    let clusters_arc;
     {
         let mut routes_per_listener = Vec::new();
         for l in &config.listeners {
@@ -158,9 +168,8 @@ pub fn build(config: &Config, base: &Path) -> Result<Built, ServeError> {
             }
             routes_per_listener.push((l.name.as_str().to_string(), l.address.as_str().to_string(), routes));
         }
-        clusters_arc = Arc::new(clusters);
         for (name, address, routes) in routes_per_listener {
-            listeners.push((name, address, WasmProxy::new(chains.clone(), clusters_arc.clone(), routes)));
+            listeners.push((name, address, WasmProxy::new(chains.clone(), clusters.clone(), routes)));
         }
     }
     Ok(Built { chains, metrics, listeners })
