@@ -659,3 +659,87 @@ fn a_shared_counter_loses_no_update_under_concurrent_requests() {
         assert_eq!(sorted, (1..=40).collect::<Vec<u64>>(), "{engine}: every increment is unique and none is lost");
     }
 }
+
+/// A TCP listener that accepts connections and never answers; the listener lives as long as
+/// the returned value.
+fn blackhole() -> (SocketAddr, std::thread::JoinHandle<()>, Arc<std::sync::atomic::AtomicBool>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.set_nonblocking(true).expect("nonblocking");
+    let addr = l.local_addr().expect("addr");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let t = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        // Bounded: at most 60 s, or until told to stop.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+            if let Ok((s, _)) = l.accept() {
+                held.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    (addr, t, stop)
+}
+
+#[test]
+fn a_filter_that_never_resumes_gets_the_route_timeout() {
+    let rt = runtime();
+    let up = upstream();
+    let (hole, thread, stop) = blackhole();
+    for engine in engines() {
+        // The auth service never answers: the callout (1 s timeout) outlives the route (300 ms).
+        let yaml = CALLOUT
+            .replace("{auth}", &hole.to_string())
+            .replace("filters: [auth]", "filters: [auth]\n        timeout_ms: 300");
+        let proxy = start(&yaml, engine, up.addr);
+        let started = Instant::now();
+        let r = rt.block_on(send(proxy.port, "GET", "/api", &[("x-user", "alice")], ""));
+        assert_eq!((r.status, r.body.as_str()), (504, "upstream request timeout"), "{engine}: {r:?}");
+        eprintln!("{engine}: 504 after {:?}", started.elapsed());
+        // The late callout failure reaches a root whose stream is gone; the proxy goes on.
+        std::thread::sleep(Duration::from_millis(1200));
+        let handle = proxy.handle.as_ref().expect("running");
+        assert_eq!(handle.chains.live_streams(), 0, "{engine}");
+        let traps: u64 = handle.chains.plugins().iter().map(|p| p.counters.traps.load(Ordering::Relaxed)).sum();
+        assert_eq!(traps, 0, "{engine}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = thread.join();
+}
+
+#[test]
+fn the_reload_policy_brings_a_fresh_vm_after_the_backoff() {
+    let rt = runtime();
+    let up = upstream();
+    let yaml = POLICIES.replace("failure_policy: fail_closed", "failure_policy: reload");
+    for engine in engines() {
+        let proxy = start(&yaml, engine, up.addr);
+        let r = rt.block_on(send(proxy.port, "GET", "/trap", &[], ""));
+        assert_eq!(r.status, 503, "{engine}: {r:?}");
+        // The backoff is 1 s: a fresh VM serves after it.
+        std::thread::sleep(Duration::from_millis(1100));
+        let r = rt.block_on(send(proxy.port, "GET", "/fine", &[], ""));
+        assert_eq!(r.status, 200, "{engine}: {r:?}");
+        let handle = proxy.handle.as_ref().expect("running");
+        let closed = handle.chains.plugins().iter().find(|p| p.name == "closed").expect("plugin");
+        assert_eq!(closed.counters.reloads.load(Ordering::Relaxed), 1, "{engine}");
+    }
+}
+
+#[test]
+fn stopping_lets_requests_in_flight_finish() {
+    let up = upstream();
+    let engine = Runtime::available()[0];
+    let proxy = start(&HEADERS.replace("workers: 2", "workers: 1\ndrain_seconds: 5"), engine, up.addr);
+    let port = proxy.port;
+    let client = std::thread::spawn(move || runtime().block_on(send(port, "GET", "/slow", &[], "")));
+    // The upstream holds `/slow` for 300 ms; stop while it is in flight.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut proxy = proxy;
+    let handle = proxy.handle.take().expect("running");
+    handle.stop();
+    let r = client.join().expect("client");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "still listening after stop");
+}
