@@ -50,6 +50,11 @@ pub(crate) fn set_inbox(uid: u64, tx: UnboundedSender<Delivery>) {
     INBOXES.with(|i| i.borrow_mut().push((uid, tx)));
 }
 
+/// Forgets this thread's inbox for a filter-chain set.
+pub(crate) fn remove_inbox(uid: u64) {
+    let _ = INBOXES.try_with(|i| i.borrow_mut().retain(|(u, _)| *u != uid));
+}
+
 /// This thread's inbox for a filter-chain set.
 fn inbox(uid: u64) -> Option<UnboundedSender<Delivery>> {
     INBOXES.with(|i| i.borrow().iter().find(|(u, _)| *u == uid).map(|(_, tx)| tx.clone()))

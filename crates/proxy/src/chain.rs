@@ -192,6 +192,28 @@ impl FilterChains {
         })
     }
 
+    /// Ends this thread's worker: every root context is shut down (`proxy_on_done`, then
+    /// `proxy_on_delete`) and the instances are dropped, while the thread is still whole (a
+    /// native filter's own thread-locals are gone once the thread exits). Call it as the
+    /// worker thread stops; a later request on this thread starts a fresh worker.
+    pub fn release_worker(&self) {
+        let worker = WORKERS.with(|w| {
+            let mut workers = w.borrow_mut();
+            let at = workers.iter().position(|(uid, _)| *uid == self.uid)?;
+            Some(workers.swap_remove(at).1)
+        });
+        crate::callout::remove_inbox(self.uid);
+        let Some(mut worker) = worker else { return };
+        for vm in worker.vms.iter_mut().flatten() {
+            for root in vm.vm().roots() {
+                if let Err(e) = vm.vm().finish(root) {
+                    tracing::debug!(target: "wasmux::proxy", "shutting down root context {root}: {e}");
+                }
+            }
+        }
+        drop(worker);
+    }
+
     /// Runs `f` on this thread's worker, creating it on first use.
     fn with_worker<R>(&self, f: impl FnOnce(&mut Worker) -> R) -> R {
         WORKERS.with(|w| {

@@ -356,6 +356,7 @@ fn worker(index: usize, built: &Built, admin: Option<(String, AdminApp)>, shutdo
         while built.chains.worker_live_streams() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        built.chains.release_worker();
     });
 }
 

@@ -1,6 +1,8 @@
 //! `wasmux serve` through real sockets on loopback: an upstream and the proxy started
 //! in-process on ports the test picked, and a real HTTP client (hyper). Every test runs on
-//! every wasm engine compiled in, with the project's SDK fixtures.
+//! every engine compiled in, with the project's SDK fixtures: on the null engine, the same
+//! sources built natively (`scripts/build-native-fixtures.sh`), except the tests whose filter
+//! traps (a native filter's panic aborts the process: the null engine has no sandbox).
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -20,8 +22,25 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/fixtures/wasm")
 }
 
-fn engines() -> impl Iterator<Item = Runtime> {
+/// The engines that run wasm.
+fn sandboxed() -> impl Iterator<Item = Runtime> {
     Runtime::available().iter().copied().filter(|r| r.runs_wasm())
+}
+
+/// Where the native build of a fixture is, relative to the wasm fixtures.
+fn native(name: &str) -> String {
+    format!("../target/{}/release/libfixture_{name}.so", env!("WASMUX_PROXY_TEST_TARGET"))
+}
+
+/// Every engine compiled in; the null engine when the native fixtures are built.
+fn engines() -> impl Iterator<Item = Runtime> {
+    Runtime::available().iter().copied().filter(|r| {
+        let ok = r.runs_wasm() || fixtures().join(native("headers")).is_file();
+        if !ok {
+            eprintln!("skipping {r}: run scripts/build-native-fixtures.sh");
+        }
+        ok
+    })
 }
 
 fn free_port() -> u16 {
@@ -154,6 +173,12 @@ impl Drop for Proxy {
 }
 
 fn config(yaml: &str, engine: Runtime, upstream: SocketAddr, port: u16, admin: u16) -> String {
+    let mut yaml = yaml.to_string();
+    if !engine.runs_wasm() {
+        for name in ["headers", "body", "callout", "lifecycle", "multi", "shared"] {
+            yaml = yaml.replace(&format!("{name}.wasip1.wasm"), &native(name));
+        }
+    }
     yaml.replace("{listener}", &format!("127.0.0.1:{port}"))
         .replace("{admin}", &format!("127.0.0.1:{admin}"))
         .replace("{upstream}", &upstream.to_string())
@@ -339,7 +364,7 @@ plugins:
 fn a_trapping_filter_fails_closed_or_open() {
     let rt = runtime();
     let up = upstream();
-    for engine in engines() {
+    for engine in sandboxed() {
         let proxy = start(POLICIES, engine, up.addr);
         let r = rt.block_on(send(proxy.port, "GET", "/trap", &[], ""));
         assert_eq!(r.status, 503, "{engine}: {r:?}");
@@ -713,7 +738,7 @@ fn the_reload_policy_brings_a_fresh_vm_after_the_backoff() {
     let rt = runtime();
     let up = upstream();
     let yaml = POLICIES.replace("failure_policy: fail_closed", "failure_policy: reload");
-    for engine in engines() {
+    for engine in sandboxed() {
         let proxy = start(&yaml, engine, up.addr);
         let r = rt.block_on(send(proxy.port, "GET", "/trap", &[], ""));
         assert_eq!(r.status, 503, "{engine}: {r:?}");
