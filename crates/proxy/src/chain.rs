@@ -78,6 +78,8 @@ pub enum Verdict {
     Reply(LocalReply),
     /// The route's time ran out while a filter held the stream.
     Timeout,
+    /// A filter closed the stream (`proxy_close_stream`): reset it, with no response.
+    Reset,
 }
 
 /// One filter of a stream.
@@ -498,6 +500,7 @@ impl FilterChains {
             let paused = matches!(step, Step::Paused);
             match step {
                 Step::Reply(r) => return (Vec::new(), Verdict::Reply(r)),
+                Step::Reset => return (Vec::new(), Verdict::Reset),
                 Step::Paused if !end_of_stream => return (Vec::new(), Verdict::Continue),
                 _ => {}
             }
@@ -532,6 +535,7 @@ impl FilterChains {
             });
             match step {
                 Step::Reply(r) => return (Vec::new(), Verdict::Reply(r)),
+                Step::Reset => return (Vec::new(), Verdict::Reset),
                 Step::Paused if !end_of_stream => return (Vec::new(), Verdict::Continue),
                 Step::Paused => {
                     self.plugins[slot.plugin].counters.released_paused_bodies.fetch_add(1, Ordering::Relaxed);
@@ -564,6 +568,7 @@ impl FilterChains {
                 self.plugins[slot.plugin].counters.local_replies.fetch_add(1, Ordering::Relaxed);
                 Verdict::Reply(r)
             }
+            Step::Reset => Verdict::Reset,
             Step::Paused => self.wait(state, slot, dir).await,
         }
     }
@@ -582,6 +587,7 @@ impl FilterChains {
             });
             match step {
                 Step::Continue | Step::Gone => return Verdict::Continue,
+                Step::Reset => return Verdict::Reset,
                 Step::Reply(r) => {
                     self.plugins[slot.plugin].counters.local_replies.fetch_add(1, Ordering::Relaxed);
                     return Verdict::Reply(r);
@@ -669,6 +675,8 @@ enum Step {
     Continue,
     Paused,
     Reply(LocalReply),
+    /// The filter closed the stream.
+    Reset,
     /// The VM is gone (never started on this worker).
     Gone,
 }
@@ -693,6 +701,9 @@ fn settle(
     if let Some(reply) = h.local_reply.clone() {
         return Step::Reply(reply);
     }
+    if h.control.iter().any(|c| matches!(c, StreamControl::Close(_))) {
+        return Step::Reset;
+    }
     // A continue the filter asked for inside the callback itself changes nothing.
     h.control.retain(|c| !matches!(c, StreamControl::Continue(t) if *t == dir));
     match action {
@@ -711,13 +722,7 @@ fn resumed(vm: &mut Plugin, id: u32, dir: StreamType) -> Option<Step> {
         return Some(Step::Reply(reply));
     }
     if h.control.iter().any(|c| matches!(c, StreamControl::Close(_))) {
-        return Some(Step::Reply(LocalReply {
-            status_code: 503,
-            details: "wasm_close_stream".into(),
-            body: Vec::new(),
-            headers: HeaderMap::new(),
-            grpc_status: None,
-        }));
+        return Some(Step::Reset);
     }
     let before = h.control.len();
     h.control.retain(|c| !matches!(c, StreamControl::Continue(t) if *t == dir));

@@ -119,6 +119,14 @@ pub struct RequestCtx {
     replied: Option<u16>,
     /// The body that replaces the upstream's after a local reply in the response phase.
     replacement: Option<Vec<u8>>,
+    /// A filter closed the stream: the connection is dropped with no (further) response.
+    reset: bool,
+}
+
+/// The error that resets a stream a filter closed.
+fn reset_error(ctx: &mut RequestCtx) -> Box<pingora::Error> {
+    ctx.reset = true;
+    pingora::Error::explain(ErrorType::ConnectionClosed, "the filter closed the stream (proxy_close_stream)")
 }
 
 /// The request as proxy-wasm filters see it: pseudo-headers first, then the headers (`host`
@@ -334,6 +342,7 @@ impl ProxyHttp for WasmProxy {
                 self.reply(session, ctx, &timeout_reply()).await?;
                 Ok(true)
             }
+            Verdict::Reset => Err(reset_error(ctx)),
         }
     }
 
@@ -384,6 +393,7 @@ impl ProxyHttp for WasmProxy {
             }
             Verdict::Reply(r) => r,
             Verdict::Timeout => timeout_reply(),
+            Verdict::Reset => return Err(reset_error(ctx)),
         };
         self.reply(session, ctx, &reply).await?;
         Err(pingora::Error::explain(ErrorType::HTTPStatus(ctx.replied.unwrap_or(500)), "answered by a filter"))
@@ -417,6 +427,7 @@ impl ProxyHttp for WasmProxy {
             }
             Verdict::Reply(r) => r,
             Verdict::Timeout => timeout_reply(),
+            Verdict::Reset => return Err(reset_error(ctx)),
         };
         // The reply replaces the upstream's response: its headers now, its body instead of the
         // upstream's body.
@@ -449,7 +460,8 @@ impl ProxyHttp for WasmProxy {
                 Ok(None)
             }
             // The response headers are gone: the stream can only be reset.
-            Verdict::Reply(_) | Verdict::Timeout => {
+            Verdict::Reply(_) | Verdict::Timeout | Verdict::Reset => {
+                ctx.reset = true;
                 Err(pingora::Error::explain(ErrorType::InternalError, "a filter answered after the response headers"))
             }
         }
@@ -458,6 +470,9 @@ impl ProxyHttp for WasmProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &pingora::Error, ctx: &mut RequestCtx) -> FailToProxy {
         if let Some(status) = ctx.replied {
             return FailToProxy { error_code: status, can_reuse_downstream: false };
+        }
+        if ctx.reset {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
         }
         use ErrorType as E;
         let reply = match e.etype() {

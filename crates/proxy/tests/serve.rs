@@ -768,3 +768,70 @@ fn stopping_lets_requests_in_flight_finish() {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "still listening after stop");
 }
+
+/// Closes the stream (`proxy_close_stream`) in the request headers of `/close` and in the
+/// response headers of `/close-response`; other requests continue.
+const CLOSER: &str = r#"
+(module
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_close_stream" (func $close (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) ":path")
+  (data (i32.const 32) "/close")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func $path_is (param $len i32) (result i32)
+    (local $p i32) (local $n i32)
+    (drop (call $get (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 64) (i32.const 68)))
+    (local.set $p (i32.load (i32.const 64)))
+    (local.set $n (i32.load (i32.const 68)))
+    (if (i32.ne (local.get $n) (local.get $len)) (then (return (i32.const 0))))
+    (i32.and
+      (i32.eq (i32.load (local.get $p)) (i32.load (i32.const 32)))
+      (i32.eq (i32.load16_u (i32.add (local.get $p) (i32.const 4))) (i32.load16_u (i32.const 36)))))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (call $path_is (i32.const 6)) (then (drop (call $close (i32.const 0))) (return (i32.const 1))))
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (if (call $path_is (i32.const 15)) (then (drop (call $close (i32.const 1))) (return (i32.const 1))))
+    (i32.const 0))
+)
+"#;
+
+#[test]
+fn a_filter_that_closes_the_stream_resets_it() {
+    let up = upstream();
+    let dir = std::env::temp_dir().join(format!("wasmux-serve-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let module = dir.join("closer.wasm");
+    std::fs::write(&module, wat::parse_str(CLOSER).expect("wat")).expect("write module");
+    let yaml = HEADERS.replace("headers.wasip1.wasm", &module.display().to_string());
+    let raw = |port: u16, path: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: example.com\r\n\r\n").as_bytes()).expect("write");
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    for engine in sandboxed() {
+        let proxy = start(&yaml, engine, up.addr);
+        let before = up.hits.load(Ordering::SeqCst);
+        // Closed in the request: no response at all, and the upstream never called.
+        assert_eq!(raw(proxy.port, "/close"), "", "{engine}");
+        assert_eq!(up.hits.load(Ordering::SeqCst), before, "{engine}");
+        // Closed in the response: the client gets no response either.
+        assert_eq!(raw(proxy.port, "/close-response"), "", "{engine}");
+        // Others are untouched.
+        let r = runtime().block_on(send(proxy.port, "GET", "/open", &[], ""));
+        assert_eq!(r.status, 200, "{engine}: {r:?}");
+        let chains = &proxy.handle.as_ref().expect("running").chains;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while chains.live_streams() != 0 {
+            assert!(Instant::now() < deadline, "{engine}: {} live contexts", chains.live_streams());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
