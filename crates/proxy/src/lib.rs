@@ -10,6 +10,7 @@
 //!   [`FilterChains::request_headers`], [`FilterChains::request_body`],
 //!   [`FilterChains::response_headers`], [`FilterChains::response_body`], and
 //!   [`FilterChains::finish`] in `logging`.
+//!   `examples/own_proxy.rs` is a complete `ProxyHttp` of that kind, on Pingora's own server.
 //! - [`WasmProxy`]: that `ProxyHttp`, with routes and clusters; [`server::run`] and
 //!   [`server::start`] build Pingora services from a configuration.
 //!
