@@ -7,10 +7,10 @@
 # Runs `apt-get update` once when the package lists are missing or stale (as root, or through
 # sudo).
 #
-# Usage: scripts/install-deps.sh
+# Usage: scripts/install-deps.sh [PACKAGE...]   (extra packages, e.g. for scripts/load-bench.sh)
 set -euo pipefail
 
-packages=(cmake)
+packages=(cmake "$@")
 
 missing=()
 for p in "${packages[@]}"; do

@@ -388,7 +388,9 @@ impl ProxyHttp for WasmProxy {
         let (data, verdict) = self.chains.request_body(&mut ctx.filters, &chunk, end_of_stream).await;
         let reply = match verdict {
             Verdict::Continue => {
-                *body = Some(Bytes::from(data));
+                // Nothing at the end stays nothing (Pingora has already ended the upstream
+                // body then); an empty chunk before the end is skipped.
+                *body = (!(data.is_empty() && end_of_stream)).then(|| Bytes::from(data));
                 return Ok(());
             }
             Verdict::Reply(r) => r,

@@ -1,0 +1,586 @@
+#!/usr/bin/env bash
+# Load benchmark of `wasmux serve` against nginx, with wrk, on loopback.
+#
+# Starts, one at a time, on free 127.0.0.1 ports in a temporary directory:
+#   upstream                  nginx (1 worker) answering every path with 200 "ok\n"; /check,
+#                             the callout's, with 200 "bench" (the fixture copies that body
+#                             into a request header, where a newline is not allowed)
+#   nginx                     nginx as a plain reverse proxy in front of it (keepalive upstream)
+#   wasmux                    `wasmux serve`, a route with no filter
+#   wasmux-headers-ENGINE     `wasmux serve` with the headers fixture, one run per engine
+#   wasmux-callout-wasmtime   `wasmux serve` with the callout fixture (an HTTP callout to the
+#                             upstream's /check for every request), on wasmtime
+# Each proxy gets a bounded wait until it answers, a sanity request, 2 s of warm-up, then
+#   wrk -t2 -cCONNS -dSECONDSs --latency http://127.0.0.1:PORT/
+# while its peak RSS (VmRSS, nginx: master + workers) is sampled every 0.5 s; then it is stopped.
+# Writes docs/load.json, then runs scripts/load-report.py (docs/LOAD.md, docs/load.svg), and
+# prints a summary. Everything it started is stopped on exit, by PID; the directory is removed.
+#
+# Installs what it needs with scripts/install-deps.sh (cmake, wrk, nginx, curl, python3; as root or
+# through sudo; `apt-get update` only when the package lists are missing or an install
+# fails). On a machine with systemd, Debian's nginx package also starts its own service (port
+# 80); this script neither uses nor stops it. With v8 in the features, runs scripts/fetch-v8.sh.
+# Builds the CLI, and runs a copy of target/release/wasmux (another build may replace it):
+#   cargo build --release -p wasmux-cli --features FEATURES
+#
+# Environment:
+#   WASMUX_BENCH_FEATURES  cargo features of wasmux-cli (default: wasmtime,wasmer,wasmi,v8)
+#   WASMUX_BENCH_ENGINES   engines for the headers runs, space separated (default: every engine
+#                          in the features: wasmtime wasmer wasmer-singlepass wasmi v8)
+#   WASMUX_BENCH_SECONDS   length of each wrk run, in seconds (default: 10)
+#   WASMUX_BENCH_WORKERS   wasmux worker threads = nginx proxy worker processes (default: 2)
+#   WASMUX_BENCH_CONNS     wrk connections (default: $CONNS, else 64)
+#   WASMUX_BENCH_LOG       WASMUX_LOG of the wasmux processes (default: warn,wasmux::filter=error:
+#                          the headers fixture logs a warning for every request, and nginx's
+#                          access log is off; set `warn` to pay for those lines too)
+#   WASMUX_BENCH_KEEP      1: keep the temporary directory (configurations, logs, wrk outputs)
+#
+# Usage: scripts/load-bench.sh [--help]
+set -euo pipefail
+
+usage() {
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+}
+case "${1:-}" in
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    "") ;;
+    *)
+        usage >&2
+        exit 2
+        ;;
+esac
+
+cd "$(dirname "$0")/.."
+root="$PWD"
+
+features="${WASMUX_BENCH_FEATURES:-wasmtime,wasmer,wasmi,v8}"
+seconds="${WASMUX_BENCH_SECONDS:-10}"
+workers="${WASMUX_BENCH_WORKERS:-2}"
+conns="${WASMUX_BENCH_CONNS:-${CONNS:-64}}"
+wasmux_log="${WASMUX_BENCH_LOG:-warn,wasmux::filter=error}"
+warmup=2
+threads=2
+for v in seconds workers conns; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || {
+        echo "load-bench.sh: $v must be a positive integer, not \`${!v}\`" >&2
+        exit 2
+    }
+done
+((conns >= threads)) || {
+    echo "load-bench.sh: wrk needs at least $threads connections" >&2
+    exit 2
+}
+
+# Engines: wasmtime is always compiled in (a default feature of wasmux-cli), then every engine
+# the features add.
+feature_list=" ${features//,/ } "
+if [[ -n "${WASMUX_BENCH_ENGINES:-}" ]]; then
+    read -r -a engines <<<"$WASMUX_BENCH_ENGINES"
+else
+    engines=(wasmtime)
+    [[ "$feature_list" == *" all-engines "* ]] && feature_list+=" wasmer wasmi v8 "
+    [[ "$feature_list" == *" wasmer "* ]] && engines+=(wasmer wasmer-singlepass)
+    [[ "$feature_list" == *" wasmi "* ]] && engines+=(wasmi)
+    [[ "$feature_list" == *" v8 "* ]] && engines+=(v8)
+fi
+((${#engines[@]})) || {
+    echo "load-bench.sh: WASMUX_BENCH_ENGINES is empty" >&2
+    exit 2
+}
+
+# --- system packages ---------------------------------------------------------------------
+
+echo "== system packages: scripts/install-deps.sh wrk nginx curl python3"
+scripts/install-deps.sh wrk nginx curl python3
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+[[ -x "$nginx_bin" ]] || {
+    echo "load-bench.sh: no nginx binary (looked in PATH and /usr/sbin)" >&2
+    exit 1
+}
+
+# --- build -------------------------------------------------------------------------------
+
+if [[ "$feature_list" == *" v8 "* || "$feature_list" == *" all-engines "* ]]; then
+    echo "== V8 for the v8 engine: scripts/fetch-v8.sh"
+    scripts/fetch-v8.sh
+fi
+build_cmd="cargo build --release -p wasmux-cli --features \"$features\""
+echo "== $build_cmd"
+cargo build --release -p wasmux-cli --features "$features"
+built="${CARGO_TARGET_DIR:-$root/target}/release/wasmux"
+
+tmp="$(mktemp -d -t wasmux-load.XXXXXX)"
+declare -A running=() # pid -> what, for every process still to stop
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${!running[@]}"; do
+        stop_pid "$pid"
+    done
+    if [[ "${WASMUX_BENCH_KEEP:-0}" == 1 ]]; then
+        echo "kept $tmp"
+    else
+        rm -rf "$tmp"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A copy of the binary: another build may replace target/release/wasmux during the runs.
+wasmux="$tmp/wasmux"
+cp "$built" "$wasmux"
+available="$("$wasmux" engines)"
+for e in "${engines[@]}"; do
+    grep -qx -- "$e" <<<"$available" || {
+        echo "load-bench.sh: engine \`$e\` is not in this build (features: $features; it has: $(tr '\n' ' ' <<<"$available"))" >&2
+        exit 1
+    }
+done
+grep -qx wasmtime <<<"$available" || {
+    echo "load-bench.sh: the callout run needs wasmtime in the build" >&2
+    exit 1
+}
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# --- processes ---------------------------------------------------------------------------
+
+# Alive and not a zombie.
+alive() {
+    local state
+    kill -0 "$1" 2>/dev/null || return 1
+    state="$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null)" || return 1
+    [[ "$state" != Z ]]
+}
+
+# Stops one process this script started: SIGTERM, up to 10 s, then SIGKILL; its children
+# (nginx workers) too if they outlive it.
+stop_pid() {
+    local pid=$1 what=${running[$1]:-} kids k i
+    unset 'running[$pid]'
+    kids="$(pgrep -P "$pid" 2>/dev/null || true)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if alive "$pid"; then
+        echo "   pid $pid ($what) ignored SIGTERM for 10 s: SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    for k in $kids; do
+        for ((i = 0; i < 50; i++)); do
+            alive "$k" || break
+            sleep 0.1
+        done
+        if alive "$k" && [[ "$(cat "/proc/$k/comm" 2>/dev/null)" == nginx ]]; then
+            kill -KILL "$k" 2>/dev/null || true
+        fi
+    done
+    alive "$pid" || wait "$pid" 2>/dev/null || true
+}
+
+# A free TCP port on 127.0.0.1 (the kernel's pick; a race with other programs is possible, so
+# starts are retried on another port).
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until something answers HTTP on the port while the process lives: at most 600 polls
+# and 60 s.
+wait_listening() {
+    local port=$1 pid=$2 i deadline=$((SECONDS + 60))
+    for ((i = 0; i < 600 && SECONDS < deadline; i++)); do
+        alive "$pid" || return 1
+        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# Peak RSS in KiB of a process and its children, every 0.5 s while it lives (at most 1 h),
+# written to a file after each sample.
+rss_sampler() {
+    local out=$1 pid=$2 max=0 sum kb p i
+    for ((i = 0; i < 7200; i++)); do
+        alive "$pid" || break
+        sum=0
+        for p in "$pid" $(pgrep -P "$pid" 2>/dev/null || true); do
+            kb="$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null || true)"
+            sum=$((sum + ${kb:-0}))
+        done
+        if ((sum > max)); then max=$sum; fi
+        echo "$max" >"$out"
+        sleep 0.5
+    done
+}
+
+nginx_conf() { # file name port worker_processes [upstream_port]
+    local file=$1 name=$2 port=$3 procs=$4 up=${5:-} wc=$((conns * 4 > 1024 ? conns * 4 : 1024))
+    {
+        echo "# $name, written by scripts/load-bench.sh"
+        # As root, nginx would switch its workers to nobody; keep the invoking user.
+        [[ "$(id -u)" == 0 ]] && echo "user $(id -un) $(id -gn);"
+        echo "worker_processes $procs;"
+        echo "daemon off;"
+        echo "master_process on;"
+        echo "pid $tmp/$name.pid;"
+        echo "error_log $tmp/$name.error.log error;"
+        echo "events { worker_connections $wc; }"
+        echo "http {"
+        echo "    access_log off;"
+        echo "    default_type text/plain;"
+        echo "    keepalive_requests 1000000;"
+        for t in client_body proxy fastcgi uwsgi scgi; do
+            echo "    ${t}_temp_path $tmp/$name-temp/$t;"
+        done
+        if [[ -n "$up" ]]; then
+            echo "    upstream backend {"
+            echo "        server 127.0.0.1:$up;"
+            echo "        keepalive $conns;"
+            echo "        keepalive_requests 1000000;"
+            echo "    }"
+            echo "    server {"
+            echo "        listen 127.0.0.1:$port reuseport;"
+            echo "        location / {"
+            echo "            proxy_pass http://backend;"
+            echo "            proxy_http_version 1.1;"
+            echo "            proxy_set_header Connection \"\";"
+            echo "        }"
+            echo "    }"
+        else
+            echo "    server {"
+            echo "        listen 127.0.0.1:$port;"
+            echo "        location / { return 200 \"ok\\n\"; }"
+            # The callout fixture puts this body in a request header: no newline.
+            echo "        location = /check { return 200 \"bench\"; }"
+            echo "    }"
+        fi
+        echo "}"
+    } >"$file"
+    mkdir -p "$tmp/$name-temp"
+}
+
+wasmux_conf() { # file port kind [engine]
+    local file=$1 port=$2 kind=$3 engine=${4:-}
+    local fixtures="$root/conformance/fixtures/wasm"
+    {
+        echo "# written by scripts/load-bench.sh"
+        echo "workers: $workers"
+        echo "drain_seconds: 1"
+        echo "listeners:"
+        echo "  - name: main"
+        echo "    address: \"127.0.0.1:$port\""
+        echo "    routes:"
+        echo "      - match: { prefix: \"/\" }"
+        echo "        cluster: backend"
+        case "$kind" in
+            headers) echo "        filters: [headers]" ;;
+            callout) echo "        filters: [auth]" ;;
+        esac
+        echo "clusters:"
+        echo "  - name: backend"
+        echo "    endpoints: [\"127.0.0.1:$upstream_port\"]"
+        if [[ "$kind" == callout ]]; then
+            echo "  - name: auth-cluster"
+            echo "    endpoints: [\"127.0.0.1:$upstream_port\"]"
+        fi
+        case "$kind" in
+            headers)
+                echo "plugins:"
+                echo "  - name: headers"
+                echo "    vm: { runtime: $engine, code: \"$fixtures/headers.wasip1.wasm\" }"
+                ;;
+            callout)
+                echo "plugins:"
+                echo "  - name: auth"
+                echo "    vm: { runtime: $engine, code: \"$fixtures/callout.wasip1.wasm\" }"
+                ;;
+        esac
+    } >"$file"
+}
+
+# Starts target $1 (upstream, nginx, wasmux-*) on a free port, up to 3 ports; sets $port,
+# $pid and $start_cmd. Returns 1 when it never answers.
+start_target() {
+    local id=$1 kind=$2 engine=${3:-} attempt conf
+    for attempt in 1 2 3; do
+        port="$(free_port)"
+        case "$id" in
+            upstream | nginx)
+                conf="$tmp/$id.conf"
+                if [[ "$id" == upstream ]]; then
+                    nginx_conf "$conf" "$id" "$port" 1
+                else
+                    nginx_conf "$conf" "$id" "$port" "$workers" "$upstream_port"
+                fi
+                start_cmd="$nginx_bin -p $tmp/ -e $tmp/$id.error.log -c $conf"
+                "$nginx_bin" -p "$tmp/" -e "$tmp/$id.error.log" -c "$conf" >>"$tmp/$id.log" 2>&1 &
+                pid=$!
+                ;;
+            *)
+                conf="$tmp/$id.yaml"
+                wasmux_conf "$conf" "$port" "$kind" "$engine"
+                start_cmd="WASMUX_LOG=$wasmux_log ${built#"$root"/} serve --config $conf"
+                WASMUX_LOG="$wasmux_log" "$wasmux" serve --config "$conf" >>"$tmp/$id.log" 2>&1 &
+                pid=$!
+                ;;
+        esac
+        running[$pid]=$id
+        config_file=$conf
+        if wait_listening "$port" "$pid"; then
+            return 0
+        fi
+        stop_pid "$pid"
+        pid=""
+        echo "   $id did not answer on port $port (attempt $attempt); its log:" >&2
+        tail -n 5 "$tmp/$id.log" "$tmp/$id.error.log" 2>/dev/null | sed 's/^/     /' >&2 || true
+    done
+    return 1
+}
+
+# One request that must succeed before the load: 200, the upstream's body, and the headers
+# fixture's response header where it runs. Prints what is wrong.
+sanity() {
+    local port=$1 kind=$2 code
+    code="$(curl -s --max-time 5 -D "$tmp/sanity.headers" -o "$tmp/sanity.body" -w '%{http_code}' "http://127.0.0.1:$port/" || true)"
+    if [[ "$code" != 200 ]]; then
+        echo "sanity request: HTTP ${code:-no answer}: $(head -c 200 "$tmp/sanity.body" 2>/dev/null | tr '\n' ' ')"
+    elif [[ "$(cat "$tmp/sanity.body")" != ok ]]; then
+        echo "sanity request: unexpected body: $(head -c 200 "$tmp/sanity.body" | tr '\n' ' ')"
+    elif [[ "$kind" == headers ]] && ! grep -qi '^x-wasmux-response: seen' "$tmp/sanity.headers"; then
+        echo "sanity request: no x-wasmux-response header from the filter"
+    fi
+}
+
+manifest="$tmp/manifest.tsv"
+: >"$manifest"
+failures=0
+
+# Runs one target: start, sanity request, warm-up, wrk with RSS sampling, stop (not the
+# upstream, which serves every run). Appends a line to the manifest.
+run_target() {
+    local id=$1 name=$2 kind=$3 engine=${4:-} error="" sampler rss_file="" wrk_cmd url log_lines f
+    echo "== $name"
+    port="" pid="" start_cmd="" config_file=""
+    if ! start_target "$id" "$kind" "$engine"; then
+        error="did not start or answer (log: $(tail -n 3 "$tmp/$id.log" 2>/dev/null | tr '\n\t' '  '))"
+    fi
+    url="http://127.0.0.1:$port/"
+    wrk_cmd="wrk -t$threads -c$conns -d${seconds}s --latency $url"
+    if [[ -z "$error" ]]; then
+        error="$(sanity "$port" "$kind")"
+    fi
+    if [[ -z "$error" ]]; then
+        timeout -k 5 $((warmup + 30)) wrk -t$threads -c"$conns" -d${warmup}s "$url" >"$tmp/$id.warmup" 2>&1 || true
+        if [[ "$id" != upstream ]]; then
+            rss_file="$tmp/$id.rss"
+            rss_sampler "$rss_file" "$pid" &
+            sampler=$!
+            running[$sampler]="rss sampler"
+        fi
+        echo "   $wrk_cmd"
+        if ! timeout -k 5 $((seconds + 30)) wrk -t$threads -c"$conns" -d"${seconds}s" --latency "$url" >"$tmp/$id.wrk" 2>&1; then
+            error="wrk failed: $(tail -n 3 "$tmp/$id.wrk" | tr '\n\t' '  ')"
+        fi
+        [[ -z "$rss_file" ]] || stop_pid "$sampler"
+        if ! alive "$pid"; then
+            error="${error:+$error; }the process exited during the run (log: $(tail -n 3 "$tmp/$id.log" 2>/dev/null | tr '\n\t' '  '))"
+        fi
+    fi
+    if [[ -n "$error" ]]; then
+        echo "   FAILED: $error" >&2
+        failures=$((failures + 1))
+    fi
+    if [[ "$id" != upstream && -n "$pid" ]]; then
+        stop_pid "$pid"
+    fi
+    # Lines the proxy wrote to stderr and its error log: a log line per request costs.
+    log_lines=0
+    for f in "$tmp/$id.log" "$tmp/$id.error.log"; do
+        [[ ! -f "$f" ]] || log_lines=$((log_lines + $(wc -l <"$f")))
+    done
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$name" "$kind" "$engine" "$error" \
+        "$tmp/$id.wrk" "$rss_file" "$start_cmd" "$config_file" "$wrk_cmd" "$log_lines" >>"$manifest"
+}
+
+# --- runs --------------------------------------------------------------------------------
+
+load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
+date_utc="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+
+upstream_port=""
+run_target upstream "upstream (nginx, direct)" upstream
+upstream_port="$port"
+upstream_pid="$pid"
+if ! alive "${upstream_pid:-0}" || [[ -n "$(tail -n 1 "$manifest" | cut -f5)" ]]; then
+    echo "load-bench.sh: the upstream does not work; stopping" >&2
+    exit 1
+fi
+run_target nginx "nginx (reverse proxy)" nginx
+run_target wasmux "wasmux, no filter" plain
+for e in "${engines[@]}"; do
+    run_target "wasmux-headers-$e" "wasmux + headers ($e)" headers "$e"
+done
+run_target wasmux-callout-wasmtime "wasmux + callout (wasmtime)" callout wasmtime
+stop_pid "$upstream_pid"
+load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- results -----------------------------------------------------------------------------
+
+script_cmd="WASMUX_BENCH_FEATURES=$features WASMUX_BENCH_ENGINES=\"${engines[*]}\" WASMUX_BENCH_SECONDS=$seconds"
+script_cmd+=" WASMUX_BENCH_WORKERS=$workers WASMUX_BENCH_CONNS=$conns WASMUX_BENCH_LOG=$wasmux_log scripts/load-bench.sh"
+
+mkdir -p docs
+MANIFEST="$manifest" OUT="docs/load.json" DATE_UTC="$date_utc" LOAD_START="$load_start" LOAD_END="$load_end" \
+    SCRIPT_CMD="$script_cmd" BUILD_CMD="$build_cmd" FEATURES="$features" SECONDS_RUN="$seconds" CONNS="$conns" \
+    THREADS="$threads" NPROC="$(nproc)" WORKERS="$workers" WARMUP="$warmup" WASMUX_LOG_SETTING="$wasmux_log" \
+    NGINX_VERSION="$("$nginx_bin" -v 2>&1 | head -n 1)" WRK_VERSION="$(wrk -v 2>&1 | head -n 1 || true)" \
+    GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')" \
+    python3 - <<'EOF'
+import json, os, platform, re
+
+UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
+
+def micros(text):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    return round(float(m.group(1)) * UNITS[m.group(2)], 1) if m else None
+
+def parse_wrk(path):
+    out = {"req_s": None, "p50_us": None, "p99_us": None}
+    try:
+        text = open(path, encoding="utf-8", errors="replace").read()
+    except OSError:
+        return out
+    m = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    if m:
+        out["req_s"] = round(float(m.group(1)), 1)
+    for pct, key in (("50", "p50_us"), ("99", "p99_us")):
+        m = re.search(rf"^\s+{pct}(?:\.0+)?%\s+(\S+)", text, re.M)
+        if m:
+            out[key] = micros(m.group(1))
+    m = re.search(r"^\s+(\d+) requests in ([\d.]+\w+)", text, re.M)
+    if m:
+        out["requests"] = int(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    out["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    out["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups()))) if m else None
+    return out
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+def mem_kib():
+    try:
+        for line in open("/proc/meminfo", encoding="utf-8"):
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+def os_name():
+    try:
+        for line in open("/etc/os-release", encoding="utf-8"):
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return platform.system()
+
+env = os.environ
+targets = []
+with open(env["MANIFEST"], encoding="utf-8") as f:
+    for line in f:
+        id_, name, kind, engine, error, wrk, rss, start, config, wrk_cmd, log_lines = line.rstrip("\n").split("\t")
+        t = {"id": id_, "name": name, "kind": kind, "engine": engine or None}
+        t.update(parse_wrk(wrk) if not error else {"req_s": None, "p50_us": None, "p99_us": None})
+        rss_kib = None
+        if rss:
+            try:
+                rss_kib = int(open(rss, encoding="utf-8").read().strip() or 0) or None
+            except (OSError, ValueError):
+                pass
+        t["rss_kib"] = rss_kib
+        if error:
+            t["error"] = error
+        elif t["req_s"] is None:
+            t["error"] = "no Requests/sec in wrk's output"
+        t["log_lines"] = int(log_lines or 0)
+        t["command"] = start
+        t["wrk"] = wrk_cmd
+        try:
+            t["config"] = open(config, encoding="utf-8").read() if config else None
+        except OSError:
+            t["config"] = None
+        targets.append(t)
+
+report = {
+    "date": env["DATE_UTC"],
+    "machine": {
+        "nproc": int(env["NPROC"]),
+        "cpu": cpu_model(),
+        "kernel": platform.release(),
+        "os": os_name(),
+        "arch": platform.machine(),
+        "memory_kib": mem_kib(),
+    },
+    "load_average": {"start": [float(x) for x in env["LOAD_START"].split()], "end": [float(x) for x in env["LOAD_END"].split()]},
+    "settings": {
+        "seconds": int(env["SECONDS_RUN"]),
+        "connections": int(env["CONNS"]),
+        "wrk_threads": int(env["THREADS"]),
+        "workers": int(env["WORKERS"]),
+        "warmup_seconds": int(env["WARMUP"]),
+        "upstream_workers": 1,
+        "wasmux_log": env["WASMUX_LOG_SETTING"],
+        "features": env["FEATURES"],
+    },
+    "versions": {"wasmux_commit": env["GIT_COMMIT"], "nginx": env["NGINX_VERSION"], "wrk": env["WRK_VERSION"]},
+    "commands": {
+        "bench": env["SCRIPT_CMD"],
+        "build": env["BUILD_CMD"],
+        "report": "python3 scripts/load-report.py docs/load.json",
+    },
+    "targets": targets,
+}
+with open(env["OUT"], "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+    f.write("\n")
+
+def cell(v, fmt):
+    return "—" if v is None else fmt.format(v)
+
+print()
+print(f"{'target':<32} {'req/s':>10} {'p50 µs':>9} {'p99 µs':>9} {'RSS MiB':>8}  notes")
+for t in targets:
+    notes = t.get("error", "")
+    if not notes and t.get("non_2xx"):
+        notes = f"{t['non_2xx']} non-2xx responses"
+    if not notes and t["log_lines"]:
+        notes = f"{t['log_lines']:,} log lines"
+    rss = t["rss_kib"] / 1024 if t["rss_kib"] else None
+    print(f"{t['name']:<32} {cell(t['req_s'], '{:,.0f}'):>10} {cell(t['p50_us'], '{:,.0f}'):>9} "
+          f"{cell(t['p99_us'], '{:,.0f}'):>9} {cell(rss, '{:.1f}'):>8}  {notes}")
+print(f"(load average {env['LOAD_START']} at the start, {env['LOAD_END']} at the end; nproc {env['NPROC']})")
+print()
+print(f"wrote {env['OUT']}")
+EOF
+
+python3 scripts/load-report.py docs/load.json
+if ((failures)); then
+    echo "load-bench.sh: $failures target(s) failed; see the notes above" >&2
+    exit 1
+fi
