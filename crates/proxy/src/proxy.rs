@@ -500,6 +500,14 @@ impl ProxyHttp for WasmProxy {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
+    /// A client that goes away, and a stream a filter reset, are not the proxy's errors: logging
+    /// each at ERROR would let clients flood the log.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &pingora::Error) -> bool {
+        ctx.reset
+            || (error.esource() == &pingora::ErrorSource::Downstream
+                && matches!(error.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed))
+    }
+
     async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
         if ctx.route.is_some() {
             self.chains.finish(&mut ctx.filters);
