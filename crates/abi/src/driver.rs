@@ -561,6 +561,11 @@ impl Vm {
         self.inst.state().contexts.get(&id).map(|c| c.root)
     }
 
+    /// How many contexts exist, root contexts included (deleted ones are gone).
+    pub fn context_count(&mut self) -> usize {
+        self.inst.state().contexts.len()
+    }
+
     /// Whether a context still exists (for example one whose completion is deferred).
     pub fn context_exists(&mut self, id: u32) -> bool {
         self.inst.state().contexts.contains_key(&id)

@@ -361,6 +361,15 @@ fn fail_reply() -> LocalReply {
     }
 }
 
+impl FailurePolicy {
+    /// What an HTTP stream gets when its filter cannot run: the 503 local reply
+    /// (`wasm_fail_stream`) a failed VM answers with, or `None` under fail open (the stream goes
+    /// on without the filter). For embedders whose VM did not start at all.
+    pub fn failed_stream_reply(self) -> Option<LocalReply> {
+        (self != Self::FailOpen).then(fail_reply)
+    }
+}
+
 impl Plugin {
     /// The VM, for everything the convenience methods do not cover.
     pub fn vm(&mut self) -> &mut Vm {
@@ -375,6 +384,11 @@ impl Plugin {
     /// The root context id of root index `index`.
     pub fn root_context_of(&self, index: usize) -> Option<u32> {
         self.roots.get(index).map(|r| r.id)
+    }
+
+    /// Stream contexts (HTTP and TCP) not yet deleted, deferred ones included.
+    pub fn stream_contexts(&mut self) -> usize {
+        self.vm.context_count().saturating_sub(self.roots.len())
     }
 
     /// The plugins running in this VM, by root index.
