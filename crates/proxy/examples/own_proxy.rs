@@ -11,12 +11,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
 use wasmux::{PluginOptions, Runtime};
-use wasmux_proxy::proxy::{apply_request, apply_response, reply_header, request_map, response_map};
+use wasmux_proxy::proxy::{apply_request, apply_response, request_map, response_map, send_reply};
 use wasmux_proxy::{Chain, FilterChains, StreamFilters, Verdict};
 
 struct MyProxy {
@@ -43,11 +42,7 @@ impl ProxyHttp for MyProxy {
                 Ok(false)
             }
             Verdict::Reply(reply) => {
-                let (resp, body) = reply_header(&reply)?;
-                session.write_response_header(Box::new(resp), body.is_empty()).await?;
-                if !body.is_empty() {
-                    session.write_response_body(Some(Bytes::from(body)), true).await?;
-                }
+                send_reply(session, &reply).await?;
                 Ok(true)
             }
             Verdict::Timeout | Verdict::Reset => {

@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -36,18 +37,46 @@ pub(crate) enum Delivery {
         /// The response.
         response: Option<HttpCallResponse>,
     },
-    /// A queue owned by one of this worker's VMs got an item.
+    /// A queue owned by one of this worker's VMs got an item (at most one waits in the inbox:
+    /// the worker looks at every queue it owns when it takes it).
     Queue,
+}
+
+/// A worker's inbox.
+#[derive(Debug, Clone)]
+pub(crate) struct Inbox {
+    tx: UnboundedSender<Delivery>,
+    /// A [`Delivery::Queue`] is in the inbox, not taken yet: enqueues add no other.
+    queue_pending: Arc<AtomicBool>,
+}
+
+impl Inbox {
+    /// An inbox, and the flag the worker clears when it takes a queue notification.
+    pub(crate) fn new(tx: UnboundedSender<Delivery>) -> (Self, Arc<AtomicBool>) {
+        let flag = Arc::new(AtomicBool::new(false));
+        (Self { tx, queue_pending: flag.clone() }, flag)
+    }
+
+    fn send(&self, d: Delivery) {
+        // The worker is gone when its runtime shuts down: nothing to deliver then.
+        let _ = self.tx.send(d);
+    }
+
+    fn notify_queue(&self) {
+        if !self.queue_pending.swap(true, Ordering::AcqRel) {
+            self.send(Delivery::Queue);
+        }
+    }
 }
 
 thread_local! {
     /// This thread's worker inboxes, by filter-chain set.
-    static INBOXES: RefCell<Vec<(u64, UnboundedSender<Delivery>)>> = const { RefCell::new(Vec::new()) };
+    static INBOXES: RefCell<Vec<(u64, Inbox)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Registers this thread's inbox for a filter-chain set.
-pub(crate) fn set_inbox(uid: u64, tx: UnboundedSender<Delivery>) {
-    INBOXES.with(|i| i.borrow_mut().push((uid, tx)));
+pub(crate) fn set_inbox(uid: u64, inbox: Inbox) {
+    INBOXES.with(|i| i.borrow_mut().push((uid, inbox)));
 }
 
 /// Forgets this thread's inbox for a filter-chain set.
@@ -56,8 +85,8 @@ pub(crate) fn remove_inbox(uid: u64) {
 }
 
 /// This thread's inbox for a filter-chain set.
-fn inbox(uid: u64) -> Option<UnboundedSender<Delivery>> {
-    INBOXES.with(|i| i.borrow().iter().find(|(u, _)| *u == uid).map(|(_, tx)| tx.clone()))
+fn inbox(uid: u64) -> Option<Inbox> {
+    INBOXES.with(|i| i.borrow().iter().find(|(u, _)| *u == uid).map(|(_, inbox)| inbox.clone()))
 }
 
 /// HTTP callouts to the proxy's clusters, for the plugins of one VM.
@@ -67,6 +96,8 @@ pub struct ClusterCallouts {
     clusters: Arc<Vec<Cluster>>,
     connector: Arc<Connector>,
     max_timeout: Duration,
+    /// The largest response body taken from an upstream; past it the call fails.
+    max_body: usize,
 }
 
 impl std::fmt::Debug for ClusterCallouts {
@@ -83,8 +114,9 @@ impl ClusterCallouts {
         clusters: Arc<Vec<Cluster>>,
         connector: Arc<Connector>,
         max_timeout: Duration,
+        max_body: usize,
     ) -> Self {
-        Self { uid, group, clusters, connector, max_timeout }
+        Self { uid, group, clusters, connector, max_timeout, max_body }
     }
 }
 
@@ -94,15 +126,15 @@ impl Callouts for ClusterCallouts {
     fn http_call(&self, call: &HttpCallout) -> Result<(), Status> {
         let cluster = self.clusters.iter().find(|c| c.name == call.upstream).ok_or(Status::BadArgument)?;
         let addr = cluster.pick().ok_or(Status::BadArgument)?;
-        let tx = inbox(self.uid).ok_or(Status::InternalFailure)?;
+        let inbox = inbox(self.uid).ok_or(Status::InternalFailure)?;
         let handle = tokio::runtime::Handle::try_current().map_err(|_| Status::InternalFailure)?;
         let timeout = if call.timeout.is_zero() { self.max_timeout } else { call.timeout.min(self.max_timeout) };
-        let (connector, connect_timeout, group, token) =
-            (self.connector.clone(), cluster.connect_timeout, self.group, call.token);
+        let (connector, connect_timeout, group, token, max_body) =
+            (self.connector.clone(), cluster.connect_timeout, self.group, call.token, self.max_body);
         let call = call.clone();
         handle.spawn(async move {
-            let response = match tokio::time::timeout(timeout, request(&connector, addr, connect_timeout, &call)).await
-            {
+            let exchange = request(&connector, addr, connect_timeout, &call, max_body);
+            let response = match tokio::time::timeout(timeout, exchange).await {
                 Ok(Ok(r)) => Some(r),
                 Ok(Err(e)) => {
                     tracing::debug!(target: "wasmux::proxy", upstream = %call.upstream, "callout failed: {e}");
@@ -110,8 +142,7 @@ impl Callouts for ClusterCallouts {
                 }
                 Err(_) => None,
             };
-            // The worker is gone when its runtime shuts down: nothing to deliver then.
-            let _ = tx.send(Delivery::Http { group, token, response });
+            inbox.send(Delivery::Http { group, token, response });
         });
         Ok(())
     }
@@ -127,12 +158,13 @@ impl Callouts for ClusterCallouts {
 }
 
 /// One HTTP/1.1 exchange with an endpoint: the callout's pseudo-headers make the request line
-/// and `host`.
+/// and `host`. A response body over `max_body` bytes fails the call.
 async fn request(
     connector: &Connector,
     addr: SocketAddr,
     connect_timeout: Duration,
     call: &HttpCallout,
+    max_body: usize,
 ) -> pingora::Result<HttpCallResponse> {
     let mut peer = HttpPeer::new(addr, false, String::new());
     peer.options.connection_timeout = Some(connect_timeout);
@@ -143,13 +175,8 @@ async fn request(
     if let Some(authority) = call.headers.get(b":authority") {
         req.insert_header(http::header::HOST, authority)?;
     }
-    for (k, v) in call.headers.iter() {
-        if k.starts_with(b":") {
-            continue;
-        }
-        if let Ok(name) = http::HeaderName::from_bytes(k) {
-            req.append_header(name, v)?;
-        }
+    for (name, v) in crate::proxy::regular_headers(&call.headers) {
+        req.append_header(name, v)?;
     }
     req.insert_header(http::header::CONTENT_LENGTH, call.body.len().to_string())?;
     session.write_request_header(Box::new(req)).await?;
@@ -170,6 +197,12 @@ async fn request(
     }
     let mut body = Vec::new();
     while let Some(chunk) = session.read_response_body().await? {
+        if body.len().saturating_add(chunk.len()) > max_body {
+            return Err(pingora::Error::explain(
+                pingora::ErrorType::ReadError,
+                format!("the response body is larger than {max_body} bytes (quota max_body_bytes)"),
+            ));
+        }
         body.extend_from_slice(&chunk);
     }
     connector.release_http_session(session, &peer, None).await;
@@ -181,7 +214,7 @@ async fn request(
 pub struct NotifyingQueues {
     uid: u64,
     inner: InMemoryQueues,
-    owners: Mutex<HashMap<u32, UnboundedSender<Delivery>>>,
+    owners: Mutex<HashMap<u32, Inbox>>,
 }
 
 impl NotifyingQueues {
@@ -197,7 +230,7 @@ impl SharedQueues for NotifyingQueues {
         // Registered from a callback on the owner's worker: its inbox is this thread's.
         let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
         match inbox(self.uid) {
-            Some(tx) => owners.insert(id, tx),
+            Some(inbox) => owners.insert(id, inbox),
             None => owners.remove(&id),
         };
         Ok(id)
@@ -209,8 +242,8 @@ impl SharedQueues for NotifyingQueues {
 
     fn enqueue(&self, id: u32, item: &[u8], quotas: &Quotas) -> Result<(), Refused> {
         self.inner.enqueue(id, item, quotas)?;
-        if let Some(tx) = self.owners.lock().unwrap_or_else(PoisonError::into_inner).get(&id) {
-            let _ = tx.send(Delivery::Queue);
+        if let Some(inbox) = self.owners.lock().unwrap_or_else(PoisonError::into_inner).get(&id) {
+            inbox.notify_queue();
         }
         Ok(())
     }

@@ -5,12 +5,12 @@
 //!
 //! A proxy-wasm VM instance is single-threaded state. Each worker thread keeps its own instance
 //! of every VM in a thread-local, created on the first request that thread serves; a stream's
-//! callbacks all run on the VM of the thread that created its context. This is sound under
-//! Pingora when the service runs with `work_stealing: false`: every worker thread then runs its
-//! own single-threaded runtime, and a connection's task (every request on it) never leaves the
-//! thread it started on. [`crate::Server`] configures Pingora that way. The per-request state
-//! Pingora keeps ([`StreamFilters`]) holds only ids and flags, so it is `Send + Sync` as
-//! Pingora requires; no lock is taken on the request path.
+//! callbacks all run on the VM of the thread that created its context. This is sound when a
+//! request's task never leaves the thread it started on: under Pingora's server with
+//! `work_stealing: false` (each worker thread runs its own single-threaded runtime), and in
+//! `wasmux serve`, whose workers are single-threaded runtimes of their own ([`crate::server`]).
+//! The per-request state Pingora keeps ([`StreamFilters`]) holds only ids and flags, so it is
+//! `Send + Sync` as Pingora requires; no lock is taken on the request path.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use wasmux::abi::{LocalReply, StreamControl, StreamType};
-use wasmux::{Action, CompiledPlugin, HeaderMap, Plugin};
+use wasmux::abi::{HttpStreamState, LocalReply, StreamControl, StreamType};
+use wasmux::{Action, CompiledPlugin, HeaderMap, Plugin, PluginStats};
 
 /// Counters of one plugin, summed over every worker.
 #[derive(Debug, Default)]
@@ -108,7 +108,7 @@ impl Drop for StreamFilters {
     /// ends its contexts, on the thread that owns them.
     fn drop(&mut self) {
         if !self.finished && self.thread == Some(std::thread::current().id()) {
-            finish_streams(self);
+            finish_streams(self, None);
         }
     }
 }
@@ -120,15 +120,55 @@ thread_local! {
 /// One worker thread's instances.
 struct Worker {
     /// One per group; `None` when the instance could not start on this thread.
-    vms: Vec<Option<Plugin>>,
-    /// When each root context of each VM ticks next.
-    ticks: Vec<Vec<Option<Instant>>>,
-    /// Reloads seen per VM, to count new ones.
-    reloads: Vec<u64>,
+    vms: Vec<Option<Instance>>,
+    /// Stream contexts not yet deleted on this worker, for the admin endpoint and draining.
     live: Arc<AtomicI64>,
+    /// A queue notification waits in the inbox.
+    queue_pending: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A worker's instance of one VM, and what the worker tracks about it.
+struct Instance {
+    vm: Plugin,
+    /// The VM's counters when last looked at: the proxy's per-plugin counters grow by the
+    /// difference.
+    seen: PluginStats,
+    /// When each root context ticks next.
+    ticks: Vec<Option<Instant>>,
+    /// Paused streams: context id → what wakes them.
+    waiters: HashMap<u32, Arc<tokio::sync::Notify>>,
+}
+
+impl Instance {
+    /// Wakes every paused stream, to look again at what happened to it (after a callback that
+    /// did not come from the stream itself: a callout response, a tick, a queue).
+    fn wake_all(&self) {
+        for n in self.waiters.values() {
+            n.notify_one();
+        }
+    }
+}
+
+impl Worker {
+    /// Recounts the stream contexts alive on this worker, from the VMs themselves (a deferred
+    /// context lives on after its request).
+    fn recount(&mut self) {
+        let n: usize = self.vms.iter_mut().flatten().map(|i| i.vm.stream_contexts()).sum();
+        self.live.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
 }
 
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+/// A plugin group whose VM or root contexts do not start.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin `{plugin}` does not start: {message}")]
+pub struct StartError {
+    /// The first plugin of the group.
+    pub plugin: String,
+    /// Why.
+    pub message: String,
+}
 
 impl FilterChains {
     /// Plugins grouped into VMs: `groups[g]` lists the plugins sharing VM `g`, the first being
@@ -137,7 +177,7 @@ impl FilterChains {
     ///
     /// # Errors
     /// A plugin whose VM or root context does not start, named.
-    pub fn new(groups: Vec<Vec<Arc<CompiledPlugin>>>) -> Result<Arc<Self>, String> {
+    pub fn new(groups: Vec<Vec<Arc<CompiledPlugin>>>) -> Result<Arc<Self>, StartError> {
         Self::with_uid(Self::next_uid(), groups)
     }
 
@@ -151,12 +191,12 @@ impl FilterChains {
     ///
     /// # Errors
     /// As [`Self::new`].
-    pub fn with_uid(uid: u64, groups: Vec<Vec<Arc<CompiledPlugin>>>) -> Result<Arc<Self>, String> {
+    pub fn with_uid(uid: u64, groups: Vec<Vec<Arc<CompiledPlugin>>>) -> Result<Arc<Self>, StartError> {
         let mut plugins = Vec::new();
         for (g, group) in groups.iter().enumerate() {
-            let started = CompiledPlugin::instantiate_group(group);
-            if let Err(e) = started {
-                return Err(format!("plugin group of `{}` does not start: {e}", group[0].options().name));
+            if let Err(e) = CompiledPlugin::instantiate_group(group) {
+                let plugin = group.first().map(|p| p.options().name.clone()).unwrap_or_default();
+                return Err(StartError { plugin, message: e.to_string() });
             }
             for (root, p) in group.iter().enumerate() {
                 plugins.push(PluginEntry { name: p.options().name.clone(), group: g, root, counters: Arc::default() });
@@ -182,12 +222,12 @@ impl FilterChains {
             .map(Chain)
     }
 
-    /// Stream contexts alive over every worker (streams started and not yet deleted).
+    /// Stream contexts not yet deleted, over every worker (deferred ones included).
     pub fn live_streams(&self) -> i64 {
         self.live.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|g| g.load(Ordering::Relaxed)).sum()
     }
 
-    /// Stream contexts alive on this thread's worker.
+    /// Stream contexts not yet deleted on this thread's worker.
     pub fn worker_live_streams(&self) -> i64 {
         WORKERS.with(|w| {
             w.borrow().iter().find(|(uid, _)| *uid == self.uid).map_or(0, |(_, w)| w.live.load(Ordering::Relaxed))
@@ -206,13 +246,14 @@ impl FilterChains {
         });
         crate::callout::remove_inbox(self.uid);
         let Some(mut worker) = worker else { return };
-        for vm in worker.vms.iter_mut().flatten() {
-            for root in vm.vm().roots() {
-                if let Err(e) = vm.vm().finish(root) {
+        for inst in worker.vms.iter_mut().flatten() {
+            for root in inst.vm.vm().roots() {
+                if let Err(e) = inst.vm.vm().finish(root) {
                     tracing::debug!(target: "wasmux::proxy", "shutting down root context {root}: {e}");
                 }
             }
         }
+        worker.live.store(0, Ordering::Relaxed);
         drop(worker);
     }
 
@@ -231,18 +272,28 @@ impl FilterChains {
         })
     }
 
+    /// Runs `f` on this worker's instance of VM `group`; `None` when it did not start here.
+    fn with_instance<R>(&self, group: usize, f: impl FnOnce(&mut Instance) -> R) -> Option<R> {
+        self.with_worker(|w| w.vms.get_mut(group).and_then(Option::as_mut).map(f))
+    }
+
     fn new_worker(&self) -> Worker {
         // The inbox first: VMs register their queues while they start, and the queue registry
         // notes the registering worker's inbox as the owner's.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        crate::callout::set_inbox(self.uid, tx);
+        let (inbox, queue_pending) = crate::callout::Inbox::new(tx);
+        crate::callout::set_inbox(self.uid, inbox);
         let vms = self
             .groups
             .iter()
             .map(|group| match CompiledPlugin::instantiate_group(group) {
-                Ok(p) => Some(p),
+                Ok(mut vm) => {
+                    let seen = vm.stats();
+                    Some(Instance { vm, seen, ticks: vec![None; group.len()], waiters: HashMap::new() })
+                }
                 Err(e) => {
-                    tracing::error!(target: "wasmux::proxy", plugin = %group[0].options().name, "VM does not start on this worker: {e}");
+                    let name = group.first().map(|p| p.options().name.as_str()).unwrap_or_default();
+                    tracing::error!(target: "wasmux::proxy", plugin = %name, "VM does not start on this worker: {e}");
                     None
                 }
             })
@@ -254,8 +305,7 @@ impl FilterChains {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(drive(self.me.clone(), rx));
         }
-        let ticks = self.groups.iter().map(|g| vec![None; g.len()]).collect();
-        Worker { vms, ticks, reloads: vec![0; self.groups.len()], live }
+        Worker { vms, live, queue_pending }
     }
 
     /// The plugin at root `root` of VM `group`.
@@ -263,34 +313,52 @@ impl FilterChains {
         self.plugins.iter().position(|p| p.group == group && p.root == root)
     }
 
+    /// Adds what a callback of `plugin` left behind to its counters: a trap, and the failed
+    /// streams and reloads the VM counted since it was last looked at.
+    fn account(&self, plugin: Option<usize>, inst: &mut Instance) {
+        let trapped = inst.vm.take_trap().is_some();
+        let now = inst.vm.stats();
+        let Some(c) = plugin.map(|p| &self.plugins[p].counters) else { return };
+        if trapped {
+            c.traps.fetch_add(1, Ordering::Relaxed);
+        }
+        c.failed_streams.fetch_add(now.failed_streams.saturating_sub(inst.seen.failed_streams), Ordering::Relaxed);
+        c.reloads.fetch_add(now.reloads.saturating_sub(inst.seen.reloads), Ordering::Relaxed);
+        inst.seen = now;
+    }
+
     /// Delivers something from outside a request into this worker's VMs, then wakes the
     /// streams it may have resumed.
     fn deliver(&self, d: crate::callout::Delivery) {
-        self.with_worker(|w| match d {
-            crate::callout::Delivery::Http { group, token, response } => {
-                let Some(vm) = w.vms.get_mut(group).and_then(Option::as_mut) else { return };
-                // An unknown token (the VM was reloaded since) is dropped.
-                let _ = vm.http_call_response(token, response);
-                self.account_root(group, vm);
-                wake_all(vm);
-            }
-            crate::callout::Delivery::Queue => {
-                for (group, vm) in w.vms.iter_mut().enumerate() {
-                    let Some(vm) = vm.as_mut() else { continue };
-                    let _ = vm.poll();
-                    self.account_root(group, vm);
-                    wake_all(vm);
+        self.with_worker(|w| {
+            match d {
+                crate::callout::Delivery::Http { group, token, response } => {
+                    if let Some(inst) = w.vms.get_mut(group).and_then(Option::as_mut) {
+                        // An unknown token (the VM was reloaded since) is dropped.
+                        let _ = inst.vm.http_call_response(token, response);
+                        self.after_root_callback(group, inst);
+                    }
+                }
+                crate::callout::Delivery::Queue => {
+                    // Cleared first: an item enqueued while the VMs look sends a new notice.
+                    w.queue_pending.store(false, Ordering::Release);
+                    for (group, inst) in w.vms.iter_mut().enumerate() {
+                        if let Some(inst) = inst.as_mut() {
+                            let _ = inst.vm.poll();
+                            self.after_root_callback(group, inst);
+                        }
+                    }
                 }
             }
+            w.recount();
         });
     }
 
-    /// Counts a trap of a callback that did not belong to a stream (charged to the VM's first
-    /// plugin).
-    fn account_root(&self, group: usize, vm: &mut Plugin) {
-        if let Some(p) = self.plugin_at(group, 0) {
-            self.account(p, vm);
-        }
+    /// After a callback that does not belong to a stream: count it (charged to the VM's first
+    /// plugin) and wake the paused streams.
+    fn after_root_callback(&self, group: usize, inst: &mut Instance) {
+        self.account(self.plugin_at(group, 0), inst);
+        inst.wake_all();
     }
 
     /// The next tick due on this worker, scheduling root contexts that just asked for ticks
@@ -299,10 +367,9 @@ impl FilterChains {
         self.with_worker(|w| {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
-            for (group, vm) in w.vms.iter_mut().enumerate() {
-                let Some(vm) = vm.as_mut() else { continue };
-                for (root, at) in w.ticks[group].iter_mut().enumerate() {
-                    match vm.tick_period_for(root) {
+            for inst in w.vms.iter_mut().flatten() {
+                for (root, at) in inst.ticks.iter_mut().enumerate() {
+                    match inst.vm.tick_period_for(root) {
                         None => *at = None,
                         Some(period) => {
                             let due = *at.get_or_insert(now + period);
@@ -319,23 +386,22 @@ impl FilterChains {
     fn fire_ticks(&self) {
         self.with_worker(|w| {
             let now = Instant::now();
-            for (group, vm) in w.vms.iter_mut().enumerate() {
-                let Some(vm) = vm.as_mut() else { continue };
+            for (group, inst) in w.vms.iter_mut().enumerate() {
+                let Some(inst) = inst.as_mut() else { continue };
                 let mut fired = false;
-                for (root, at) in w.ticks[group].iter_mut().enumerate() {
-                    if at.is_some_and(|t| t <= now) {
-                        let _ = vm.tick_for(root);
-                        if let Some(p) = self.plugin_at(group, root) {
-                            self.account(p, vm);
-                        }
-                        *at = vm.tick_period_for(root).map(|p| now + p);
+                for root in 0..inst.ticks.len() {
+                    if inst.ticks[root].is_some_and(|t| t <= now) {
+                        let _ = inst.vm.tick_for(root);
+                        self.account(self.plugin_at(group, root), inst);
+                        inst.ticks[root] = inst.vm.tick_period_for(root).map(|p| now + p);
                         fired = true;
                     }
                 }
                 if fired {
-                    wake_all(vm);
+                    inst.wake_all();
                 }
             }
+            w.recount();
         });
     }
 
@@ -354,56 +420,48 @@ impl FilterChains {
         self.with_worker(|w| {
             for &plugin in &chain.0 {
                 let entry = &self.plugins[plugin];
-                let id = match w.vms[entry.group].as_mut() {
-                    Some(vm) => {
-                        let id = vm.http_stream_for(entry.root);
-                        let reloads = vm.stats().reloads;
-                        let seen = &mut w.reloads[entry.group];
-                        if reloads > *seen {
-                            entry.counters.reloads.fetch_add(reloads - *seen, Ordering::Relaxed);
-                            *seen = reloads;
-                        }
-                        match id {
-                            Ok(id) => Some(id),
-                            Err(e) => {
-                                tracing::warn!(target: "wasmux::proxy", plugin = %entry.name, "cannot start a stream: {e}");
-                                None
-                            }
-                        }
-                    }
-                    None => None,
-                };
+                let id = w.vms.get_mut(entry.group).and_then(Option::as_mut).and_then(|inst| {
+                    // Creating a stream is when a failed VM is reloaded.
+                    let id = inst.vm.http_stream_for(entry.root);
+                    self.account(Some(plugin), inst);
+                    id.map_err(
+                        |e| tracing::warn!(target: "wasmux::proxy", plugin = %entry.name, "cannot start a stream: {e}"),
+                    )
+                    .ok()
+                });
                 if id.is_some() {
                     entry.counters.streams.fetch_add(1, Ordering::Relaxed);
-                    w.live.fetch_add(1, Ordering::Relaxed);
                 }
                 state.slots.push(Slot { plugin, group: entry.group, id });
             }
+            w.recount();
         });
         state
     }
 
-    /// The policy answer for a filter that has no stream context (its VM did not start).
-    fn missing(&self, slot: &Slot) -> Option<LocalReply> {
-        let entry = &self.plugins[slot.plugin];
-        entry.counters.failed_streams.fetch_add(1, Ordering::Relaxed);
-        let policy = self.groups[slot.group][entry.root].options().failure_policy;
-        (policy != wasmux::FailurePolicy::FailOpen).then(|| LocalReply {
-            status_code: 503,
-            details: "wasm_fail_stream".into(),
-            body: Vec::new(),
-            headers: HeaderMap::new(),
-            grpc_status: None,
+    /// Runs one callback of a stream and reads what it left the stream in.
+    fn call(
+        &self,
+        slot: Slot,
+        id: u32,
+        dir: StreamType,
+        f: impl FnOnce(&mut Plugin) -> wasmux::Result<Action>,
+    ) -> Step {
+        self.with_instance(slot.group, |inst| {
+            let r = f(&mut inst.vm);
+            self.account(Some(slot.plugin), inst);
+            settle(&mut inst.vm, id, r, dir)
         })
+        .unwrap_or(Step::Gone)
     }
 
-    /// Counts what a callback left behind: a trap, a failed stream.
-    fn account(&self, plugin: usize, vm: &mut Plugin) {
-        if vm.take_trap().is_some() {
-            let c = &self.plugins[plugin].counters;
-            c.traps.fetch_add(1, Ordering::Relaxed);
-            c.failed_streams.fetch_add(1, Ordering::Relaxed);
-        }
+    /// The headers of a stream as the filter left them.
+    fn headers_of(&self, slot: Slot, id: u32, dir: StreamType, into: &mut HeaderMap) {
+        self.with_instance(slot.group, |inst| {
+            if let Ok(h) = inst.vm.vm().http(id) {
+                into.clone_from(if dir == StreamType::HttpRequest { &h.request_headers } else { &h.response_headers });
+            }
+        });
     }
 
     /// Request headers through the chain, in order. `headers` is the request as the proxy has
@@ -415,32 +473,7 @@ impl FilterChains {
         end_of_stream: bool,
     ) -> Verdict {
         state.request_ended = end_of_stream;
-        for i in 0..state.slots.len() {
-            let slot = state.slots[i];
-            let Some(id) = slot.id else {
-                match self.missing(&slot) {
-                    Some(reply) => return Verdict::Reply(reply),
-                    None => continue,
-                }
-            };
-            let step = self.with_worker(|w| {
-                let Some(vm) = w.vms[slot.group].as_mut() else { return Step::Gone };
-                let r = vm.request_headers(id, headers.clone(), end_of_stream);
-                self.account(slot.plugin, vm);
-                settle(vm, id, r, StreamType::HttpRequest, |h| headers.clone_from(&h.request_headers))
-            });
-            match self.after(state, slot, step, StreamType::HttpRequest).await {
-                Verdict::Continue => {
-                    self.with_worker(|w| {
-                        if let Some(Ok(h)) = w.vms[slot.group].as_mut().map(|vm| vm.vm().http(id)) {
-                            headers.clone_from(&h.request_headers);
-                        }
-                    });
-                }
-                other => return other,
-            }
-        }
-        Verdict::Continue
+        self.headers(state, headers, end_of_stream, StreamType::HttpRequest).await
     }
 
     /// Response headers through the chain, in reverse order.
@@ -451,23 +484,34 @@ impl FilterChains {
         end_of_stream: bool,
     ) -> Verdict {
         state.response_ended = end_of_stream;
-        for i in (0..state.slots.len()).rev() {
-            let slot = state.slots[i];
-            let Some(id) = slot.id else { continue };
-            let step = self.with_worker(|w| {
-                let Some(vm) = w.vms[slot.group].as_mut() else { return Step::Gone };
-                let r = vm.response_headers(id, headers.clone(), end_of_stream);
-                self.account(slot.plugin, vm);
-                settle(vm, id, r, StreamType::HttpResponse, |h| headers.clone_from(&h.response_headers))
-            });
-            match self.after(state, slot, step, StreamType::HttpResponse).await {
-                Verdict::Continue => {
-                    self.with_worker(|w| {
-                        if let Some(Ok(h)) = w.vms[slot.group].as_mut().map(|vm| vm.vm().http(id)) {
-                            headers.clone_from(&h.response_headers);
-                        }
-                    });
+        self.headers(state, headers, end_of_stream, StreamType::HttpResponse).await
+    }
+
+    async fn headers(&self, state: &StreamFilters, headers: &mut HeaderMap, eos: bool, dir: StreamType) -> Verdict {
+        for slot in ordered(&state.slots, dir) {
+            let Some(id) = slot.id else {
+                // The filter's VM did not start on this worker: its failure policy answers the
+                // request (a response has no second chance).
+                let entry = &self.plugins[slot.plugin];
+                if dir == StreamType::HttpRequest {
+                    entry.counters.failed_streams.fetch_add(1, Ordering::Relaxed);
+                    let policy = self.groups[slot.group][entry.root].options().failure_policy;
+                    if let Some(reply) = policy.failed_stream_reply() {
+                        return Verdict::Reply(reply);
+                    }
                 }
+                continue;
+            };
+            let step = self.call(slot, id, dir, |vm| {
+                if dir == StreamType::HttpRequest {
+                    vm.request_headers(id, headers.clone(), eos)
+                } else {
+                    vm.response_headers(id, headers.clone(), eos)
+                }
+            });
+            let step = if matches!(step, Step::Paused) { self.wait(state, slot, dir).await } else { step };
+            match self.verdict(slot, step) {
+                Verdict::Continue => self.headers_of(slot, id, dir, headers),
                 other => return other,
             }
         }
@@ -487,30 +531,22 @@ impl FilterChains {
             return (chunk.to_vec(), Verdict::Continue);
         }
         state.request_ended = end_of_stream;
+        let dir = StreamType::HttpRequest;
         let mut data = chunk.to_vec();
-        for i in 0..state.slots.len() {
-            let slot = state.slots[i];
+        for slot in ordered(&state.slots, dir) {
             let Some(id) = slot.id else { continue };
-            let step = self.with_worker(|w| {
-                let Some(vm) = w.vms[slot.group].as_mut() else { return Step::Gone };
-                let r = vm.request_body(id, &data, end_of_stream);
-                self.account(slot.plugin, vm);
-                settle(vm, id, r, StreamType::HttpRequest, |_| {})
-            });
-            let paused = matches!(step, Step::Paused);
-            match step {
-                Step::Reply(r) => return (Vec::new(), Verdict::Reply(r)),
-                Step::Reset => return (Vec::new(), Verdict::Reset),
-                Step::Paused if !end_of_stream => return (Vec::new(), Verdict::Continue),
-                _ => {}
-            }
-            if paused {
-                match self.wait(state, slot, StreamType::HttpRequest).await {
-                    Verdict::Continue => {}
-                    other => return (Vec::new(), other),
+            let mut step = self.call(slot, id, dir, |vm| vm.request_body(id, &data, end_of_stream));
+            if matches!(step, Step::Paused) {
+                if !end_of_stream {
+                    // Buffered: later chunks join it.
+                    return (Vec::new(), Verdict::Continue);
                 }
+                step = self.wait(state, slot, dir).await;
             }
-            data = self.released(slot, id, StreamType::HttpRequest);
+            match self.verdict(slot, step) {
+                Verdict::Continue => data = self.released(slot, id, dir),
+                other => return (Vec::new(), other),
+            }
         }
         (data, Verdict::Continue)
     }
@@ -523,28 +559,25 @@ impl FilterChains {
             return (chunk.to_vec(), Verdict::Continue);
         }
         state.response_ended = end_of_stream;
+        let dir = StreamType::HttpResponse;
         let mut data = chunk.to_vec();
-        for i in (0..state.slots.len()).rev() {
-            let slot = state.slots[i];
+        for slot in ordered(&state.slots, dir) {
             let Some(id) = slot.id else { continue };
-            let step = self.with_worker(|w| {
-                let Some(vm) = w.vms[slot.group].as_mut() else { return Step::Gone };
-                let r = vm.response_body(id, &data, end_of_stream);
-                self.account(slot.plugin, vm);
-                settle(vm, id, r, StreamType::HttpResponse, |_| {})
-            });
-            match step {
-                Step::Reply(r) => return (Vec::new(), Verdict::Reply(r)),
-                Step::Reset => return (Vec::new(), Verdict::Reset),
-                Step::Paused if !end_of_stream => return (Vec::new(), Verdict::Continue),
-                Step::Paused => {
-                    self.plugins[slot.plugin].counters.released_paused_bodies.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(target: "wasmux::proxy", plugin = %self.plugins[slot.plugin].name,
-                        "the filter held the response body at its end; released (a response body cannot wait)");
+            let mut step = self.call(slot, id, dir, |vm| vm.response_body(id, &data, end_of_stream));
+            if matches!(step, Step::Paused) {
+                if !end_of_stream {
+                    return (Vec::new(), Verdict::Continue);
                 }
-                _ => {}
+                let entry = &self.plugins[slot.plugin];
+                entry.counters.released_paused_bodies.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: "wasmux::proxy", plugin = %entry.name,
+                    "the filter held the response body at its end; released (a response body cannot wait)");
+                step = Step::Continue;
             }
-            data = self.released(slot, id, StreamType::HttpResponse);
+            match self.verdict(slot, step) {
+                Verdict::Continue => data = self.released(slot, id, dir),
+                other => return (Vec::new(), other),
+            }
         }
         (data, Verdict::Continue)
     }
@@ -552,53 +585,46 @@ impl FilterChains {
     /// Takes the bytes a filter let through (its buffered body, released), leaving nothing in
     /// the VM's record of the stream.
     fn released(&self, slot: Slot, id: u32, dir: StreamType) -> Vec<u8> {
-        self.with_worker(|w| {
-            let Some(Ok(h)) = w.vms[slot.group].as_mut().map(|vm| vm.vm().http(id)) else { return Vec::new() };
+        self.with_instance(slot.group, |inst| {
+            let Ok(h) = inst.vm.vm().http(id) else { return Vec::new() };
             let body = if dir == StreamType::HttpRequest { &mut h.request_body } else { &mut h.response_body };
             body.release();
             std::mem::take(&mut body.sent)
         })
+        .unwrap_or_default()
     }
 
-    /// What to do after a header callback: go on, answer, or wait for the filter to resume.
-    async fn after(&self, state: &StreamFilters, slot: Slot, step: Step, dir: StreamType) -> Verdict {
+    /// The verdict for a settled step (not `Paused`), counting local replies.
+    fn verdict(&self, slot: Slot, step: Step) -> Verdict {
         match step {
-            Step::Continue | Step::Gone => Verdict::Continue,
+            Step::Continue | Step::Gone | Step::Paused => Verdict::Continue,
+            Step::Reset => Verdict::Reset,
+            Step::Timeout => Verdict::Timeout,
             Step::Reply(r) => {
                 self.plugins[slot.plugin].counters.local_replies.fetch_add(1, Ordering::Relaxed);
                 Verdict::Reply(r)
             }
-            Step::Reset => Verdict::Reset,
-            Step::Paused => self.wait(state, slot, dir).await,
         }
     }
 
     /// Waits until the filter resumes the stream in direction `dir` (`proxy_continue_stream`),
-    /// answers it, or the route's time runs out.
-    async fn wait(&self, state: &StreamFilters, slot: Slot, dir: StreamType) -> Verdict {
-        let Some(id) = slot.id else { return Verdict::Continue };
+    /// answers or closes it, or the route's time runs out.
+    async fn wait(&self, state: &StreamFilters, slot: Slot, dir: StreamType) -> Step {
+        let Some(id) = slot.id else { return Step::Gone };
         loop {
-            let (step, notify) = self.with_worker(|w| {
-                let Some(vm) = w.vms[slot.group].as_mut() else { return (Step::Gone, None) };
-                match resumed(vm, id, dir) {
-                    Some(step) => (step, None),
-                    None => (Step::Paused, Some(waiter(vm, id))),
-                }
+            let notify = self.with_instance(slot.group, |inst| match resumed(&mut inst.vm, id, dir) {
+                Some(step) => Err(step),
+                None => Ok(inst.waiters.entry(id).or_default().clone()),
             });
-            match step {
-                Step::Continue | Step::Gone => return Verdict::Continue,
-                Step::Reset => return Verdict::Reset,
-                Step::Reply(r) => {
-                    self.plugins[slot.plugin].counters.local_replies.fetch_add(1, Ordering::Relaxed);
-                    return Verdict::Reply(r);
-                }
-                Step::Paused => {}
-            }
-            let Some(notify) = notify else { return Verdict::Continue };
+            let notify = match notify {
+                None => return Step::Gone,
+                Some(Err(step)) => return step,
+                Some(Ok(n)) => n,
+            };
             match state.deadline {
                 Some(at) => {
                     if tokio::time::timeout_at(at.into(), notify.notified()).await.is_err() {
-                        return Verdict::Timeout;
+                        return Step::Timeout;
                     }
                 }
                 None => notify.notified().await,
@@ -610,18 +636,24 @@ impl FilterChains {
     /// `proxy_on_delete` (or deferred until the filter calls `proxy_done`). Call it from the
     /// proxy's logging phase; a state dropped without it ends its streams itself.
     pub fn finish(&self, state: &mut StreamFilters) {
-        if state.slots.is_empty() {
-            state.finished = true;
-            return;
-        }
-        if state.thread != Some(std::thread::current().id()) {
+        if !state.slots.is_empty() && state.thread != Some(std::thread::current().id()) {
             // Only the owner thread can reach the VMs; Pingora never moves a request's task.
             tracing::error!(target: "wasmux::proxy", "a request's filters were finished on another thread; their contexts stay");
             state.finished = true;
             return;
         }
-        finish_streams(state);
+        finish_streams(state, Some(self));
     }
+}
+
+/// The slots of a stream in the order a direction visits them: requests in chain order,
+/// responses in reverse.
+fn ordered(slots: &[Slot], dir: StreamType) -> Vec<Slot> {
+    let mut v = slots.to_vec();
+    if dir != StreamType::HttpRequest {
+        v.reverse();
+    }
+    v
 }
 
 /// A worker's background task: delivers its inbox and fires its VMs' ticks, on the worker's
@@ -647,9 +679,13 @@ async fn drive(me: Weak<FilterChains>, mut rx: tokio::sync::mpsc::UnboundedRecei
     }
 }
 
-/// Ends a request's stream contexts on this thread's worker.
-fn finish_streams(state: &mut StreamFilters) {
+/// Ends a request's stream contexts on this thread's worker; with the chains at hand, what the
+/// callbacks left behind is counted too.
+fn finish_streams(state: &mut StreamFilters, chains: Option<&FilterChains>) {
     state.finished = true;
+    if state.slots.is_empty() {
+        return;
+    }
     let uid = state.uid;
     // The thread-local may be gone at thread exit: nothing left to end then.
     let _ = WORKERS.try_with(|w| {
@@ -657,15 +693,17 @@ fn finish_streams(state: &mut StreamFilters) {
         let Some((_, worker)) = workers.iter_mut().find(|(u, _)| *u == uid) else { return };
         for slot in &state.slots {
             let Some(id) = slot.id else { continue };
-            if let Some(vm) = worker.vms[slot.group].as_mut() {
-                if let Err(e) = vm.finish(id) {
-                    tracing::debug!(target: "wasmux::proxy", "finishing stream {id}: {e}");
-                }
-                let _ = vm.take_trap();
-                WAITERS.with(|ws| ws.borrow_mut().remove(&(vm_key(vm), id)));
+            let Some(inst) = worker.vms.get_mut(slot.group).and_then(Option::as_mut) else { continue };
+            if let Err(e) = inst.vm.finish(id) {
+                tracing::debug!(target: "wasmux::proxy", "finishing stream {id}: {e}");
             }
-            worker.live.fetch_sub(1, Ordering::Relaxed);
+            match chains {
+                Some(c) => c.account(Some(slot.plugin), inst),
+                None => drop(inst.vm.take_trap()),
+            }
+            inst.waiters.remove(&id);
         }
+        worker.recount();
     });
 }
 
@@ -677,18 +715,29 @@ enum Step {
     Reply(LocalReply),
     /// The filter closed the stream.
     Reset,
+    /// The route's time ran out while waiting.
+    Timeout,
     /// The VM is gone (never started on this worker).
     Gone,
 }
 
+/// A local reply or a close the filter left on the stream.
+fn answered(h: &HttpStreamState) -> Option<Step> {
+    if let Some(reply) = &h.local_reply {
+        return Some(Step::Reply(reply.clone()));
+    }
+    h.control.iter().any(|c| matches!(c, StreamControl::Close(_))).then_some(Step::Reset)
+}
+
+/// Takes the filter's requests to continue direction `dir`; whether there was one.
+fn take_continue(h: &mut HttpStreamState, dir: StreamType) -> bool {
+    let before = h.control.len();
+    h.control.retain(|c| !matches!(c, StreamControl::Continue(t) if *t == dir));
+    h.control.len() != before
+}
+
 /// Reads the outcome of a callback on stream `id`.
-fn settle(
-    vm: &mut Plugin,
-    id: u32,
-    r: wasmux::Result<Action>,
-    dir: StreamType,
-    on_continue: impl FnOnce(&mut wasmux::abi::HttpStreamState),
-) -> Step {
+fn settle(vm: &mut Plugin, id: u32, r: wasmux::Result<Action>, dir: StreamType) -> Step {
     let action = match r {
         Ok(a) => a,
         Err(e) => {
@@ -698,60 +747,16 @@ fn settle(
         }
     };
     let Ok(h) = vm.vm().http(id) else { return Step::Continue };
-    if let Some(reply) = h.local_reply.clone() {
-        return Step::Reply(reply);
-    }
-    if h.control.iter().any(|c| matches!(c, StreamControl::Close(_))) {
-        return Step::Reset;
+    if let Some(step) = answered(h) {
+        return step;
     }
     // A continue the filter asked for inside the callback itself changes nothing.
-    h.control.retain(|c| !matches!(c, StreamControl::Continue(t) if *t == dir));
-    match action {
-        Action::Continue => {
-            on_continue(h);
-            Step::Continue
-        }
-        _ => Step::Paused,
-    }
+    take_continue(h, dir);
+    if action == Action::Continue { Step::Continue } else { Step::Paused }
 }
 
-/// Whether a paused stream was resumed or answered since.
+/// Whether a paused stream was resumed, answered or closed since.
 fn resumed(vm: &mut Plugin, id: u32, dir: StreamType) -> Option<Step> {
     let Ok(h) = vm.vm().http(id) else { return Some(Step::Gone) };
-    if let Some(reply) = h.local_reply.clone() {
-        return Some(Step::Reply(reply));
-    }
-    if h.control.iter().any(|c| matches!(c, StreamControl::Close(_))) {
-        return Some(Step::Reset);
-    }
-    let before = h.control.len();
-    h.control.retain(|c| !matches!(c, StreamControl::Continue(t) if *t == dir));
-    (h.control.len() != before).then_some(Step::Continue)
-}
-
-thread_local! {
-    /// Paused streams of this thread: (VM, context id) → what wakes them.
-    static WAITERS: RefCell<HashMap<(usize, u32), Arc<tokio::sync::Notify>>> = RefCell::new(HashMap::new());
-}
-
-/// A key for a VM instance: its address, stable while the worker holds it.
-fn vm_key(vm: &Plugin) -> usize {
-    std::ptr::from_ref(vm) as usize
-}
-
-fn waiter(vm: &Plugin, id: u32) -> Arc<tokio::sync::Notify> {
-    WAITERS.with(|ws| ws.borrow_mut().entry((vm_key(vm), id)).or_default().clone())
-}
-
-/// Wakes every paused stream of a VM, to look again at what happened to it (after a callback
-/// that did not come from the stream itself: a callout response, a tick, a queue).
-pub(crate) fn wake_all(vm: &Plugin) {
-    let key = vm_key(vm);
-    WAITERS.with(|ws| {
-        for ((k, _), n) in ws.borrow().iter() {
-            if *k == key {
-                n.notify_one();
-            }
-        }
-    });
+    answered(h).or_else(|| take_continue(h, dir).then_some(Step::Continue))
 }

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use marked_yaml::Spanned;
 use serde::Deserialize;
+use wasmux::FailurePolicy;
 use wasmux::scenario::ScenarioLimits;
 
 /// A configuration error: what is wrong, and where.
@@ -176,17 +177,6 @@ pub struct VmConfig {
     pub environment: BTreeMap<String, String>,
 }
 
-/// What a plugin does with a stream when its VM fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    /// 503.
-    FailClosed,
-    /// Skip the filter.
-    FailOpen,
-    /// 503, then a fresh VM after a backoff.
-    Reload,
-}
-
 fn line_of<T>(s: &Spanned<T>) -> usize {
     s.span().start().map_or(0, marked_yaml::Marker::line)
 }
@@ -316,17 +306,20 @@ impl Config {
         Ok(())
     }
 
-    /// The failure policy of a plugin.
-    pub fn policy(p: &PluginConfig) -> Policy {
-        p.failure_policy.as_ref().and_then(|f| policy(f).ok()).unwrap_or(Policy::FailClosed)
+    /// The failure policy of a plugin (default fail closed; `reload` waits 1 s before the
+    /// first reload, doubling up to 60 s).
+    pub fn policy(p: &PluginConfig) -> FailurePolicy {
+        p.failure_policy.as_ref().and_then(|f| policy(f).ok()).unwrap_or_default()
     }
 }
 
-fn policy(name: &str) -> Result<Policy, String> {
+fn policy(name: &str) -> Result<FailurePolicy, String> {
     match name {
-        "fail_closed" | "FAIL_CLOSED" => Ok(Policy::FailClosed),
-        "fail_open" | "FAIL_OPEN" => Ok(Policy::FailOpen),
-        "reload" | "FAIL_RELOAD" => Ok(Policy::Reload),
+        "fail_closed" | "FAIL_CLOSED" => Ok(FailurePolicy::FailClosed),
+        "fail_open" | "FAIL_OPEN" => Ok(FailurePolicy::FailOpen),
+        "reload" | "FAIL_RELOAD" => {
+            Ok(FailurePolicy::Reload { base_backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(60) })
+        }
         other => Err(format!("`{other}` is not one of fail_closed, fail_open, reload")),
     }
 }

@@ -44,7 +44,13 @@ impl HostMatch {
         match self {
             Self::Any => true,
             Self::Exact(h) => host.eq_ignore_ascii_case(h),
-            Self::Suffix(s) => host.len() > s.len() && host.to_ascii_lowercase().ends_with(s.as_str()),
+            Self::Suffix(s) => {
+                host.len() > s.len()
+                    && host
+                        .as_bytes()
+                        .get(host.len() - s.len()..)
+                        .is_some_and(|tail| tail.eq_ignore_ascii_case(s.as_bytes()))
+            }
         }
     }
 }
@@ -161,10 +167,21 @@ pub fn response_map(resp: &ResponseHeader) -> HeaderMap {
     m
 }
 
+/// The names in a header map (each once).
 fn header_names(h: &http::HeaderMap) -> Vec<http::HeaderName> {
-    let mut names: Vec<http::HeaderName> = h.keys().cloned().collect();
-    names.dedup();
-    names
+    h.keys().cloned().collect()
+}
+
+/// The regular headers of a filter's map, for Pingora: pseudo-headers left out, and a name
+/// HTTP does not allow dropped with a warning.
+pub fn regular_headers(m: &HeaderMap) -> impl Iterator<Item = (http::HeaderName, &[u8])> {
+    m.iter().filter(|(k, _)| !k.starts_with(b":")).filter_map(|(k, v)| match http::HeaderName::from_bytes(k) {
+        Ok(name) => Some((name, v)),
+        Err(_) => {
+            tracing::warn!(target: "wasmux::proxy", "dropped a header with an invalid name from a filter");
+            None
+        }
+    })
 }
 
 /// Writes what the filters made of the request back into Pingora's request header.
@@ -189,16 +206,8 @@ pub fn apply_request(req: &mut RequestHeader, m: &HeaderMap) -> pingora::Result<
     {
         req.insert_header(http::header::HOST, authority)?;
     }
-    for (k, v) in m.iter() {
-        if k.starts_with(b":") {
-            continue;
-        }
-        match http::HeaderName::from_bytes(k) {
-            Ok(name) => {
-                req.append_header(name, v)?;
-            }
-            Err(_) => tracing::warn!(target: "wasmux::proxy", "dropped a header with an invalid name from a filter"),
-        }
+    for (name, v) in regular_headers(m) {
+        req.append_header(name, v)?;
     }
     Ok(())
 }
@@ -217,16 +226,8 @@ pub fn apply_response(resp: &mut ResponseHeader, m: &HeaderMap) -> pingora::Resu
     for name in header_names(&resp.headers) {
         resp.remove_header(&name);
     }
-    for (k, v) in m.iter() {
-        if k.starts_with(b":") {
-            continue;
-        }
-        match http::HeaderName::from_bytes(k) {
-            Ok(name) => {
-                resp.append_header(name, v)?;
-            }
-            Err(_) => tracing::warn!(target: "wasmux::proxy", "dropped a header with an invalid name from a filter"),
-        }
+    for (name, v) in regular_headers(m) {
+        resp.append_header(name, v)?;
     }
     Ok(())
 }
@@ -237,10 +238,8 @@ pub fn reply_header(r: &LocalReply) -> pingora::Result<(ResponseHeader, Vec<u8>)
     let status =
         if grpc { 200 } else { u16::try_from(r.status_code).ok().filter(|s| (100..1000).contains(s)).unwrap_or(500) };
     let mut resp = ResponseHeader::build(status, None)?;
-    for (k, v) in r.headers.iter() {
-        if let Ok(name) = http::HeaderName::from_bytes(k) {
-            resp.append_header(name, v)?;
-        }
+    for (name, v) in regular_headers(&r.headers) {
+        resp.append_header(name, v)?;
     }
     let mut body = r.body.clone();
     if let Some(code) = r.grpc_status {
@@ -258,7 +257,11 @@ pub fn reply_header(r: &LocalReply) -> pingora::Result<(ResponseHeader, Vec<u8>)
     Ok((resp, body))
 }
 
-async fn send_reply(session: &mut Session, r: &LocalReply) -> pingora::Result<u16> {
+/// Sends a local reply to the client; returns its status.
+///
+/// # Errors
+/// Writing to the client failed.
+pub async fn send_reply(session: &mut Session, r: &LocalReply) -> pingora::Result<u16> {
     let (resp, body) = reply_header(r)?;
     let status = resp.status.as_u16();
     session.write_response_header(Box::new(resp), body.is_empty()).await?;

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,10 +18,10 @@ use pingora::services::listening::Service;
 use wasmux::abi::services::{InMemoryMetrics, Metrics};
 
 use crate::callout::{ClusterCallouts, NotifyingQueues};
-use wasmux::{CompiledPlugin, FailurePolicy, LogLevel, PluginOptions, RootOptions, Runtime, Services};
+use wasmux::{CompiledPlugin, LogLevel, PluginOptions, RootOptions, Runtime, Services};
 
 use crate::chain::FilterChains;
-use crate::config::{Config, Policy, addr, config_bytes};
+use crate::config::{Config, addr, config_bytes};
 use crate::proxy::{Cluster, HostMatch, Route, WasmProxy};
 
 /// Why the server does not start.
@@ -52,16 +52,6 @@ pub struct Built {
     pub metrics: Arc<InMemoryMetrics>,
     /// One proxy per listener: name, address, proxy.
     pub listeners: Vec<(String, String, WasmProxy)>,
-}
-
-fn failure_policy(p: Policy) -> FailurePolicy {
-    match p {
-        Policy::FailClosed => FailurePolicy::FailClosed,
-        Policy::FailOpen => FailurePolicy::FailOpen,
-        Policy::Reload => {
-            FailurePolicy::Reload { base_backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(60) }
-        }
-    }
 }
 
 /// Compiles every plugin (once), checks that each VM starts, and builds the routes.
@@ -106,7 +96,7 @@ pub fn build(config: &Config, base: &Path) -> Result<Built, ServeError> {
             name: name.clone(),
             root_id: p.root_id.clone(),
             plugin_configuration: config_bytes(p.configuration.as_ref()),
-            failure_policy: failure_policy(Config::policy(p)),
+            failure_policy: Config::policy(p),
         };
         if let Some(g) = keys.iter().position(|k| *k == key) {
             let sibling = groups[g][0].sibling(root);
@@ -133,44 +123,42 @@ pub fn build(config: &Config, base: &Path) -> Result<Built, ServeError> {
                 .map_or(wasmux::abi::VmEnv::DEFAULT_MAX_CALLOUT_TIMEOUT, Duration::from_millis),
         };
         // Each VM's callouts know which VM they answer to.
-        let callouts =
-            ClusterCallouts::new(uid, groups.len(), clusters.clone(), connector.clone(), options.max_callout_timeout);
+        let callouts = ClusterCallouts::new(
+            uid,
+            groups.len(),
+            clusters.clone(),
+            connector.clone(),
+            options.max_callout_timeout,
+            options.limits.quotas.max_body_bytes,
+        );
         let options =
             PluginOptions { services: Services { callouts: Arc::new(callouts), ..options.services }, ..options };
         let compiled = rt.load(&bytes, options).map_err(|e| err(e.to_string()))?;
         keys.push(key);
         groups.push(vec![compiled]);
     }
-    let chains = FilterChains::with_uid(uid, groups).map_err(|message| {
-        let plugin = message.split('`').nth(1).unwrap_or_default().to_string();
-        ServeError::Plugin { plugin, message }
-    })?;
+    let chains =
+        FilterChains::with_uid(uid, groups).map_err(|e| ServeError::Plugin { plugin: e.plugin, message: e.message })?;
 
     let cluster_index = |name: &str| clusters.iter().position(|c| c.name == name).unwrap_or(0);
     let mut listeners = Vec::new();
-    {
-        let mut routes_per_listener = Vec::new();
-        for l in &config.listeners {
-            let mut routes = Vec::new();
-            for r in &l.routes {
-                let names: Vec<&str> = r.filters.iter().map(|f| f.as_str()).collect();
-                let chain = chains.chain(&names).map_err(ServeError::Server)?;
-                routes.push(Route {
-                    host: HostMatch::parse(r.matcher.host.as_ref().map(|h| h.as_str())),
-                    prefix: r.matcher.prefix.as_ref().map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
-                    cluster: cluster_index(&r.cluster),
-                    chain,
-                    timeout: match r.timeout_ms.unwrap_or(15_000) {
-                        0 => None,
-                        ms => Some(Duration::from_millis(ms)),
-                    },
-                });
-            }
-            routes_per_listener.push((l.name.as_str().to_string(), l.address.as_str().to_string(), routes));
+    for l in &config.listeners {
+        let mut routes = Vec::new();
+        for r in &l.routes {
+            let names: Vec<&str> = r.filters.iter().map(|f| f.as_str()).collect();
+            routes.push(Route {
+                host: HostMatch::parse(r.matcher.host.as_ref().map(|h| h.as_str())),
+                prefix: r.matcher.prefix.as_ref().map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+                cluster: cluster_index(&r.cluster),
+                chain: chains.chain(&names).map_err(ServeError::Server)?,
+                timeout: match r.timeout_ms.unwrap_or(15_000) {
+                    0 => None,
+                    ms => Some(Duration::from_millis(ms)),
+                },
+            });
         }
-        for (name, address, routes) in routes_per_listener {
-            listeners.push((name, address, WasmProxy::new(chains.clone(), clusters.clone(), routes)));
-        }
+        let proxy = WasmProxy::new(chains.clone(), clusters.clone(), routes);
+        listeners.push((l.name.as_str().to_string(), l.address.as_str().to_string(), proxy));
     }
     Ok(Built { chains, metrics, listeners })
 }
@@ -183,7 +171,6 @@ type Series = (&'static str, &'static str, fn(&crate::chain::PluginCounters) -> 
 pub struct AdminApp {
     chains: Arc<FilterChains>,
     metrics: Arc<InMemoryMetrics>,
-    ready: Arc<AtomicBool>,
 }
 
 /// A metric name Prometheus accepts: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
@@ -258,8 +245,9 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let (status, body) = match session.req_header().uri.path() {
-            "/ready" if self.ready.load(Ordering::Acquire) => (200, b"LIVE\n".to_vec()),
-            "/ready" => (503, b"PRE_INITIALIZING\n".to_vec()),
+            // The admin listener starts with the proxy's listeners, after every plugin has been
+            // compiled and started once: serving it means the proxy is ready.
+            "/ready" => (200, b"LIVE\n".to_vec()),
             "/metrics" => (200, self.metrics_text().into_bytes()),
             _ => (404, b"not found\n".to_vec()),
         };
@@ -371,11 +359,7 @@ fn spawn_workers(
         let watch = shutdown.clone();
         let drain = config.drain();
         let admin = config.admin.as_ref().filter(|_| index == 0).map(|a| {
-            let app = AdminApp {
-                chains: built.chains.clone(),
-                metrics: built.metrics.clone(),
-                ready: Arc::new(AtomicBool::new(true)),
-            };
+            let app = AdminApp { chains: built.chains.clone(), metrics: built.metrics.clone() };
             (a.address.as_str().to_string(), app)
         });
         let handle = std::thread::Builder::new()

@@ -162,6 +162,15 @@ struct Proxy {
     port: u16,
     admin: u16,
     handle: Option<ServeHandle>,
+    /// The client's runtime.
+    rt: tokio::runtime::Runtime,
+}
+
+impl Proxy {
+    /// One request to the proxy's listener.
+    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        self.rt.block_on(send(self.port, method, path, headers, body))
+    }
 }
 
 impl Drop for Proxy {
@@ -195,7 +204,7 @@ fn start(yaml: &str, engine: Runtime, upstream: SocketAddr) -> Proxy {
         assert!(Instant::now() < deadline, "{engine}: the proxy did not listen within 10 s");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Proxy { port, admin, handle: Some(handle) }
+    Proxy { port, admin, handle: Some(handle), rt: runtime() }
 }
 
 const HEADERS: &str = r#"
@@ -223,11 +232,10 @@ plugins:
 
 #[test]
 fn header_edits_reach_the_upstream_and_the_client() {
-    let rt = runtime();
     let up = upstream();
     for engine in engines() {
         let proxy = start(HEADERS, engine, up.addr);
-        let r = rt.block_on(send(proxy.port, "GET", "/hello?q=1", &[("x-remove-me", "1"), ("x-keep", "2")], ""));
+        let r = proxy.send("GET", "/hello?q=1", &[("x-remove-me", "1"), ("x-keep", "2")], "");
         assert_eq!(r.status, 200, "{engine}: {r:?}");
         assert!(r.upstream_saw("GET /hello?q=1"), "{engine}: {}", r.body);
         assert!(r.upstream_saw("x-wasmux-request: seen"), "{engine}: {}", r.body);
@@ -239,7 +247,7 @@ fn header_edits_reach_the_upstream_and_the_client() {
         assert_eq!(r.header("server"), Some("wasmux"), "{engine}");
         assert_eq!(r.header("x-powered-by"), None, "{engine}");
         // A route without filters is a plain proxy.
-        let r = rt.block_on(send(proxy.port, "GET", "/plain", &[("x-remove-me", "1")], ""));
+        let r = proxy.send("GET", "/plain", &[("x-remove-me", "1")], "");
         assert_eq!(r.status, 200);
         assert!(r.body.contains("x-remove-me: 1"), "{engine}: {}", r.body);
         assert_eq!(r.header("server"), Some("upstream"));
@@ -248,15 +256,14 @@ fn header_edits_reach_the_upstream_and_the_client() {
 
 #[test]
 fn local_replies_answer_without_the_upstream() {
-    let rt = runtime();
     let up = upstream();
     for engine in engines() {
         let proxy = start(HEADERS, engine, up.addr);
         let before = up.hits.load(Ordering::SeqCst);
-        let r = rt.block_on(send(proxy.port, "GET", "/deny", &[], ""));
+        let r = proxy.send("GET", "/deny", &[], "");
         assert_eq!((r.status, r.body.as_str()), (403, "denied\n"), "{engine}: {r:?}");
         assert_eq!(r.header("x-deny-reason"), Some("path"), "{engine}");
-        let r = rt.block_on(send(proxy.port, "GET", "/grpc-deny", &[], ""));
+        let r = proxy.send("GET", "/grpc-deny", &[], "");
         assert_eq!(r.status, 200, "{engine}: {r:?}");
         assert_eq!(r.header("grpc-status"), Some("7"), "{engine}: {r:?}");
         assert_eq!(r.header("grpc-message"), Some("no access"), "{engine}: {r:?}");
@@ -291,18 +298,17 @@ plugins:
 
 #[test]
 fn bodies_are_filtered_buffered_and_chunked() {
-    let rt = runtime();
     let up = upstream();
     for engine in engines() {
         let proxy = start(BODY, engine, up.addr);
         // Buffered: the request body reaches the upstream uppercased; the response gets framed.
-        let r = rt.block_on(send(proxy.port, "POST", "/echo", &[], "hello world"));
+        let r = proxy.send("POST", "/echo", &[], "hello world");
         assert_eq!(r.status, 200, "{engine}: {r:?}");
         assert!(r.body.starts_with("<<POST /echo\n"), "{engine}: {:?}", r.body);
         assert!(r.body.ends_with("\n\nHELLO WORLD\n-- wasmux"), "{engine}: {:?}", r.body);
         assert!(r.body.contains("transfer-encoding: chunked"), "{engine}: {:?}", r.body);
         // Chunked: the same request, each response chunk reversed and the end marked.
-        let r = rt.block_on(send(proxy.port, "POST", "/chunked", &[], "abc"));
+        let r = proxy.send("POST", "/chunked", &[], "abc");
         assert_eq!(r.status, 200, "{engine}: {r:?}");
         assert!(r.body.ends_with("\n-- end"), "{engine}: {:?}", r.body);
         assert!(r.body.contains("CBA"), "{engine}: {:?}", r.body);
@@ -362,19 +368,18 @@ plugins:
 
 #[test]
 fn a_trapping_filter_fails_closed_or_open() {
-    let rt = runtime();
     let up = upstream();
     for engine in sandboxed() {
         let proxy = start(POLICIES, engine, up.addr);
-        let r = rt.block_on(send(proxy.port, "GET", "/trap", &[], ""));
+        let r = proxy.send("GET", "/trap", &[], "");
         assert_eq!(r.status, 503, "{engine}: {r:?}");
         // The failed VM keeps failing closed.
-        let r = rt.block_on(send(proxy.port, "GET", "/fine", &[], ""));
+        let r = proxy.send("GET", "/fine", &[], "");
         assert_eq!(r.status, 503, "{engine}: {r:?}");
         // Fail open: the trapping filter is skipped, the request proxied.
-        let r = rt.block_on(send(proxy.port, "GET", "/open/trap", &[], ""));
+        let r = proxy.send("GET", "/open/trap", &[], "");
         assert_eq!(r.status, 200, "{engine}: {r:?}");
-        let r = rt.block_on(send(proxy.port, "GET", "/open/x", &[], ""));
+        let r = proxy.send("GET", "/open/x", &[], "");
         assert_eq!(r.status, 200, "{engine}: {r:?}");
         let handle = proxy.handle.as_ref().expect("running");
         let traps: u64 = handle.chains.plugins().iter().map(|p| p.counters.traps.load(Ordering::Relaxed)).sum();
@@ -384,7 +389,6 @@ fn a_trapping_filter_fails_closed_or_open() {
 
 #[test]
 fn unknown_routes_and_dead_upstreams_get_envoys_answers() {
-    let rt = runtime();
     let up = upstream();
     let yaml = r#"
 listeners:
@@ -403,14 +407,14 @@ clusters:
     connect_timeout_ms: 500
 "#;
     let proxy = start(yaml, Runtime::available()[0], up.addr);
-    let r = rt.block_on(send(proxy.port, "GET", "/nothing-here", &[], ""));
+    let r = proxy.send("GET", "/nothing-here", &[], "");
     assert_eq!(r.status, 404, "{r:?}");
     // The host must match `*.example.com`: example.com itself does not.
-    let r = rt.block_on(send(proxy.port, "GET", "/api", &[], ""));
+    let r = proxy.send("GET", "/api", &[], "");
     assert_eq!(r.status, 404, "{r:?}");
-    let r = rt.block_on(send(proxy.port, "GET", "/api", &[("host", "www.example.com")], ""));
+    let r = proxy.send("GET", "/api", &[("host", "www.example.com")], "");
     assert_eq!(r.status, 200, "{r:?}");
-    let r = rt.block_on(send(proxy.port, "GET", "/dead", &[], ""));
+    let r = proxy.send("GET", "/dead", &[], "");
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.body.starts_with("upstream connect error"), "{r:?}");
 }
@@ -527,10 +531,10 @@ fn an_http_callout_pauses_and_resumes_the_request() {
     let up = upstream();
     for engine in engines() {
         let proxy = start(&CALLOUT.replace("{auth}", &up.addr.to_string()), engine, up.addr);
-        let r = rt.block_on(send(proxy.port, "GET", "/api", &[("x-user", "alice")], ""));
+        let r = proxy.send("GET", "/api", &[("x-user", "alice")], "");
         assert_eq!(r.status, 200, "{engine}: {r:?}");
         assert!(r.upstream_saw("x-auth-user: alice"), "{engine}: {}", r.body);
-        let r = rt.block_on(send(proxy.port, "GET", "/api", &[("x-user", "mallory")], ""));
+        let r = proxy.send("GET", "/api", &[("x-user", "mallory")], "");
         assert_eq!((r.status, r.body.as_str()), (403, "forbidden by auth\n"), "{engine}: {r:?}");
         assert_eq!(r.header("x-auth"), Some("denied"), "{engine}");
         // Many at once, spread over both workers: each callout resumes its own request.
@@ -560,27 +564,41 @@ fn an_http_callout_pauses_and_resumes_the_request() {
 
 #[test]
 fn a_dead_or_unknown_callout_cluster_reaches_the_filter() {
-    let rt = runtime();
     let up = upstream();
     for engine in engines() {
         // The cluster's endpoint refuses connections: the filter gets a failed callout.
         let proxy = start(&CALLOUT.replace("{auth}", "127.0.0.1:1"), engine, up.addr);
-        let r = rt.block_on(send(proxy.port, "GET", "/api", &[("x-user", "alice")], ""));
+        let r = proxy.send("GET", "/api", &[("x-user", "alice")], "");
         assert_eq!((r.status, r.body.as_str()), (503, "auth unavailable\n"), "{engine}: {r:?}");
         drop(proxy);
         // No such cluster: the dispatch itself is refused (BAD_ARGUMENT, as in Envoy).
         let yaml =
             CALLOUT.replace("  - name: auth-cluster\n    endpoints: [\"{auth}\"]\n    connect_timeout_ms: 300\n", "");
         let proxy = start(&yaml, engine, up.addr);
-        let r = rt.block_on(send(proxy.port, "GET", "/api", &[("x-user", "alice")], ""));
+        let r = proxy.send("GET", "/api", &[("x-user", "alice")], "");
         assert_eq!((r.status, r.body.as_str()), (503, "auth unavailable\n"), "{engine}: {r:?}");
         assert_eq!(r.header("x-auth"), Some("unavailable"), "{engine}");
     }
 }
 
 #[test]
+fn a_callout_response_past_the_body_quota_fails_the_call() {
+    let up = upstream();
+    // The auth service answers with the user's name: 100 bytes, over a 64-byte body quota.
+    let yaml = CALLOUT.replace("{auth}", &up.addr.to_string()).replace(
+        "code: callout.wasip1.wasm }",
+        "code: callout.wasip1.wasm }\n    limits: { quotas: { max_body_bytes: 64 } }",
+    );
+    let user = "a".repeat(100);
+    for engine in engines() {
+        let proxy = start(&yaml, engine, up.addr);
+        let r = proxy.send("GET", "/api", &[("x-user", user.as_str())], "");
+        assert_eq!((r.status, r.body.as_str()), (503, "auth unavailable\n"), "{engine}: {r:?}");
+    }
+}
+
+#[test]
 fn a_tick_resumes_a_paused_response() {
-    let rt = runtime();
     let up = upstream();
     let yaml = r#"
 workers: 1
@@ -603,7 +621,7 @@ plugins:
     for engine in engines() {
         let proxy = start(yaml, engine, up.addr);
         // The request waits for a callout to `slow` (300 ms), the response for the next tick.
-        let r = rt.block_on(send(proxy.port, "GET", "/page", &[], ""));
+        let r = proxy.send("GET", "/page", &[], "");
         assert_eq!(r.status, 200, "{engine}: {r:?}");
         assert!(r.upstream_saw("x-slow-status: 200"), "{engine}: {}", r.body);
         assert_eq!(r.header("x-resumed-by"), Some("tick"), "{engine}: {r:?}");
@@ -644,7 +662,6 @@ plugins:
 
 #[test]
 fn a_queue_reaches_its_owner_on_another_worker() {
-    let rt = runtime();
     let up = upstream();
     for engine in engines() {
         let proxy = start(MULTI, engine, up.addr);
@@ -653,10 +670,10 @@ fn a_queue_reaches_its_owner_on_another_worker() {
         // reader, checked 300 ms later, must see the item.
         for i in 0..8 {
             let path = format!("/send/{i}");
-            let r = rt.block_on(send(proxy.port, "GET", &path, &[], ""));
+            let r = proxy.send("GET", &path, &[], "");
             assert!(r.upstream_saw("x-sent: sent"), "{engine}: {}", r.body);
             std::thread::sleep(Duration::from_millis(300));
-            let r = rt.block_on(send(proxy.port, "GET", "/read", &[], ""));
+            let r = proxy.send("GET", "/read", &[], "");
             assert!(r.upstream_saw(&format!("x-last: {path}")), "{engine}: item {i}: {}", r.body);
         }
     }
@@ -713,7 +730,6 @@ fn blackhole() -> (SocketAddr, std::thread::JoinHandle<()>, Arc<std::sync::atomi
 
 #[test]
 fn a_filter_that_never_resumes_gets_the_route_timeout() {
-    let rt = runtime();
     let up = upstream();
     let (hole, thread, stop) = blackhole();
     for engine in engines() {
@@ -723,7 +739,7 @@ fn a_filter_that_never_resumes_gets_the_route_timeout() {
             .replace("filters: [auth]", "filters: [auth]\n        timeout_ms: 300");
         let proxy = start(&yaml, engine, up.addr);
         let started = Instant::now();
-        let r = rt.block_on(send(proxy.port, "GET", "/api", &[("x-user", "alice")], ""));
+        let r = proxy.send("GET", "/api", &[("x-user", "alice")], "");
         assert_eq!((r.status, r.body.as_str()), (504, "upstream request timeout"), "{engine}: {r:?}");
         eprintln!("{engine}: 504 after {:?}", started.elapsed());
         // The late callout failure reaches a root whose stream is gone; the proxy goes on.
@@ -739,16 +755,15 @@ fn a_filter_that_never_resumes_gets_the_route_timeout() {
 
 #[test]
 fn the_reload_policy_brings_a_fresh_vm_after_the_backoff() {
-    let rt = runtime();
     let up = upstream();
     let yaml = POLICIES.replace("failure_policy: fail_closed", "failure_policy: reload");
     for engine in sandboxed() {
         let proxy = start(&yaml, engine, up.addr);
-        let r = rt.block_on(send(proxy.port, "GET", "/trap", &[], ""));
+        let r = proxy.send("GET", "/trap", &[], "");
         assert_eq!(r.status, 503, "{engine}: {r:?}");
         // The backoff is 1 s: a fresh VM serves after it.
         std::thread::sleep(Duration::from_millis(1100));
-        let r = rt.block_on(send(proxy.port, "GET", "/fine", &[], ""));
+        let r = proxy.send("GET", "/fine", &[], "");
         assert_eq!(r.status, 200, "{engine}: {r:?}");
         let handle = proxy.handle.as_ref().expect("running");
         let closed = handle.chains.plugins().iter().find(|p| p.name == "closed").expect("plugin");
