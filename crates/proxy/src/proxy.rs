@@ -127,6 +127,8 @@ pub struct RequestCtx {
     replacement: Option<Vec<u8>>,
     /// A filter closed the stream: the connection is dropped with no (further) response.
     reset: bool,
+    /// The client's request has a body.
+    request_body: bool,
 }
 
 /// The error that resets a stream a filter closed.
@@ -135,17 +137,19 @@ fn reset_error(ctx: &mut RequestCtx) -> Box<pingora::Error> {
     pingora::Error::explain(ErrorType::ConnectionClosed, "the filter closed the stream (proxy_close_stream)")
 }
 
+/// The request's authority: its `host` header, else the URI's.
+fn authority(req: &RequestHeader) -> &[u8] {
+    match req.headers.get(http::header::HOST) {
+        Some(h) => h.as_bytes(),
+        None => req.uri.authority().map_or(&[], |a| a.as_str().as_bytes()),
+    }
+}
+
 /// The request as proxy-wasm filters see it: pseudo-headers first, then the headers (`host`
 /// becomes `:authority`, as Envoy does).
 pub fn request_map(req: &RequestHeader) -> HeaderMap {
     let mut m = HeaderMap::new();
-    let authority = req
-        .headers
-        .get(http::header::HOST)
-        .map(|v| v.as_bytes().to_vec())
-        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes().to_vec()))
-        .unwrap_or_default();
-    m.add(b":authority", &authority);
+    m.add(b":authority", authority(req));
     m.add(b":path", req.raw_path());
     m.add(b":method", req.method.as_str().as_bytes());
     m.add(b":scheme", req.uri.scheme_str().unwrap_or("http").as_bytes());
@@ -299,6 +303,12 @@ impl WasmProxy {
     }
 }
 
+/// Whether a message's body is delimited by its headers (`content-length` or
+/// `transfer-encoding`).
+fn framed(h: &http::HeaderMap) -> bool {
+    h.contains_key(http::header::CONTENT_LENGTH) || h.contains_key(http::header::TRANSFER_ENCODING)
+}
+
 /// Whether a response has no body, from its status, headers and the request method.
 fn response_is_empty(resp: &ResponseHeader, method: &http::Method) -> bool {
     let status = resp.status.as_u16();
@@ -319,9 +329,8 @@ impl ProxyHttp for WasmProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
         let req = session.req_header();
-        let mut headers = request_map(req);
-        let host = std::str::from_utf8(headers.get(b":authority").unwrap_or_default()).unwrap_or_default().to_string();
-        let Some(route) = self.route(&host, req.raw_path()) else {
+        let host = std::str::from_utf8(authority(req)).unwrap_or_default();
+        let Some(route) = self.route(host, req.raw_path()) else {
             self.reply(session, ctx, &plain_reply(404, "", "route_not_found")).await?;
             return Ok(true);
         };
@@ -330,8 +339,10 @@ impl ProxyHttp for WasmProxy {
         if r.chain.0.is_empty() {
             return Ok(false);
         }
+        let mut headers = request_map(session.req_header());
         ctx.filters = self.chains.start(&r.chain, r.timeout);
         let end_of_stream = session.as_downstream_mut().is_body_empty();
+        ctx.request_body = !end_of_stream;
         match self.chains.request_headers(&mut ctx.filters, &mut headers, end_of_stream).await {
             Verdict::Continue => {
                 apply_request(session.req_header_mut(), &headers)?;
@@ -369,9 +380,9 @@ impl ProxyHttp for WasmProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        // Filters may change the body's length: the upstream request is chunked instead.
-        if self.has_filters(ctx) && upstream_request.headers.contains_key(http::header::CONTENT_LENGTH) {
-            upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+        // As Envoy: a filter that changes the body's length removes `content-length` (the SDKs'
+        // convention); a body left with no framing at all goes chunked, not dropped.
+        if ctx.request_body && self.has_filters(ctx) && !framed(&upstream_request.headers) {
             upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
         Ok(())
@@ -418,15 +429,16 @@ impl ProxyHttp for WasmProxy {
         let reply = match self.chains.response_headers(&mut ctx.filters, &mut headers, end_of_stream).await {
             Verdict::Continue => {
                 apply_response(upstream_response, &headers)?;
-                if !end_of_stream {
-                    // Filters may change the body's length: chunked to an HTTP/1.1 client (the
-                    // response is then HTTP/1.1 whatever the upstream spoke), delimited by the
-                    // connection's close to an HTTP/1.0 one.
-                    upstream_response.remove_header(&http::header::CONTENT_LENGTH);
-                    if session.req_header().version == http::Version::HTTP_11 {
-                        upstream_response.set_version(http::Version::HTTP_11);
-                        upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-                    }
+                // As Envoy, `content-length` stays as the filters left it. A body they left
+                // unframed (they removed `content-length` to change its length) goes chunked to
+                // an HTTP/1.1 client (the response is then HTTP/1.1 whatever the upstream
+                // spoke), delimited by the connection's close to an HTTP/1.0 one.
+                if !end_of_stream
+                    && !framed(&upstream_response.headers)
+                    && session.req_header().version == http::Version::HTTP_11
+                {
+                    upstream_response.set_version(http::Version::HTTP_11);
+                    upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
                 }
                 return Ok(());
             }

@@ -246,6 +246,13 @@ fn header_edits_reach_the_upstream_and_the_client() {
         assert_eq!(r.header("x-wasmux-response"), Some("seen"), "{engine}");
         assert_eq!(r.header("server"), Some("wasmux"), "{engine}");
         assert_eq!(r.header("x-powered-by"), None, "{engine}");
+        // A filter that leaves the body alone leaves its framing alone (as Envoy).
+        let length = r.body.len().to_string();
+        assert_eq!(r.header("content-length"), Some(length.as_str()), "{engine}: {r:?}");
+        assert_eq!(r.header("transfer-encoding"), None, "{engine}: {r:?}");
+        let r = proxy.send("POST", "/hello", &[], "twelve bytes");
+        assert!(r.upstream_saw("content-length: 12"), "{engine}: {}", r.body);
+        assert!(r.body.ends_with("\n\ntwelve bytes"), "{engine}: {}", r.body);
         // A route without filters is a plain proxy.
         let r = proxy.send("GET", "/plain", &[("x-remove-me", "1")], "");
         assert_eq!(r.status, 200);
@@ -306,7 +313,12 @@ fn bodies_are_filtered_buffered_and_chunked() {
         assert_eq!(r.status, 200, "{engine}: {r:?}");
         assert!(r.body.starts_with("<<POST /echo\n"), "{engine}: {:?}", r.body);
         assert!(r.body.ends_with("\n\nHELLO WORLD\n-- wasmux"), "{engine}: {:?}", r.body);
-        assert!(r.body.contains("transfer-encoding: chunked"), "{engine}: {:?}", r.body);
+        // The filter removed `content-length` (it changes the body's length): the proxy frames
+        // the upstream request and the response chunked, as Envoy does.
+        assert!(r.upstream_saw("transfer-encoding: chunked"), "{engine}: {:?}", r.body);
+        assert!(!r.body.contains("content-length"), "{engine}: {:?}", r.body);
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{engine}: {r:?}");
+        assert_eq!(r.header("content-length"), None, "{engine}: {r:?}");
         // Chunked: the same request, each response chunk reversed and the end marked.
         let r = proxy.send("POST", "/chunked", &[], "abc");
         assert_eq!(r.status, 200, "{engine}: {r:?}");
