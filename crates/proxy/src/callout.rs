@@ -4,8 +4,8 @@
 //! Each worker thread has an inbox (an unbounded channel, bounded in practice by the callout
 //! and queue quotas) drained by a task on its own runtime, which delivers into its own VMs and
 //! then wakes the streams they may have resumed. A callout runs as a task on the worker that
-//! dispatched it, over pooled connections, and its response comes back to that worker's inbox,
-//! whichever VM it belongs to.
+//! dispatched it, over that worker's own connection pool (as Envoy's per-worker pools), and its
+//! response comes back to that worker's inbox, whichever VM it belongs to.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -42,19 +42,26 @@ pub(crate) enum Delivery {
     Queue,
 }
 
-/// A worker's inbox.
-#[derive(Debug, Clone)]
+/// A worker's inbox, and the worker's connection pool for callouts.
+#[derive(Clone)]
 pub(crate) struct Inbox {
     tx: UnboundedSender<Delivery>,
+    connector: Arc<Connector>,
     /// A [`Delivery::Queue`] is in the inbox, not taken yet: enqueues add no other.
     queue_pending: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox").field("queue_pending", &self.queue_pending).finish_non_exhaustive()
+    }
 }
 
 impl Inbox {
     /// An inbox, and the flag the worker clears when it takes a queue notification.
     pub(crate) fn new(tx: UnboundedSender<Delivery>) -> (Self, Arc<AtomicBool>) {
         let flag = Arc::new(AtomicBool::new(false));
-        (Self { tx, queue_pending: flag.clone() }, flag)
+        (Self { tx, connector: Arc::new(Connector::new(None)), queue_pending: flag.clone() }, flag)
     }
 
     fn send(&self, d: Delivery) {
@@ -94,7 +101,6 @@ pub struct ClusterCallouts {
     uid: u64,
     group: usize,
     clusters: Arc<Vec<Cluster>>,
-    connector: Arc<Connector>,
     max_timeout: Duration,
     /// The largest response body taken from an upstream; past it the call fails.
     max_body: usize,
@@ -112,11 +118,10 @@ impl ClusterCallouts {
         uid: u64,
         group: usize,
         clusters: Arc<Vec<Cluster>>,
-        connector: Arc<Connector>,
         max_timeout: Duration,
         max_body: usize,
     ) -> Self {
-        Self { uid, group, clusters, connector, max_timeout, max_body }
+        Self { uid, group, clusters, max_timeout, max_body }
     }
 }
 
@@ -130,7 +135,7 @@ impl Callouts for ClusterCallouts {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| Status::InternalFailure)?;
         let timeout = if call.timeout.is_zero() { self.max_timeout } else { call.timeout.min(self.max_timeout) };
         let (connector, connect_timeout, group, token, max_body) =
-            (self.connector.clone(), cluster.connect_timeout, self.group, call.token, self.max_body);
+            (inbox.connector.clone(), cluster.connect_timeout, self.group, call.token, self.max_body);
         let call = call.clone();
         handle.spawn(async move {
             let exchange = request(&connector, addr, connect_timeout, &call, max_body);

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
-use pingora::connectors::http::Connector;
 use pingora::listeners::TcpSocketOptions;
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
@@ -74,9 +73,7 @@ pub fn build(config: &Config, base: &Path) -> Result<Built, ServeError> {
             })
             .collect(),
     );
-    // One connection pool for every callout; one queue registry whose owners are woken on
-    // their own worker.
-    let connector = Arc::new(Connector::new(None));
+    // One queue registry whose owners are woken on their own worker.
     let services =
         Services { metrics: metrics.clone(), queues: Arc::new(NotifyingQueues::new(uid)), ..Services::default() };
 
@@ -127,7 +124,6 @@ pub fn build(config: &Config, base: &Path) -> Result<Built, ServeError> {
             uid,
             groups.len(),
             clusters.clone(),
-            connector.clone(),
             options.max_callout_timeout,
             options.limits.quotas.max_body_bytes,
         );
