@@ -717,6 +717,21 @@ impl Vm {
         })
     }
 
+    /// Delivers the response of a unary gRPC call that succeeded, then forgets the call, as
+    /// Envoy does (`proxy_on_grpc_receive`, and no `proxy_on_grpc_close` after it). For a stream
+    /// token it is [`Self::on_grpc_message`].
+    ///
+    /// # Errors
+    /// Unknown token; traps.
+    pub fn on_grpc_response(&mut self, token: u32, message: Vec<u8>) -> Result<()> {
+        let unary = self.inst.state().callouts.get(&token).is_some_and(|c| c.kind == CalloutKind::GrpcCall);
+        let r = self.on_grpc_message(token, message);
+        if unary {
+            self.inst.state().remove_callout(token);
+        }
+        r
+    }
+
     /// Delivers gRPC trailing metadata.
     ///
     /// # Errors

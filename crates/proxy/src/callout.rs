@@ -37,9 +37,35 @@ pub(crate) enum Delivery {
         /// The response.
         response: Option<HttpCallResponse>,
     },
+    /// Something for gRPC call or stream `token` of VM `group`.
+    Grpc {
+        /// The VM.
+        group: usize,
+        /// Its token.
+        token: u32,
+        /// What arrived.
+        event: GrpcEvent,
+    },
     /// A queue owned by one of this worker's VMs got an item (at most one waits in the inbox:
     /// the worker looks at every queue it owns when it takes it).
     Queue,
+}
+
+/// What a gRPC call or stream brings back, in the order a filter sees it.
+#[derive(Debug)]
+pub(crate) enum GrpcEvent {
+    /// A stream's response headers.
+    InitialMetadata(HeaderMap),
+    /// A stream's message.
+    Message(Vec<u8>),
+    /// A unary call's response (the call is over).
+    Response(Vec<u8>),
+    /// A stream's trailers.
+    TrailingMetadata(HeaderMap),
+    /// The end: gRPC status and message (a unary call that failed, or any stream).
+    Close(i32, String),
+    /// Messages the filter sent were written (they no longer count against its quota).
+    Sent(usize),
 }
 
 /// A worker's inbox, and the worker's connection pool for callouts.
@@ -79,6 +105,22 @@ impl Inbox {
 thread_local! {
     /// This thread's worker inboxes, by filter-chain set.
     static INBOXES: RefCell<Vec<(u64, Inbox)>> = const { RefCell::new(Vec::new()) };
+    /// The gRPC calls and streams this worker runs: (filter-chain set, VM, token) → the task.
+    static GRPC: RefCell<HashMap<(u64, usize, u32), GrpcLink>> = RefCell::new(HashMap::new());
+}
+
+/// What the filter can still do to a running gRPC call or stream.
+struct GrpcLink {
+    tx: UnboundedSender<GrpcCommand>,
+    task: tokio::task::AbortHandle,
+}
+
+/// A filter's action on a stream, for its task.
+enum GrpcCommand {
+    /// A message, and whether it ends the request stream.
+    Send(Vec<u8>, bool),
+    /// `proxy_grpc_close` on a stream: half-close the request stream; read on, quietly.
+    Close,
 }
 
 /// Registers this thread's inbox for a filter-chain set.
@@ -152,13 +194,328 @@ impl Callouts for ClusterCallouts {
         Ok(())
     }
 
-    /// gRPC callouts are not served yet: refused as Envoy refuses a call it cannot start.
-    fn grpc_open(&self, _call: &GrpcCallout) -> Result<(), Status> {
-        Err(Status::InternalFailure)
+    /// Envoy's answers: a name that is neither a cluster nor a `GrpcService` naming one is
+    /// `PARSE_FAILURE`; a call that cannot start is `INTERNAL_FAILURE`. The call or stream runs
+    /// over HTTP/2 (cleartext, prior knowledge) to the cluster, on this worker.
+    fn grpc_open(&self, call: &GrpcCallout) -> Result<(), Status> {
+        let name = cluster_of(&call.upstream);
+        let cluster = self.clusters.iter().find(|c| c.name == name).ok_or(Status::ParseFailure)?;
+        let inbox = inbox(self.uid).ok_or(Status::InternalFailure)?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| Status::InternalFailure)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let timeout = (!call.stream)
+            .then(|| if call.timeout.is_zero() { self.max_timeout } else { call.timeout.min(self.max_timeout) });
+        let exchange = GrpcExchange {
+            uid: self.uid,
+            addr: cluster.pick(),
+            connect_timeout: cluster.connect_timeout,
+            call: call.clone(),
+            max_body: self.max_body,
+            group: self.group,
+            inbox,
+        };
+        let task = handle.spawn(exchange.run(rx, timeout)).abort_handle();
+        GRPC.with(|g| g.borrow_mut().insert((self.uid, self.group, call.token), GrpcLink { tx, task }));
+        Ok(())
     }
 
-    fn grpc_action(&self, _token: u32, _action: &GrpcAction) -> Result<(), Status> {
-        Err(Status::BadArgument)
+    fn grpc_action(&self, token: u32, action: &GrpcAction) -> Result<(), Status> {
+        let key = (self.uid, self.group, token);
+        GRPC.with(|g| {
+            let mut links = g.borrow_mut();
+            match action {
+                GrpcAction::Send { message, end_stream } => {
+                    if let Some(link) = links.get(&key) {
+                        let _ = link.tx.send(GrpcCommand::Send(message.clone(), *end_stream));
+                    }
+                }
+                GrpcAction::Close => {
+                    if let Some(link) = links.remove(&key) {
+                        let _ = link.tx.send(GrpcCommand::Close);
+                    }
+                }
+                GrpcAction::Cancel => {
+                    if let Some(link) = links.remove(&key) {
+                        link.task.abort();
+                    }
+                }
+            }
+        });
+        // The VM tracks which tokens are open: an action on a call whose task already ended is
+        // still the filter's to make.
+        Ok(())
+    }
+}
+
+/// The cluster a gRPC callout names: the argument itself, or, when it is a serialized
+/// `envoy.config.core.v3.GrpcService` (as Envoy accepts), its `envoy_grpc.cluster_name`.
+fn cluster_of(upstream: &str) -> std::borrow::Cow<'_, str> {
+    /// Reads a varint at `*at`.
+    fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*at)?;
+            *at += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    /// The length-delimited field `field` of a message, if the whole message is well formed.
+    fn field(b: &[u8], want: u64) -> Option<Option<&[u8]>> {
+        let (mut at, mut found) = (0, None);
+        while at < b.len() {
+            let key = varint(b, &mut at)?;
+            let (number, wire) = (key >> 3, key & 7);
+            if number == 0 {
+                return None;
+            }
+            match wire {
+                0 => drop(varint(b, &mut at)?),
+                1 => at = at.checked_add(8).filter(|&e| e <= b.len())?,
+                2 => {
+                    let len = usize::try_from(varint(b, &mut at)?).ok()?;
+                    let end = at.checked_add(len).filter(|&e| e <= b.len())?;
+                    if number == want {
+                        found = Some(&b[at..end]);
+                    }
+                    at = end;
+                }
+                5 => at = at.checked_add(4).filter(|&e| e <= b.len())?,
+                _ => return None,
+            }
+        }
+        Some(found)
+    }
+    let b = upstream.as_bytes();
+    match field(b, 1).flatten().and_then(|envoy_grpc| field(envoy_grpc, 1).flatten()) {
+        Some(name) if !name.is_empty() => String::from_utf8_lossy(name).into_owned().into(),
+        _ => upstream.into(),
+    }
+}
+
+/// gRPC's length-prefixed message: no compression, 4-byte big-endian length.
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(message.len() + 5);
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(message);
+    Bytes::from(out)
+}
+
+/// The gRPC status of an HTTP status that is not 200 (the gRPC HTTP mapping).
+fn grpc_status_of_http(status: u16) -> i32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// `grpc-message` is percent-encoded.
+fn percent_decode(v: &[u8]) -> String {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (v[i], v.get(i + 1).copied().and_then(hex), v.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The metadata of a header map (pseudo-headers left out), as filters see it.
+fn metadata(h: &http::HeaderMap) -> HeaderMap {
+    let mut m = HeaderMap::new();
+    for (k, v) in h {
+        m.add(k.as_str().as_bytes(), v.as_bytes());
+    }
+    m
+}
+
+/// The status and message in a header map carrying `grpc-status`.
+fn status_in(h: &http::HeaderMap) -> Option<(i32, String)> {
+    let status = h.get("grpc-status")?.to_str().ok()?.trim().parse::<i32>().unwrap_or(2);
+    let message = h.get("grpc-message").map(|v| percent_decode(v.as_bytes())).unwrap_or_default();
+    Some((status, message))
+}
+
+/// One gRPC call or stream, run as a task on the worker that opened it.
+struct GrpcExchange {
+    uid: u64,
+    addr: Option<SocketAddr>,
+    connect_timeout: Duration,
+    call: GrpcCallout,
+    max_body: usize,
+    group: usize,
+    inbox: Inbox,
+}
+
+impl GrpcExchange {
+    fn deliver(&self, event: GrpcEvent) {
+        self.inbox.send(Delivery::Grpc { group: self.group, token: self.call.token, event });
+    }
+
+    /// Runs the exchange and always ends it for the filter: a unary call with its response or
+    /// a close, a stream with a close.
+    async fn run(self, rx: tokio::sync::mpsc::UnboundedReceiver<GrpcCommand>, timeout: Option<Duration>) {
+        let exchange = self.exchange(rx);
+        let end = match timeout {
+            Some(t) => tokio::time::timeout(t, exchange).await.unwrap_or_else(|_| Err((4, "deadline exceeded".into()))),
+            None => exchange.await,
+        };
+        match end {
+            Ok(Some(response)) => self.deliver(GrpcEvent::Response(response)),
+            Ok(None) => {}
+            Err((status, message)) => self.deliver(GrpcEvent::Close(status, message)),
+        }
+        let key = (self.uid, self.group, self.call.token);
+        let _ = GRPC.try_with(|g| g.borrow_mut().remove(&key));
+    }
+
+    /// `Ok(Some(message))`: a unary call's response; `Ok(None)`: a stream that ended (its close
+    /// delivered); `Err`: the status and message that close the call.
+    async fn exchange(
+        &self,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<GrpcCommand>,
+    ) -> Result<Option<Vec<u8>>, (i32, String)> {
+        let unavailable = |e: Box<pingora::Error>| (14, format!("upstream connect error: {e}"));
+        let addr = self.addr.ok_or((14, "no healthy upstream".to_string()))?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.set_http_version(2, 2);
+        let (session, _reused) = self.inbox.connector.get_http_session(&peer).await.map_err(unavailable)?;
+        let pingora::protocols::http::client::HttpSession::H2(mut h2) = session else {
+            return Err((14, "the cluster does not speak HTTP/2".into()));
+        };
+        let call = &self.call;
+        let path = format!("/{}/{}", call.service, call.method);
+        let mut req = RequestHeader::build("POST", path.as_bytes(), None).map_err(unavailable)?;
+        req.set_version(http::Version::HTTP_2);
+        for (name, v) in crate::proxy::regular_headers(&call.initial_metadata) {
+            req.append_header(name, v).map_err(|e| (13, e.to_string()))?;
+        }
+        let authority =
+            call.initial_metadata.get(b":authority").map_or_else(|| call.upstream.as_bytes().to_vec(), <[u8]>::to_vec);
+        req.insert_header(http::header::HOST, authority).map_err(|e| (13, e.to_string()))?;
+        req.insert_header(http::header::CONTENT_TYPE, "application/grpc").map_err(|e| (13, e.to_string()))?;
+        req.insert_header(http::header::TE, "trailers").map_err(|e| (13, e.to_string()))?;
+        if !call.stream && !call.timeout.is_zero() {
+            req.insert_header("grpc-timeout", format!("{}m", call.timeout.as_millis()))
+                .map_err(|e| (13, e.to_string()))?;
+        }
+        h2.write_request_header(Box::new(req), false).map_err(unavailable)?;
+        let mut writer = h2.take_request_body_writer().ok_or((13, "no request stream".to_string()))?;
+        if !call.stream {
+            writer.send_data(grpc_frame(&call.message), true).map_err(|e| (14, e.to_string()))?;
+        }
+        // The request stream: the filter's messages as they come, while the response is read.
+        let group = self.group;
+        let token = call.token;
+        let inbox = self.inbox.clone();
+        let sender = async move {
+            while let Some(cmd) = rx.recv().await {
+                let (message, end, sent) = match cmd {
+                    GrpcCommand::Send(m, end) => (grpc_frame(&m), end, true),
+                    GrpcCommand::Close => (Bytes::new(), true, false),
+                };
+                if writer.send_data(message, end).is_err() {
+                    break;
+                }
+                if sent {
+                    inbox.send(Delivery::Grpc { group, token, event: GrpcEvent::Sent(1) });
+                }
+                if end {
+                    break;
+                }
+            }
+            // Keep the request stream open (the writer alive) until the response ends.
+            std::future::pending::<()>().await;
+        };
+        let receiver = self.receive(&mut h2);
+        tokio::select! {
+            r = receiver => r,
+            () = sender => Ok(None),
+        }
+    }
+
+    async fn receive(
+        &self,
+        h2: &mut pingora::protocols::http::v2::client::Http2Session,
+    ) -> Result<Option<Vec<u8>>, (i32, String)> {
+        let call = &self.call;
+        let reset = |e: Box<pingora::Error>| (14, format!("upstream reset: {e}"));
+        h2.read_response_header().await.map_err(reset)?;
+        let (status, headers) = match h2.response_header() {
+            Some(h) => (h.status.as_u16(), h.headers.clone()),
+            None => return Err((13, "no response header".into())),
+        };
+        if status != 200 {
+            return Err((grpc_status_of_http(status), format!("upstream answered HTTP {status}")));
+        }
+        // Trailers-only: the status is in the headers.
+        if let Some(end) = status_in(&headers) {
+            if call.stream {
+                self.deliver(GrpcEvent::InitialMetadata(metadata(&headers)));
+            }
+            return Err(end);
+        }
+        if call.stream {
+            self.deliver(GrpcEvent::InitialMetadata(metadata(&headers)));
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        let mut response: Option<Vec<u8>> = None;
+        while let Some(chunk) = h2.read_response_body().await.map_err(reset)? {
+            buf.extend_from_slice(&chunk);
+            if buf.len() > self.max_body.saturating_add(5) {
+                return Err((
+                    8,
+                    format!("a response message is larger than {} bytes (quota max_body_bytes)", self.max_body),
+                ));
+            }
+            while buf.len() >= 5 {
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if buf[0] != 0 {
+                    return Err((13, "a compressed response message (no compression was offered)".into()));
+                }
+                if buf.len() < 5 + len {
+                    break;
+                }
+                let message = buf[5..5 + len].to_vec();
+                buf.drain(..5 + len);
+                if call.stream {
+                    self.deliver(GrpcEvent::Message(message));
+                } else if response.replace(message).is_some() {
+                    return Err((12, "a unary call got more than one response message".into()));
+                }
+            }
+        }
+        if !buf.is_empty() {
+            return Err((13, "the response ended inside a message".into()));
+        }
+        let trailers = h2.read_trailers().await.map_err(reset)?.unwrap_or_default();
+        if call.stream {
+            self.deliver(GrpcEvent::TrailingMetadata(metadata(&trailers)));
+        }
+        let (status, message) = status_in(&trailers).unwrap_or((2, "the response had no grpc-status".into()));
+        match (call.stream, status, response) {
+            (false, 0, Some(r)) => Ok(Some(r)),
+            (false, 0, None) => Err((12, "a unary call got no response message".into())),
+            _ => Err((status, message)),
+        }
     }
 }
 

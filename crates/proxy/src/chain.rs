@@ -339,6 +339,26 @@ impl FilterChains {
                         self.after_root_callback(group, inst);
                     }
                 }
+                crate::callout::Delivery::Grpc { group, token, event } => {
+                    if let Some(inst) = w.vms.get_mut(group).and_then(Option::as_mut) {
+                        use crate::callout::GrpcEvent as E;
+                        let vm = inst.vm.vm();
+                        // An unknown token (cancelled, closed, expired, or the VM was reloaded
+                        // since) is dropped.
+                        let _ = match event {
+                            E::InitialMetadata(m) => vm.on_grpc_initial_metadata(token, m),
+                            E::Message(m) => vm.on_grpc_message(token, m),
+                            E::Response(m) => vm.on_grpc_response(token, m),
+                            E::TrailingMetadata(m) => vm.on_grpc_trailing_metadata(token, m),
+                            E::Close(status, message) => vm.on_grpc_close(token, status, &message),
+                            E::Sent(n) => {
+                                vm.on_grpc_sent(token, n);
+                                Ok(())
+                            }
+                        };
+                        self.after_root_callback(group, inst);
+                    }
+                }
                 crate::callout::Delivery::Queue => {
                     // Cleared first: an item enqueued while the VMs look sends a new notice.
                     w.queue_pending.store(false, Ordering::Release);

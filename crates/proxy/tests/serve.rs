@@ -7,8 +7,10 @@
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -184,7 +186,7 @@ impl Drop for Proxy {
 fn config(yaml: &str, engine: Runtime, upstream: SocketAddr, port: u16, admin: u16) -> String {
     let mut yaml = yaml.to_string();
     if !engine.runs_wasm() {
-        for name in ["headers", "body", "callout", "lifecycle", "multi", "shared"] {
+        for name in ["headers", "body", "callout", "grpc", "lifecycle", "multi", "shared"] {
             yaml = yaml.replace(&format!("{name}.wasip1.wasm"), &native(name));
         }
     }
@@ -865,4 +867,175 @@ fn a_filter_that_closes_the_stream_resets_it() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A response body fed frame by frame from a channel (gRPC messages, then trailers).
+struct ChannelBody(tokio::sync::mpsc::UnboundedReceiver<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut out = vec![0];
+    out.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    out.extend_from_slice(message);
+    Bytes::from(out)
+}
+
+/// A gRPC server over cleartext HTTP/2 that answers every message as it comes: `Say` with
+/// `pong:<message>:<x-md>` (status 7 for `deny`), any other method with `echo:<message>`;
+/// when the request stream ends, trailers with `grpc-status` and `x-trail: t`. It notes what
+/// it saw: `<path> <message>` and `<path> end`.
+struct GrpcServer {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn grpc_server() -> GrpcServer {
+    let rt = runtime();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let notes = seen.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let notes = notes.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let notes = notes.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let md = req.headers().get("x-md").and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+                        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                        let mut body = req.into_body();
+                        tokio::spawn(async move {
+                            let (mut buf, mut status) = (Vec::<u8>::new(), "0");
+                            while let Some(Ok(frame)) = body.frame().await {
+                                let Some(data) = frame.data_ref() else { continue };
+                                buf.extend_from_slice(data);
+                                while buf.len() >= 5 {
+                                    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                                    if buf.len() < 5 + len {
+                                        break;
+                                    }
+                                    let message = String::from_utf8_lossy(&buf[5..5 + len]).into_owned();
+                                    buf.drain(..5 + len);
+                                    notes.lock().expect("notes").push(format!("{path} {message}"));
+                                    let reply = if path.ends_with("/Say") {
+                                        if message == "deny" {
+                                            status = "7";
+                                        }
+                                        format!("pong:{message}:{md}")
+                                    } else {
+                                        format!("echo:{message}")
+                                    };
+                                    let _ = tx.send(hyper::body::Frame::data(grpc_frame(reply.as_bytes())));
+                                }
+                            }
+                            notes.lock().expect("notes").push(format!("{path} end"));
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static(status));
+                            trailers.insert("grpc-message", http::HeaderValue::from_static("no%20access"));
+                            trailers.insert("x-trail", http::HeaderValue::from_static("t"));
+                            let _ = tx.send(hyper::body::Frame::trailers(trailers));
+                        });
+                        let resp = hyper::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("x-init", "i")
+                            .body(ChannelBody(rx))
+                            .expect("response");
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    GrpcServer { addr, seen, _rt: rt }
+}
+
+const GRPC: &str = r#"
+workers: 1
+listeners:
+  - name: main
+    address: "{listener}"
+    routes:
+      - match: { prefix: "/" }
+        cluster: backend
+        filters: [grpc]
+clusters:
+  - name: backend
+    endpoints: ["{upstream}"]
+  - name: grpc-cluster
+    endpoints: ["{grpc}"]
+    connect_timeout_ms: 500
+plugins:
+  - name: grpc
+    vm: { runtime: {engine}, code: grpc.wasip1.wasm }
+"#;
+
+/// The grpc fixture makes a unary call (its response becomes a request header) and opens a
+/// stream (it sends `hello`, and half-closes when the first message comes back) for every
+/// request.
+#[test]
+fn grpc_calls_and_streams_reach_the_cluster_over_http2() {
+    let up = upstream();
+    let grpc = grpc_server();
+    for engine in engines() {
+        grpc.seen.lock().expect("seen").clear();
+        let proxy = start(&GRPC.replace("{grpc}", &grpc.addr.to_string()), engine, up.addr);
+        let r = proxy.send("GET", "/api", &[], "");
+        assert_eq!(r.status, 200, "{engine}: {r:?}");
+        assert!(r.upstream_saw("x-grpc-reply: pong:ping:1"), "{engine}: {}", r.body);
+        // The stream: the filter's message reached the server, the server's answer reached the
+        // filter, which then half-closed the stream with an empty message (framed, as Envoy
+        // frames every message): the server saw it, then the end.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let want = [
+            "/wasmux.Echo/Say end",
+            "/wasmux.Echo/Say ping",
+            "/wasmux.Echo/Stream ",
+            "/wasmux.Echo/Stream end",
+            "/wasmux.Echo/Stream hello",
+        ];
+        loop {
+            let mut seen = grpc.seen.lock().expect("seen").clone();
+            seen.sort();
+            if seen == want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{engine}: the gRPC server saw {seen:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A cancelled call and a closed stream: the request goes on at once, with no reply.
+        let r = proxy.send("GET", "/api", &[("x-cancel", "1")], "");
+        assert_eq!(r.status, 200, "{engine}: {r:?}");
+        assert!(!r.body.contains("x-grpc-reply"), "{engine}: {}", r.body);
+    }
+}
+
+/// A gRPC cluster that is down: the unary call is closed with UNAVAILABLE (14), which the
+/// filter copies into a request header.
+#[test]
+fn a_grpc_call_to_a_dead_cluster_is_closed_unavailable() {
+    let up = upstream();
+    for engine in engines() {
+        let proxy = start(&GRPC.replace("{grpc}", "127.0.0.1:1"), engine, up.addr);
+        let r = proxy.send("GET", "/api", &[], "");
+        assert_eq!(r.status, 200, "{engine}: {r:?}");
+        assert!(r.upstream_saw("x-grpc-status: 14"), "{engine}: {}", r.body);
+    }
 }
