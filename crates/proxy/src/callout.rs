@@ -1,5 +1,5 @@
-//! What reaches a worker's VMs from outside a request: HTTP callout responses from the
-//! clusters, and shared-queue notifications from other workers.
+//! What reaches a worker's VMs from outside a request: HTTP callout responses and gRPC call
+//! and stream events from the clusters, and shared-queue notifications from other workers.
 //!
 //! Each worker thread has an inbox (an unbounded channel, bounded in practice by the callout
 //! and queue quotas) drained by a task on its own runtime, which delivers into its own VMs and
