@@ -41,6 +41,7 @@ mod guest;
 mod hostcalls;
 mod load;
 pub mod pairs;
+mod proto;
 pub mod quota;
 pub mod services;
 mod state;

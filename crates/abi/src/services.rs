@@ -781,6 +781,29 @@ pub struct GrpcCallout {
     pub timeout: Duration,
 }
 
+impl GrpcCallout {
+    /// The cluster the call goes to: `upstream` itself or, when `upstream` is a serialized
+    /// `envoy.config.core.v3.GrpcService`, its `envoy_grpc.cluster_name` (Envoy accepts both).
+    pub fn cluster(&self) -> std::borrow::Cow<'_, str> {
+        /// The last length-delimited field `number` of a well-formed message.
+        fn bytes_field(message: &[u8], number: u64) -> Option<&[u8]> {
+            let mut found = None;
+            for field in crate::proto::fields(message) {
+                if let (n, crate::proto::Value::Bytes(b)) = field.ok()?
+                    && n == number
+                {
+                    found = Some(b);
+                }
+            }
+            found
+        }
+        match bytes_field(self.upstream.as_bytes(), 1).and_then(|envoy_grpc| bytes_field(envoy_grpc, 1)) {
+            Some(name) if !name.is_empty() => String::from_utf8_lossy(name).into_owned().into(),
+            _ => self.upstream.as_str().into(),
+        }
+    }
+}
+
 /// Something a filter did to an open gRPC call or stream after opening it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrpcAction {
@@ -999,5 +1022,36 @@ impl Default for Services {
             callouts: Arc::new(RecordingCallouts::default()),
             foreign: Arc::new(ForeignFunctions::default()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GrpcCallout;
+
+    fn call(upstream: &[u8]) -> GrpcCallout {
+        GrpcCallout {
+            token: 1,
+            stream: false,
+            upstream: String::from_utf8(upstream.to_vec()).expect("text"),
+            service: String::new(),
+            method: String::new(),
+            initial_metadata: crate::HeaderMap::new(),
+            message: Vec::new(),
+            timeout: std::time::Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_grpc_callout_names_its_cluster_plainly_or_in_a_grpc_service() {
+        assert_eq!(call(b"grpc-cluster").cluster(), "grpc-cluster");
+        // GrpcService { envoy_grpc (1): EnvoyGrpc { cluster_name (1): "auth", authority (2): "a" },
+        // timeout (3): Duration { seconds (1): 1 } }
+        let service = b"\x0a\x09\x0a\x04auth\x12\x01a\x1a\x02\x08\x01";
+        assert_eq!(call(service).cluster(), "auth");
+        // Not a well-formed message (field 12, wire type 7): the name itself.
+        assert_eq!(call(b"g\x0a\x04auth").cluster(), "g\x0a\x04auth");
+        // A GrpcService without envoy_grpc: the argument as it is.
+        assert_eq!(call(b"\x1a\x02\x08\x01").cluster(), "\x1a\x02\x08\x01");
     }
 }

@@ -198,7 +198,7 @@ impl Callouts for ClusterCallouts {
     /// `PARSE_FAILURE`; a call that cannot start is `INTERNAL_FAILURE`. The call or stream runs
     /// over HTTP/2 (cleartext, prior knowledge) to the cluster, on this worker.
     fn grpc_open(&self, call: &GrpcCallout) -> Result<(), Status> {
-        let name = cluster_of(&call.upstream);
+        let name = call.cluster();
         let cluster = self.clusters.iter().find(|c| c.name == name).ok_or(Status::ParseFailure)?;
         let inbox = inbox(self.uid).ok_or(Status::InternalFailure)?;
         let handle = tokio::runtime::Handle::try_current().map_err(|_| Status::InternalFailure)?;
@@ -244,55 +244,6 @@ impl Callouts for ClusterCallouts {
         // The VM tracks which tokens are open: an action on a call whose task already ended is
         // still the filter's to make.
         Ok(())
-    }
-}
-
-/// The cluster a gRPC callout names: the argument itself, or, when it is a serialized
-/// `envoy.config.core.v3.GrpcService` (as Envoy accepts), its `envoy_grpc.cluster_name`.
-fn cluster_of(upstream: &str) -> std::borrow::Cow<'_, str> {
-    /// Reads a varint at `*at`.
-    fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *b.get(*at)?;
-            *at += 1;
-            v |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-    /// The length-delimited field `field` of a message, if the whole message is well formed.
-    fn field(b: &[u8], want: u64) -> Option<Option<&[u8]>> {
-        let (mut at, mut found) = (0, None);
-        while at < b.len() {
-            let key = varint(b, &mut at)?;
-            let (number, wire) = (key >> 3, key & 7);
-            if number == 0 {
-                return None;
-            }
-            match wire {
-                0 => drop(varint(b, &mut at)?),
-                1 => at = at.checked_add(8).filter(|&e| e <= b.len())?,
-                2 => {
-                    let len = usize::try_from(varint(b, &mut at)?).ok()?;
-                    let end = at.checked_add(len).filter(|&e| e <= b.len())?;
-                    if number == want {
-                        found = Some(&b[at..end]);
-                    }
-                    at = end;
-                }
-                5 => at = at.checked_add(4).filter(|&e| e <= b.len())?,
-                _ => return None,
-            }
-        }
-        Some(found)
-    }
-    let b = upstream.as_bytes();
-    match field(b, 1).flatten().and_then(|envoy_grpc| field(envoy_grpc, 1).flatten()) {
-        Some(name) if !name.is_empty() => String::from_utf8_lossy(name).into_owned().into(),
-        _ => upstream.into(),
     }
 }
 
@@ -408,8 +359,9 @@ impl GrpcExchange {
         for (name, v) in crate::proxy::regular_headers(&call.initial_metadata) {
             req.append_header(name, v).map_err(|e| (13, e.to_string()))?;
         }
+        // Envoy's default authority for a cluster is its name.
         let authority =
-            call.initial_metadata.get(b":authority").map_or_else(|| call.upstream.as_bytes().to_vec(), <[u8]>::to_vec);
+            call.initial_metadata.get(b":authority").map_or_else(|| call.cluster().as_bytes().to_vec(), <[u8]>::to_vec);
         req.insert_header(http::header::HOST, authority).map_err(|e| (13, e.to_string()))?;
         req.insert_header(http::header::CONTENT_TYPE, "application/grpc").map_err(|e| (13, e.to_string()))?;
         req.insert_header(http::header::TE, "trailers").map_err(|e| (13, e.to_string()))?;
