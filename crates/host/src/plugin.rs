@@ -717,6 +717,17 @@ impl Plugin {
         self.absorb(r)
     }
 
+    /// Runs a root-context callback the methods here do not wrap (gRPC events, foreign
+    /// functions) under the failure policy, as [`Self::http_call_response`] runs its own: a
+    /// trap is recorded and counted, and a reload is scheduled under the reload policy.
+    ///
+    /// # Errors
+    /// What `f` returns.
+    pub fn root_callback<T>(&mut self, f: impl FnOnce(&mut Vm) -> Result<T>) -> Result<T> {
+        let r = f(&mut self.vm);
+        self.absorb(r)
+    }
+
     /// Housekeeping to run when the worker is idle or on a timer: fails callouts whose timeout
     /// has passed and delivers pending shared-queue notifications. Returns the expired callout
     /// tokens.

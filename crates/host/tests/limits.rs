@@ -240,3 +240,29 @@ fn a_reload_restarts_every_plugin_of_the_vm() {
         assert_eq!((s.failures, s.reloads, s.reload_failures), (1, 1, 0), "{rt}");
     }
 }
+
+/// A root-context callback run through `Plugin::root_callback` (here a foreign function that
+/// traps) goes under the plugin's failure policy, as the wrapped ones do: the trap is recorded
+/// and counted, and the next stream gets a reloaded VM.
+#[test]
+fn a_trap_in_an_unwrapped_root_callback_is_counted_and_reloads() {
+    let wasm = wat::parse_str(
+        r#"(module
+          (memory (export "memory") 1)
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "proxy_on_context_create") (param i32 i32))
+          (func (export "proxy_on_foreign_function") (param i32 i32 i32) unreachable))"#,
+    )
+    .expect("wat");
+    let policy = FailurePolicy::Reload { base_backoff: Duration::ZERO, max_backoff: Duration::from_secs(1) };
+    for rt in sandboxed() {
+        let mut p = rt.load(&wasm, options(policy)).expect("load").instantiate().expect("inst");
+        let root = p.root_context_of(0).expect("root");
+        assert!(p.root_callback(|vm| vm.on_foreign_function(root, 1, Vec::new())).is_err(), "{rt}");
+        assert!(p.take_trap().is_some(), "{rt}: the trap is recorded");
+        assert_eq!(p.stats().failures, 1, "{rt}");
+        p.http_stream().expect("stream on the reloaded VM");
+        assert_eq!(p.stats().reloads, 1, "{rt}");
+    }
+}

@@ -342,10 +342,9 @@ impl FilterChains {
                 crate::callout::Delivery::Grpc { group, token, event } => {
                     if let Some(inst) = w.vms.get_mut(group).and_then(Option::as_mut) {
                         use crate::callout::GrpcEvent as E;
-                        let vm = inst.vm.vm();
                         // An unknown token (cancelled, closed, expired, or the VM was reloaded
                         // since) is dropped.
-                        let _ = match event {
+                        let _ = inst.vm.root_callback(|vm| match event {
                             E::InitialMetadata(m) => vm.on_grpc_initial_metadata(token, m),
                             E::Message(m) => vm.on_grpc_message(token, m),
                             E::Response(m) => vm.on_grpc_response(token, m),
@@ -355,7 +354,7 @@ impl FilterChains {
                                 vm.on_grpc_sent(token, n);
                                 Ok(())
                             }
-                        };
+                        });
                         self.after_root_callback(group, inst);
                     }
                 }
