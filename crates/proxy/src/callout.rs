@@ -45,6 +45,8 @@ pub(crate) enum Delivery {
         token: u32,
         /// What arrived.
         event: GrpcEvent,
+        /// Returned when the event has been delivered.
+        _credit: tokio::sync::OwnedSemaphorePermit,
     },
     /// A queue owned by one of this worker's VMs got an item (at most one waits in the inbox:
     /// the worker looks at every queue it owns when it takes it).
@@ -105,14 +107,46 @@ impl Inbox {
 thread_local! {
     /// This thread's worker inboxes, by filter-chain set.
     static INBOXES: RefCell<Vec<(u64, Inbox)>> = const { RefCell::new(Vec::new()) };
-    /// The gRPC calls and streams this worker runs: (filter-chain set, VM, token) → the task.
-    static GRPC: RefCell<HashMap<(u64, usize, u32), GrpcLink>> = RefCell::new(HashMap::new());
+    /// The callouts this worker runs: (filter-chain set, VM, token) → the task.
+    static CALLS: RefCell<HashMap<(u64, usize, u32), Call>> = RefCell::new(HashMap::new());
 }
 
-/// What the filter can still do to a running gRPC call or stream.
-struct GrpcLink {
-    tx: UnboundedSender<GrpcCommand>,
+/// A running callout task.
+struct Call {
     task: tokio::task::AbortHandle,
+    /// A gRPC stream the filter has not closed: where its messages go.
+    commands: Option<UnboundedSender<GrpcCommand>>,
+}
+
+/// Notes a callout task spawned on this worker.
+fn track(key: (u64, usize, u32), task: tokio::task::AbortHandle, commands: Option<UnboundedSender<GrpcCommand>>) {
+    CALLS.with(|c| c.borrow_mut().insert(key, Call { task, commands }));
+}
+
+/// Forgets a callout task that ended (its own entry only).
+fn untrack(key: (u64, usize, u32)) {
+    let Some(id) = tokio::task::try_id() else { return };
+    let _ = CALLS.try_with(|c| {
+        let mut calls = c.borrow_mut();
+        if calls.get(&key).is_some_and(|call| call.task.id() == id) {
+            calls.remove(&key);
+        }
+    });
+}
+
+/// Stops the callouts of VM `group` of set `uid` (of every VM of the set: `None`), whose
+/// tokens mean nothing any more: the VM was reloaded (a new VM counts tokens from 1 again) or
+/// the worker stops.
+pub(crate) fn abort_calls(uid: u64, group: Option<usize>) {
+    let _ = CALLS.try_with(|c| {
+        c.borrow_mut().retain(|&(u, g, _), call| {
+            let stop = u == uid && group.is_none_or(|x| x == g);
+            if stop {
+                call.task.abort();
+            }
+            !stop
+        });
+    });
 }
 
 /// A filter's action on a stream, for its task.
@@ -165,6 +199,11 @@ impl ClusterCallouts {
     ) -> Self {
         Self { uid, group, clusters, max_timeout, max_body }
     }
+
+    /// A callout's timeout: what the filter asked for, capped; none asked is the cap.
+    fn timeout(&self, asked: Duration) -> Duration {
+        if asked.is_zero() { self.max_timeout } else { asked.min(self.max_timeout) }
+    }
 }
 
 impl Callouts for ClusterCallouts {
@@ -175,11 +214,12 @@ impl Callouts for ClusterCallouts {
         let addr = cluster.pick().ok_or(Status::BadArgument)?;
         let inbox = inbox(self.uid).ok_or(Status::InternalFailure)?;
         let handle = tokio::runtime::Handle::try_current().map_err(|_| Status::InternalFailure)?;
-        let timeout = if call.timeout.is_zero() { self.max_timeout } else { call.timeout.min(self.max_timeout) };
+        let timeout = self.timeout(call.timeout);
         let (connector, connect_timeout, group, token, max_body) =
             (inbox.connector.clone(), cluster.connect_timeout, self.group, call.token, self.max_body);
         let call = call.clone();
-        handle.spawn(async move {
+        let key = (self.uid, group, token);
+        let task = handle.spawn(async move {
             let exchange = request(&connector, addr, connect_timeout, &call, max_body);
             let response = match tokio::time::timeout(timeout, exchange).await {
                 Ok(Ok(r)) => Some(r),
@@ -190,7 +230,9 @@ impl Callouts for ClusterCallouts {
                 Err(_) => None,
             };
             inbox.send(Delivery::Http { group, token, response });
+            untrack(key);
         });
+        track(key, task.abort_handle(), None);
         Ok(())
     }
 
@@ -203,10 +245,10 @@ impl Callouts for ClusterCallouts {
         let inbox = inbox(self.uid).ok_or(Status::InternalFailure)?;
         let handle = tokio::runtime::Handle::try_current().map_err(|_| Status::InternalFailure)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let timeout = (!call.stream)
-            .then(|| if call.timeout.is_zero() { self.max_timeout } else { call.timeout.min(self.max_timeout) });
+        let timeout = (!call.stream).then(|| self.timeout(call.timeout));
         let exchange = GrpcExchange {
             uid: self.uid,
+            credits: Arc::new(tokio::sync::Semaphore::new(GRPC_EVENTS_IN_FLIGHT)),
             addr: cluster.pick(),
             connect_timeout: cluster.connect_timeout,
             call: call.clone(),
@@ -215,29 +257,30 @@ impl Callouts for ClusterCallouts {
             inbox,
         };
         let task = handle.spawn(exchange.run(rx, timeout)).abort_handle();
-        GRPC.with(|g| g.borrow_mut().insert((self.uid, self.group, call.token), GrpcLink { tx, task }));
+        track((self.uid, self.group, call.token), task, call.stream.then_some(tx));
         Ok(())
     }
 
+    /// As Envoy: a message goes to an open stream; `proxy_grpc_close` half-closes a stream
+    /// (whose task reads on, delivering nothing more) and cancels a call; `proxy_grpc_cancel`
+    /// resets either.
     fn grpc_action(&self, token: u32, action: &GrpcAction) -> Result<(), Status> {
         let key = (self.uid, self.group, token);
-        GRPC.with(|g| {
-            let mut links = g.borrow_mut();
-            match action {
-                GrpcAction::Send { message, end_stream } => {
-                    if let Some(link) = links.get(&key) {
-                        let _ = link.tx.send(GrpcCommand::Send(message.clone(), *end_stream));
-                    }
+        CALLS.with(|c| {
+            let mut calls = c.borrow_mut();
+            let Some(call) = calls.get_mut(&key) else { return };
+            match (action, call.commands.take()) {
+                (GrpcAction::Send { message, end_stream }, Some(tx)) => {
+                    let _ = tx.send(GrpcCommand::Send(message.clone(), *end_stream));
+                    call.commands = Some(tx);
                 }
-                GrpcAction::Close => {
-                    if let Some(link) = links.remove(&key) {
-                        let _ = link.tx.send(GrpcCommand::Close);
-                    }
+                (GrpcAction::Close, Some(tx)) => {
+                    let _ = tx.send(GrpcCommand::Close);
                 }
-                GrpcAction::Cancel => {
-                    if let Some(link) = links.remove(&key) {
-                        link.task.abort();
-                    }
+                (GrpcAction::Send { .. }, None) => {}
+                (GrpcAction::Close | GrpcAction::Cancel, _) => {
+                    call.task.abort();
+                    calls.remove(&key);
                 }
             }
         });
@@ -304,9 +347,23 @@ fn status_in(h: &http::HeaderMap) -> Option<(i32, String)> {
     Some((status, message))
 }
 
+/// How many events of one gRPC call or stream may wait in the worker's inbox.
+const GRPC_EVENTS_IN_FLIGHT: usize = 16;
+
+/// Hands an event of gRPC call `token` to the worker, once the call has a credit for it (the
+/// credit comes back when the worker has delivered it).
+async fn send_event(inbox: &Inbox, credits: &Arc<tokio::sync::Semaphore>, group: usize, token: u32, event: GrpcEvent) {
+    if let Ok(credit) = credits.clone().acquire_owned().await {
+        inbox.send(Delivery::Grpc { group, token, event, _credit: credit });
+    }
+}
+
 /// One gRPC call or stream, run as a task on the worker that opened it.
 struct GrpcExchange {
     uid: u64,
+    /// Events of this call waiting in the inbox, at most [`GRPC_EVENTS_IN_FLIGHT`]: a cluster
+    /// that streams faster than the filter takes its messages is read no faster.
+    credits: Arc<tokio::sync::Semaphore>,
     addr: Option<SocketAddr>,
     connect_timeout: Duration,
     call: GrpcCallout,
@@ -316,8 +373,8 @@ struct GrpcExchange {
 }
 
 impl GrpcExchange {
-    fn deliver(&self, event: GrpcEvent) {
-        self.inbox.send(Delivery::Grpc { group: self.group, token: self.call.token, event });
+    async fn deliver(&self, event: GrpcEvent) {
+        send_event(&self.inbox, &self.credits, self.group, self.call.token, event).await;
     }
 
     /// Runs the exchange and always ends it for the filter: a unary call with its response or
@@ -329,12 +386,11 @@ impl GrpcExchange {
             None => exchange.await,
         };
         match end {
-            Ok(Some(response)) => self.deliver(GrpcEvent::Response(response)),
+            Ok(Some(response)) => self.deliver(GrpcEvent::Response(response)).await,
             Ok(None) => {}
-            Err((status, message)) => self.deliver(GrpcEvent::Close(status, message)),
+            Err((status, message)) => self.deliver(GrpcEvent::Close(status, message)).await,
         }
-        let key = (self.uid, self.group, self.call.token);
-        let _ = GRPC.try_with(|g| g.borrow_mut().remove(&key));
+        untrack((self.uid, self.group, self.call.token));
     }
 
     /// `Ok(Some(message))`: a unary call's response; `Ok(None)`: a stream that ended (its close
@@ -378,17 +434,37 @@ impl GrpcExchange {
         let group = self.group;
         let token = call.token;
         let inbox = self.inbox.clone();
+        let credits = self.credits.clone();
         let sender = async move {
             while let Some(cmd) = rx.recv().await {
-                let (message, end, sent) = match cmd {
+                let (mut data, end, sent) = match cmd {
                     GrpcCommand::Send(m, end) => (grpc_frame(&m), end, true),
                     GrpcCommand::Close => (Bytes::new(), true, false),
                 };
-                if writer.send_data(message, end).is_err() {
-                    break;
+                // Written as the peer's flow-control window opens, so no more than the window
+                // waits in the connection's buffers; the rest stays counted against the filter's
+                // quota (`max_grpc_pending_sends`) until then.
+                loop {
+                    let mut chunk = data.clone();
+                    if !data.is_empty() {
+                        writer.reserve_capacity(data.len());
+                        let Some(Ok(granted)) = std::future::poll_fn(|cx| writer.poll_capacity(cx)).await else {
+                            return;
+                        };
+                        if granted == 0 {
+                            continue;
+                        }
+                        chunk = data.split_to(granted.min(data.len()));
+                    }
+                    if writer.send_data(chunk, end && data.is_empty()).is_err() {
+                        return;
+                    }
+                    if data.is_empty() {
+                        break;
+                    }
                 }
                 if sent {
-                    inbox.send(Delivery::Grpc { group, token, event: GrpcEvent::Sent(1) });
+                    send_event(&inbox, &credits, group, token, GrpcEvent::Sent(1)).await;
                 }
                 if end {
                     break;
@@ -400,7 +476,8 @@ impl GrpcExchange {
         let receiver = self.receive(&mut h2);
         tokio::select! {
             r = receiver => r,
-            () = sender => Ok(None),
+            // The request stream broke: the response tells the rest.
+            () = sender => std::future::pending().await,
         }
     }
 
@@ -421,12 +498,12 @@ impl GrpcExchange {
         // Trailers-only: the status is in the headers.
         if let Some(end) = status_in(&headers) {
             if call.stream {
-                self.deliver(GrpcEvent::InitialMetadata(metadata(&headers)));
+                self.deliver(GrpcEvent::InitialMetadata(metadata(&headers))).await;
             }
             return Err(end);
         }
         if call.stream {
-            self.deliver(GrpcEvent::InitialMetadata(metadata(&headers)));
+            self.deliver(GrpcEvent::InitialMetadata(metadata(&headers))).await;
         }
         let mut buf: Vec<u8> = Vec::new();
         let mut response: Option<Vec<u8>> = None;
@@ -449,7 +526,7 @@ impl GrpcExchange {
                 let message = buf[5..5 + len].to_vec();
                 buf.drain(..5 + len);
                 if call.stream {
-                    self.deliver(GrpcEvent::Message(message));
+                    self.deliver(GrpcEvent::Message(message)).await;
                 } else if response.replace(message).is_some() {
                     return Err((12, "a unary call got more than one response message".into()));
                 }
@@ -460,7 +537,7 @@ impl GrpcExchange {
         }
         let trailers = h2.read_trailers().await.map_err(reset)?.unwrap_or_default();
         if call.stream {
-            self.deliver(GrpcEvent::TrailingMetadata(metadata(&trailers)));
+            self.deliver(GrpcEvent::TrailingMetadata(metadata(&trailers))).await;
         }
         let (status, message) = status_in(&trailers).unwrap_or((2, "the response had no grpc-status".into()));
         match (call.stream, status, response) {

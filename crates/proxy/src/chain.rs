@@ -245,6 +245,7 @@ impl FilterChains {
             Some(workers.swap_remove(at).1)
         });
         crate::callout::remove_inbox(self.uid);
+        crate::callout::abort_calls(self.uid, None);
         let Some(mut worker) = worker else { return };
         for inst in worker.vms.iter_mut().flatten() {
             for root in inst.vm.vm().roots() {
@@ -318,7 +319,12 @@ impl FilterChains {
     fn account(&self, plugin: Option<usize>, inst: &mut Instance) {
         let trapped = inst.vm.take_trap().is_some();
         let now = inst.vm.stats();
-        let Some(c) = plugin.map(|p| &self.plugins[p].counters) else { return };
+        let Some(entry) = plugin.map(|p| &self.plugins[p]) else { return };
+        if now.reloads > inst.seen.reloads {
+            // The callouts of the VM that was replaced answer to nobody now.
+            crate::callout::abort_calls(self.uid, Some(entry.group));
+        }
+        let c = &entry.counters;
         if trapped {
             c.traps.fetch_add(1, Ordering::Relaxed);
         }
@@ -339,7 +345,7 @@ impl FilterChains {
                         self.after_root_callback(group, inst);
                     }
                 }
-                crate::callout::Delivery::Grpc { group, token, event } => {
+                crate::callout::Delivery::Grpc { group, token, event, .. } => {
                     if let Some(inst) = w.vms.get_mut(group).and_then(Option::as_mut) {
                         use crate::callout::GrpcEvent as E;
                         // An unknown token (cancelled, closed, expired, or the VM was reloaded
