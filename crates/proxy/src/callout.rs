@@ -579,13 +579,7 @@ async fn request(
     while session.response_header().is_some_and(|h| h.status.is_informational()) {
         session.read_response_header().await?;
     }
-    let mut headers = HeaderMap::new();
-    if let Some(h) = session.response_header() {
-        headers.add(b":status", h.status.as_str().as_bytes());
-        for (k, v) in &h.headers {
-            headers.add(k.as_str().as_bytes(), v.as_bytes());
-        }
-    }
+    let headers = session.response_header().map(crate::proxy::response_map).unwrap_or_default();
     let mut body = Vec::new();
     while let Some(chunk) = session.read_response_body().await? {
         if body.len().saturating_add(chunk.len()) > max_body {

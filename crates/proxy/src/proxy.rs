@@ -127,7 +127,7 @@ pub struct RequestCtx {
     replacement: Option<Vec<u8>>,
     /// A filter closed the stream: the connection is dropped with no (further) response.
     reset: bool,
-    /// The client's request has a body.
+    /// The client's request has a body, and filters run on it.
     request_body: bool,
 }
 
@@ -382,7 +382,7 @@ impl ProxyHttp for WasmProxy {
     ) -> pingora::Result<()> {
         // As Envoy: a filter that changes the body's length removes `content-length` (the SDKs'
         // convention); a body left with no framing at all goes chunked, not dropped.
-        if ctx.request_body && self.has_filters(ctx) && !framed(&upstream_request.headers) {
+        if ctx.request_body && !framed(&upstream_request.headers) {
             upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
         Ok(())
