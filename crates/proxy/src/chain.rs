@@ -673,12 +673,10 @@ impl FilterChains {
 
 /// The slots of a stream in the order a direction visits them: requests in chain order,
 /// responses in reverse.
-fn ordered(slots: &[Slot], dir: StreamType) -> Vec<Slot> {
-    let mut v = slots.to_vec();
-    if dir != StreamType::HttpRequest {
-        v.reverse();
-    }
-    v
+fn ordered(slots: &[Slot], dir: StreamType) -> impl Iterator<Item = Slot> + '_ {
+    let forward = dir == StreamType::HttpRequest;
+    let (ahead, back) = if forward { (Some(slots.iter()), None) } else { (None, Some(slots.iter().rev())) };
+    ahead.into_iter().flatten().chain(back.into_iter().flatten()).copied()
 }
 
 /// A worker's background task: delivers its inbox and fires its VMs' ticks, on the worker's
