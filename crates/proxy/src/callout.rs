@@ -448,11 +448,12 @@ impl GrpcExchange {
                     let mut chunk = data.clone();
                     if !data.is_empty() {
                         writer.reserve_capacity(data.len());
-                        let Some(Ok(granted)) = std::future::poll_fn(|cx| writer.poll_capacity(cx)).await else {
-                            return;
-                        };
-                        if granted == 0 {
-                            continue;
+                        let mut granted = writer.capacity();
+                        while granted == 0 {
+                            match std::future::poll_fn(|cx| writer.poll_capacity(cx)).await {
+                                Some(Ok(n)) => granted = n,
+                                _ => return,
+                            }
                         }
                         chunk = data.split_to(granted.min(data.len()));
                     }
