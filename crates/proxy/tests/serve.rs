@@ -892,7 +892,8 @@ fn grpc_frame(message: &[u8]) -> Bytes {
 }
 
 /// A gRPC server over cleartext HTTP/2 that answers every message as it comes: `Say` with
-/// `pong:<message>:<x-md>` (status 7 for `deny`), any other method with `echo:<message>`;
+/// `pong:<message>:<x-md>` (status 7 for `deny`) once a stream has ended, any other method
+/// with `echo:<message>`;
 /// when the request stream ends, trailers with `grpc-status` and `x-trail: t`. It notes what
 /// it saw: `<path> <message>` and `<path> end`.
 struct GrpcServer {
@@ -933,6 +934,19 @@ fn grpc_server() -> GrpcServer {
                                     buf.drain(..5 + len);
                                     notes.lock().expect("notes").push(format!("{path} {message}"));
                                     let reply = if path.ends_with("/Say") {
+                                        // The reply waits (5 s at most) for a stream to be
+                                        // half-closed: the filter's request, which the reply
+                                        // resumes, then outlives its stream's first message.
+                                        let until = Instant::now() + Duration::from_secs(5);
+                                        while Instant::now() < until
+                                            && !notes
+                                                .lock()
+                                                .expect("notes")
+                                                .iter()
+                                                .any(|n| n == "/wasmux.Echo/Stream end")
+                                        {
+                                            tokio::time::sleep(Duration::from_millis(10)).await;
+                                        }
                                         if message == "deny" {
                                             status = "7";
                                         }
@@ -1024,6 +1038,19 @@ fn grpc_calls_and_streams_reach_the_cluster_over_http2() {
         let r = proxy.send("GET", "/api", &[("x-cancel", "1")], "");
         assert_eq!(r.status, 200, "{engine}: {r:?}");
         assert!(!r.body.contains("x-grpc-reply"), "{engine}: {}", r.body);
+        // The closed stream was half-closed (the server saw a second stream end, and no
+        // message on it), not left open.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = grpc.seen.lock().expect("seen").clone();
+            let ends = seen.iter().filter(|s| *s == "/wasmux.Echo/Stream end").count();
+            assert_eq!(seen.iter().filter(|s| *s == "/wasmux.Echo/Stream hello").count(), 1, "{engine}: {seen:?}");
+            if ends == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{engine}: the gRPC server saw {seen:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
