@@ -171,11 +171,6 @@ pub fn response_map(resp: &ResponseHeader) -> HeaderMap {
     m
 }
 
-/// The names in a header map (each once).
-fn header_names(h: &http::HeaderMap) -> Vec<http::HeaderName> {
-    h.keys().cloned().collect()
-}
-
 /// The regular headers of a filter's map, for Pingora: pseudo-headers left out, and a name
 /// HTTP does not allow dropped with a warning.
 pub fn regular_headers(m: &HeaderMap) -> impl Iterator<Item = (http::HeaderName, &[u8])> {
@@ -188,7 +183,89 @@ pub fn regular_headers(m: &HeaderMap) -> impl Iterator<Item = (http::HeaderName,
     })
 }
 
-/// Writes what the filters made of the request back into Pingora's request header.
+/// Pingora's request and response headers, edited through their own methods (which keep the
+/// case of the names they were received with).
+trait EditHeaders {
+    fn map(&self) -> &http::HeaderMap;
+    fn remove(&mut self, name: &http::HeaderName);
+    fn append(&mut self, name: http::HeaderName, value: &[u8]) -> pingora::Result<()>;
+}
+
+impl EditHeaders for RequestHeader {
+    fn map(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.remove_header(name);
+    }
+    fn append(&mut self, name: http::HeaderName, value: &[u8]) -> pingora::Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+}
+
+impl EditHeaders for ResponseHeader {
+    fn map(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.remove_header(name);
+    }
+    fn append(&mut self, name: http::HeaderName, value: &[u8]) -> pingora::Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+}
+
+/// Past this many headers the edit is a rewrite of every header: the per-name comparison is
+/// quadratic in the count.
+const EDIT_IN_PLACE_MAX: usize = 64;
+
+/// Makes Pingora's headers hold `want` (name, value pairs in order): names whose values the
+/// filters left as they were are not touched (they keep their case, position and storage); a
+/// name whose values changed is written again with the new values, in the filters' order.
+fn sync_headers(h: &mut impl EditHeaders, want: &[(&[u8], &[u8])]) -> pingora::Result<()> {
+    let have = h.map();
+    if have.len() == want.len()
+        && have.iter().zip(want).all(|((k, v), (wk, wv))| k.as_str().as_bytes() == *wk && v.as_bytes() == *wv)
+    {
+        return Ok(());
+    }
+    let rewrite_all = want.len() > EDIT_IN_PLACE_MAX || have.keys_len() > EDIT_IN_PLACE_MAX;
+    // Names present now that the filters dropped, or whose values they changed.
+    let mut drop: Vec<http::HeaderName> = Vec::new();
+    for name in have.keys() {
+        let key = name.as_str().as_bytes();
+        let ours = want.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v);
+        if rewrite_all || !have.get_all(name).iter().map(http::HeaderValue::as_bytes).eq(ours) {
+            drop.push(name.clone());
+        }
+    }
+    // Names to write: changed ones, and ones not there yet.
+    let write = |k: &[u8]| {
+        rewrite_all
+            || std::str::from_utf8(k).map_or(true, |k| !have.contains_key(k))
+            || drop.iter().any(|d| d.as_str().as_bytes() == k)
+    };
+    let writes: Vec<bool> = want.iter().map(|(k, _)| write(k)).collect();
+    for name in &drop {
+        h.remove(name);
+    }
+    for (&(k, v), _) in want.iter().zip(&writes).filter(|(_, w)| **w) {
+        match http::HeaderName::from_bytes(k) {
+            Ok(name) => h.append(name, v)?,
+            Err(_) => tracing::warn!(target: "wasmux::proxy", "dropped a header with an invalid name from a filter"),
+        }
+    }
+    Ok(())
+}
+
+/// The regular headers of a filter's map as name, value pairs.
+fn regular_pairs(m: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+    m.iter().filter(|(k, _)| !k.starts_with(b":"))
+}
+
+/// Writes what the filters made of the request back into Pingora's request header: `:method`,
+/// `:path`, `:authority` (as `host`) and the headers. Headers the filters did not change are
+/// left as they were.
 pub fn apply_request(req: &mut RequestHeader, m: &HeaderMap) -> pingora::Result<()> {
     if let Some(method) = m.get(b":method")
         && method != req.method.as_str().as_bytes()
@@ -202,21 +279,13 @@ pub fn apply_request(req: &mut RequestHeader, m: &HeaderMap) -> pingora::Result<
     {
         req.set_raw_path(path)?;
     }
-    for name in header_names(&req.headers) {
-        req.remove_header(&name);
-    }
-    if let Some(authority) = m.get(b":authority")
-        && !authority.is_empty()
-    {
-        req.insert_header(http::header::HOST, authority)?;
-    }
-    for (name, v) in regular_headers(m) {
-        req.append_header(name, v)?;
-    }
-    Ok(())
+    let authority = m.get(b":authority").filter(|a| !a.is_empty());
+    let want: Vec<(&[u8], &[u8])> = authority.map(|a| (&b"host"[..], a)).into_iter().chain(regular_pairs(m)).collect();
+    sync_headers(req, &want)
 }
 
-/// Writes what the filters made of the response back into Pingora's response header.
+/// Writes what the filters made of the response back into Pingora's response header:
+/// `:status` and the headers. Headers the filters did not change are left as they were.
 pub fn apply_response(resp: &mut ResponseHeader, m: &HeaderMap) -> pingora::Result<()> {
     if let Some(status) = m.get(b":status")
         && status != resp.status.as_str().as_bytes()
@@ -227,13 +296,8 @@ pub fn apply_response(resp: &mut ResponseHeader, m: &HeaderMap) -> pingora::Resu
             None => tracing::warn!(target: "wasmux::proxy", "a filter set an invalid :status; kept the upstream's"),
         }
     }
-    for name in header_names(&resp.headers) {
-        resp.remove_header(&name);
-    }
-    for (name, v) in regular_headers(m) {
-        resp.append_header(name, v)?;
-    }
-    Ok(())
+    let want: Vec<(&[u8], &[u8])> = regular_pairs(m).collect();
+    sync_headers(resp, &want)
 }
 
 /// The response header of a local reply, and its body.

@@ -263,6 +263,72 @@ fn header_edits_reach_the_upstream_and_the_client() {
     }
 }
 
+/// The request's headers on the wire (HTTP/1.1, with their case), as Pingora writes them.
+fn wire(req: &pingora::http::RequestHeader) -> String {
+    let mut buf = bytes::BytesMut::new();
+    req.header_to_h1_wire(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[test]
+fn header_edits_touch_only_the_headers_a_filter_changed() {
+    use wasmux_proxy::proxy::{apply_request, apply_response, request_map, response_map};
+    let mut req = pingora::http::RequestHeader::build("GET", b"/a", None).unwrap();
+    for (k, v) in [("Host", "example.com"), ("x-KeEp", "1"), ("Accept", "a"), ("Accept", "b"), ("X-Drop", "z")] {
+        req.append_header(k.to_string(), v).unwrap();
+    }
+    let before = wire(&req);
+    // Unchanged: the request stays byte for byte what the client sent (case and order).
+    let map = request_map(&req);
+    apply_request(&mut req, &map).unwrap();
+    assert_eq!(wire(&req), before);
+    // Changed: a value replaced, a repeated header cut to one value, one removed, one added,
+    // and the authority (host) changed; the rest keep their case.
+    let mut map = request_map(&req);
+    map.replace(b"accept", b"c");
+    map.remove(b"x-drop");
+    map.add(b"x-new", b"n");
+    map.add(b"x-new", b"m");
+    map.replace(b":authority", b"other.example");
+    map.replace(b":path", b"/b");
+    apply_request(&mut req, &map).unwrap();
+    let after = wire(&req);
+    assert!(after.contains("x-KeEp: 1\r\n"), "{after}");
+    assert!(!after.contains("X-Drop") && !after.contains("x-drop"), "{after}");
+    assert_eq!(req.headers.get_all("accept").iter().collect::<Vec<_>>(), ["c"], "{after}");
+    assert_eq!(req.headers.get_all("x-new").iter().collect::<Vec<_>>(), ["n", "m"], "{after}");
+    assert_eq!(req.headers.get("host").map(|h| h.as_bytes()), Some(&b"other.example"[..]));
+    assert_eq!(req.raw_path(), b"/b");
+    // The filters' map and the request agree again: applying it once more changes nothing.
+    let again = wire(&req);
+    let map = request_map(&req);
+    apply_request(&mut req, &map).unwrap();
+    assert_eq!(wire(&req), again);
+
+    let mut resp = pingora::http::ResponseHeader::build(200, None).unwrap();
+    resp.append_header("Server", "up").unwrap();
+    resp.append_header("Set-Cookie", "a=1").unwrap();
+    resp.append_header("Set-Cookie", "b=2").unwrap();
+    let mut map = response_map(&resp);
+    map.replace(b":status", b"201");
+    map.replace(b"server", b"wasmux");
+    map.add(b"set-cookie", b"c=3");
+    apply_response(&mut resp, &map).unwrap();
+    assert_eq!(resp.status.as_u16(), 201);
+    assert_eq!(resp.headers.get("server").map(|h| h.as_bytes()), Some(&b"wasmux"[..]));
+    assert_eq!(resp.headers.get_all("set-cookie").iter().collect::<Vec<_>>(), ["a=1", "b=2", "c=3"]);
+    // A map past the edit-in-place bound is written whole, with the same result.
+    let mut map = response_map(&resp);
+    for i in 0..80 {
+        map.add(format!("x-h{i}").as_bytes(), b"v");
+    }
+    map.remove(b"server");
+    apply_response(&mut resp, &map).unwrap();
+    assert_eq!(resp.headers.len(), 3 + 80);
+    assert!(resp.headers.get("server").is_none());
+    assert_eq!(resp.headers.get_all("set-cookie").iter().count(), 3);
+}
+
 #[test]
 fn local_replies_answer_without_the_upstream() {
     let up = upstream();
