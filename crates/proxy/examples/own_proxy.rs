@@ -37,7 +37,9 @@ impl ProxyHttp for MyProxy {
         let mut headers = request_map(session.req_header());
         let end_of_stream = session.as_downstream_mut().is_body_empty();
         match self.chains.request_headers(ctx, &mut headers, end_of_stream).await {
-            Verdict::Continue => {
+            // HeldForBody comes only from plugins set to `allow_on_headers_stop_iteration`;
+            // `wasmux serve` then feeds them the body (`FilterChains::held_request_body`).
+            Verdict::Continue | Verdict::HeldForBody => {
                 apply_request(session.req_header_mut(), &headers)?;
                 Ok(false)
             }

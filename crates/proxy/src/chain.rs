@@ -14,7 +14,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -51,6 +51,9 @@ pub struct PluginEntry {
     root: usize,
     /// Counters.
     pub counters: Arc<PluginCounters>,
+    /// Envoy's `allow_on_headers_stop_iteration`: a pause in the request headers holds them
+    /// while the body flows to the filter ([`Verdict::HeldForBody`]).
+    allow_headers_stop: AtomicBool,
 }
 
 /// The plugins of a proxy, grouped into VMs, and the per-worker instances of those VMs.
@@ -80,6 +83,10 @@ pub enum Verdict {
     Timeout,
     /// A filter closed the stream (`proxy_close_stream`): reset it, with no response.
     Reset,
+    /// A filter with `allow_on_headers_stop_iteration` paused the request headers: they stay
+    /// here, and the request body goes to that filter (and the ones before it) through
+    /// [`FilterChains::held_request_body`] until it lets the headers go.
+    HeldForBody,
 }
 
 /// One filter of a stream.
@@ -101,6 +108,8 @@ pub struct StreamFilters {
     response_ended: bool,
     finished: bool,
     deadline: Option<Instant>,
+    /// The position (in request order) of the filter holding the request headers.
+    held: Option<usize>,
 }
 
 impl Drop for StreamFilters {
@@ -124,7 +133,7 @@ struct Worker {
     /// Stream contexts not yet deleted on this worker, for the admin endpoint and draining.
     live: Arc<AtomicI64>,
     /// A queue notification waits in the inbox.
-    queue_pending: Arc<std::sync::atomic::AtomicBool>,
+    queue_pending: Arc<AtomicBool>,
 }
 
 /// A worker's instance of one VM, and what the worker tracks about it.
@@ -199,10 +208,28 @@ impl FilterChains {
                 return Err(StartError { plugin, message: e.to_string() });
             }
             for (root, p) in group.iter().enumerate() {
-                plugins.push(PluginEntry { name: p.options().name.clone(), group: g, root, counters: Arc::default() });
+                plugins.push(PluginEntry {
+                    name: p.options().name.clone(),
+                    group: g,
+                    root,
+                    counters: Arc::default(),
+                    allow_headers_stop: AtomicBool::new(false),
+                });
             }
         }
         Ok(Arc::new_cyclic(|me| Self { uid, me: me.clone(), groups, plugins, live: Mutex::default() }))
+    }
+
+    /// Sets Envoy's `allow_on_headers_stop_iteration` for the plugin named `plugin` (off by
+    /// default, as in Envoy): a pause in its request headers then holds them while the request
+    /// body flows to it, so it can decide on the headers after reading the body. Off, a pause
+    /// in the headers waits for `proxy_continue_stream` and the body waits too. Returns whether
+    /// the plugin exists.
+    pub fn set_allow_on_headers_stop_iteration(&self, plugin: &str, allow: bool) -> bool {
+        self.plugins.iter().filter(|p| p.name == plugin).fold(false, |_, p| {
+            p.allow_headers_stop.store(allow, Ordering::Relaxed);
+            true
+        })
     }
 
     /// The plugins.
@@ -441,6 +468,7 @@ impl FilterChains {
             response_ended: false,
             finished: false,
             deadline: timeout.map(|t| Instant::now() + t),
+            held: None,
         };
         self.with_worker(|w| {
             for &plugin in &chain.0 {
@@ -498,7 +526,7 @@ impl FilterChains {
         end_of_stream: bool,
     ) -> Verdict {
         state.request_ended = end_of_stream;
-        self.headers(state, headers, end_of_stream, StreamType::HttpRequest).await
+        self.headers(state, headers, end_of_stream, StreamType::HttpRequest, 0).await
     }
 
     /// Response headers through the chain, in reverse order.
@@ -509,11 +537,19 @@ impl FilterChains {
         end_of_stream: bool,
     ) -> Verdict {
         state.response_ended = end_of_stream;
-        self.headers(state, headers, end_of_stream, StreamType::HttpResponse).await
+        self.headers(state, headers, end_of_stream, StreamType::HttpResponse, 0).await
     }
 
-    async fn headers(&self, state: &StreamFilters, headers: &mut HeaderMap, eos: bool, dir: StreamType) -> Verdict {
-        for slot in ordered(&state.slots, dir) {
+    /// Headers through the filters from position `from` of the direction's order.
+    async fn headers(
+        &self,
+        state: &mut StreamFilters,
+        headers: &mut HeaderMap,
+        eos: bool,
+        dir: StreamType,
+        from: usize,
+    ) -> Verdict {
+        for (at, slot) in ordered(&state.slots, dir).enumerate().skip(from).collect::<Vec<_>>() {
             let Some(id) = slot.id else {
                 // The filter's VM did not start on this worker: its failure policy answers the
                 // request (a response has no second chance).
@@ -527,13 +563,27 @@ impl FilterChains {
                 }
                 continue;
             };
+            let mut stop_iteration = false;
             let step = self.call(slot, id, dir, |vm| {
-                if dir == StreamType::HttpRequest {
+                let r = if dir == StreamType::HttpRequest {
                     vm.request_headers(id, headers.clone(), eos)
                 } else {
                     vm.response_headers(id, headers.clone(), eos)
-                }
+                };
+                stop_iteration = matches!(r, Ok(Action::Pause));
+                r
             });
+            // Envoy's `allow_on_headers_stop_iteration`: StopIteration (not the StopAll
+            // statuses) holds the request headers while the body goes on to the filter.
+            if matches!(step, Step::Paused)
+                && stop_iteration
+                && dir == StreamType::HttpRequest
+                && !eos
+                && self.plugins[slot.plugin].allow_headers_stop.load(Ordering::Relaxed)
+            {
+                state.held = Some(at);
+                return Verdict::HeldForBody;
+            }
             let step = if matches!(step, Step::Paused) { self.wait(state, slot, dir).await } else { step };
             match self.verdict(slot, step) {
                 Verdict::Continue => self.headers_of(slot, id, dir, headers),
@@ -556,9 +606,21 @@ impl FilterChains {
             return (chunk.to_vec(), Verdict::Continue);
         }
         state.request_ended = end_of_stream;
+        self.request_body_through(state, chunk.to_vec(), end_of_stream, 0..usize::MAX).await
+    }
+
+    /// Request body bytes through the filters at `range` of the request order. A filter that
+    /// buffers before the end holds them back (nothing to send, `Continue`).
+    async fn request_body_through(
+        &self,
+        state: &StreamFilters,
+        mut data: Vec<u8>,
+        end_of_stream: bool,
+        range: std::ops::Range<usize>,
+    ) -> (Vec<u8>, Verdict) {
         let dir = StreamType::HttpRequest;
-        let mut data = chunk.to_vec();
-        for slot in ordered(&state.slots, dir) {
+        let slots: Vec<Slot> = ordered(&state.slots, dir).take(range.end).skip(range.start).collect();
+        for slot in slots {
             let Some(id) = slot.id else { continue };
             let mut step = self.call(slot, id, dir, |vm| vm.request_body(id, &data, end_of_stream));
             if matches!(step, Step::Paused) {
@@ -574,6 +636,104 @@ impl FilterChains {
             }
         }
         (data, Verdict::Continue)
+    }
+
+    /// Request body for a chain whose headers a filter holds ([`Verdict::HeldForBody`]):
+    /// `chunk` goes through the filters up to the holder, in order. `None` is no new body, only
+    /// a look at whether the holder let the headers go (`proxy_continue_stream` from a callout,
+    /// tick or queue; see [`Self::held_signal`]).
+    ///
+    /// Returns `HeldForBody` while the headers are still held (the body stays with the
+    /// filters). When the holder lets them go (its body callback continues, or it resumed the
+    /// stream), `headers` becomes what it made of them, the headers go on through the rest of
+    /// the chain, then the body it let through: `Continue` returns the body to send upstream
+    /// with those headers. A later filter may hold them again (`HeldForBody`).
+    pub async fn held_request_body(
+        &self,
+        state: &mut StreamFilters,
+        headers: &mut HeaderMap,
+        chunk: Option<&[u8]>,
+        end_of_stream: bool,
+    ) -> (Vec<u8>, Verdict) {
+        let Some(at) = state.held else { return (chunk.unwrap_or_default().to_vec(), Verdict::Continue) };
+        let dir = StreamType::HttpRequest;
+        let Some(holder) = ordered(&state.slots, dir).nth(at) else { return (Vec::new(), Verdict::Continue) };
+        let id = holder.id.unwrap_or_default();
+        let mut data = match chunk {
+            Some(chunk) => {
+                state.request_ended = end_of_stream;
+                // The filters before the holder, then the holder itself.
+                let (data, verdict) = self.request_body_through(state, chunk.to_vec(), end_of_stream, 0..at).await;
+                match verdict {
+                    Verdict::Continue => {}
+                    other => return (Vec::new(), other),
+                }
+                let mut step = self.call(holder, id, dir, |vm| vm.request_body(id, &data, end_of_stream));
+                if matches!(step, Step::Paused) {
+                    // Still held, unless the filter resumed the stream meanwhile.
+                    step = match self.with_instance(holder.group, |inst| resumed(&mut inst.vm, id, dir)).flatten() {
+                        Some(step) => step,
+                        None if end_of_stream => self.wait(state, holder, dir).await,
+                        None => return (Vec::new(), Verdict::HeldForBody),
+                    };
+                }
+                match self.verdict(holder, step) {
+                    Verdict::Continue => {}
+                    other => return (Vec::new(), other),
+                }
+                self.released(holder, id, dir)
+            }
+            None => {
+                let step = self.with_instance(holder.group, |inst| resumed(&mut inst.vm, id, dir)).flatten();
+                match step.map(|s| self.verdict(holder, s)) {
+                    None => return (Vec::new(), Verdict::HeldForBody),
+                    Some(Verdict::Continue) => self.released(holder, id, dir),
+                    Some(other) => return (Vec::new(), other),
+                }
+            }
+        };
+        // The holder let the headers go: they go on through the rest of the chain.
+        state.held = None;
+        self.headers_of(holder, id, dir, headers);
+        match self.headers(state, headers, false, dir, at + 1).await {
+            Verdict::Continue => {}
+            Verdict::HeldForBody => {
+                // Held again further on: what the first holder let through goes to the filters
+                // up to the new one.
+                let next = state.held.unwrap_or(at + 1);
+                let (rest, verdict) = self
+                    .request_body_through(state, std::mem::take(&mut data), state.request_ended, at + 1..next)
+                    .await;
+                return match verdict {
+                    Verdict::Continue => {
+                        Box::pin(self.held_request_body(state, headers, Some(&rest), state.request_ended)).await
+                    }
+                    other => (Vec::new(), other),
+                };
+            }
+            other => return (Vec::new(), other),
+        }
+        let ended = state.request_ended;
+        self.request_body_through(state, data, ended, at + 1..usize::MAX).await
+    }
+
+    /// Resolves when the filter holding the request headers may have resumed the stream (then
+    /// call [`Self::held_request_body`] with no chunk); `false` when the route's time ran out
+    /// first. Pending forever when nothing is held.
+    pub async fn held_signal(&self, state: &StreamFilters) -> bool {
+        let holder = state.held.and_then(|at| ordered(&state.slots, StreamType::HttpRequest).nth(at));
+        let notify = holder.and_then(|h| {
+            let id = h.id?;
+            self.with_instance(h.group, |inst| inst.waiters.entry(id).or_default().clone())
+        });
+        let Some(notify) = notify else { return std::future::pending().await };
+        match state.deadline {
+            Some(at) => tokio::time::timeout_at(at.into(), notify.notified()).await.is_ok(),
+            None => {
+                notify.notified().await;
+                true
+            }
+        }
     }
 
     /// A response body chunk through the chain, in reverse order. Pingora cannot wait in a

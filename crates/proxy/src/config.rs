@@ -149,6 +149,11 @@ pub struct PluginConfig {
     /// `fail_closed` (default), `fail_open` or `reload`.
     #[serde(default)]
     pub failure_policy: Option<Spanned<String>>,
+    /// Envoy's `allow_on_headers_stop_iteration` (default false): a filter that pauses the
+    /// request headers (StopIteration) holds them while the request body flows to it, up to
+    /// 64 KiB (413 past it), instead of stopping the body too.
+    #[serde(default)]
+    pub allow_on_headers_stop_iteration: bool,
     /// The VM.
     pub vm: VmConfig,
     /// Resource limits and quotas (the scenario format's `limits`).

@@ -129,7 +129,16 @@ pub struct RequestCtx {
     reset: bool,
     /// The client's request has a body, and filters run on it.
     request_body: bool,
+    /// The request body the filters let through while a filter held the headers: it replaces
+    /// the body Pingora read so far (its retry buffer) on the way upstream.
+    prefiltered: Option<Vec<u8>>,
 }
+
+/// The most request body a filter may hold the headers for (Envoy's
+/// `allow_on_headers_stop_iteration`): what Pingora keeps of a body it has read before the
+/// upstream request starts. Past it the request is answered 413, as Envoy answers a body past
+/// its buffer limit.
+pub const MAX_HELD_BODY: usize = 64 * 1024;
 
 /// The error that resets a stream a filter closed.
 fn reset_error(ctx: &mut RequestCtx) -> Box<pingora::Error> {
@@ -362,6 +371,50 @@ impl WasmProxy {
         Ok(())
     }
 
+    /// A filter holds the request headers until it has seen the body: reads the body here (kept
+    /// by Pingora, to be sent after the headers), hands it to the filters, and returns once the
+    /// headers go on, with the verdict.
+    async fn hold_for_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        headers: &mut HeaderMap,
+    ) -> pingora::Result<Verdict> {
+        session.as_downstream_mut().enable_retry_buffering();
+        let mut read = 0usize;
+        loop {
+            let next = tokio::select! {
+                chunk = session.read_request_body() => Some(chunk?),
+                resumed = self.chains.held_signal(&ctx.filters) => {
+                    if !resumed {
+                        return Ok(Verdict::Timeout);
+                    }
+                    None
+                }
+            };
+            let (chunk, eos) = match next {
+                Some(Some(chunk)) => {
+                    read += chunk.len();
+                    (Some(chunk), session.is_body_done())
+                }
+                Some(None) => (Some(Bytes::new()), true),
+                None => (None, false),
+            };
+            if read > MAX_HELD_BODY || session.as_downstream().retry_buffer_truncated() {
+                return Ok(Verdict::Reply(plain_reply(413, "Payload Too Large", "request_payload_too_large")));
+            }
+            let (data, verdict) = self.chains.held_request_body(&mut ctx.filters, headers, chunk.as_deref(), eos).await;
+            match verdict {
+                Verdict::HeldForBody => {}
+                Verdict::Continue => {
+                    ctx.prefiltered = Some(data);
+                    return Ok(Verdict::Continue);
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
     fn has_filters(&self, ctx: &RequestCtx) -> bool {
         ctx.route.is_some_and(|r| !self.routes[r].chain.0.is_empty())
     }
@@ -407,8 +460,12 @@ impl ProxyHttp for WasmProxy {
         ctx.filters = self.chains.start(&r.chain, r.timeout);
         let end_of_stream = session.as_downstream_mut().is_body_empty();
         ctx.request_body = !end_of_stream;
-        match self.chains.request_headers(&mut ctx.filters, &mut headers, end_of_stream).await {
-            Verdict::Continue => {
+        let mut verdict = self.chains.request_headers(&mut ctx.filters, &mut headers, end_of_stream).await;
+        if matches!(verdict, Verdict::HeldForBody) {
+            verdict = self.hold_for_body(session, ctx, &mut headers).await?;
+        }
+        match verdict {
+            Verdict::Continue | Verdict::HeldForBody => {
                 apply_request(session.req_header_mut(), &headers)?;
                 Ok(false)
             }
@@ -462,10 +519,16 @@ impl ProxyHttp for WasmProxy {
         if !self.has_filters(ctx) {
             return Ok(());
         }
+        if let Some(data) = ctx.prefiltered.take() {
+            // What Pingora read while a filter held the headers (its retry buffer) has been
+            // through the filters already: send what they let through instead.
+            *body = (!(data.is_empty() && end_of_stream)).then(|| Bytes::from(data));
+            return Ok(());
+        }
         let chunk = body.take().unwrap_or_default();
         let (data, verdict) = self.chains.request_body(&mut ctx.filters, &chunk, end_of_stream).await;
         let reply = match verdict {
-            Verdict::Continue => {
+            Verdict::Continue | Verdict::HeldForBody => {
                 // Nothing at the end stays nothing (Pingora has already ended the upstream
                 // body then); an empty chunk before the end is skipped.
                 *body = (!(data.is_empty() && end_of_stream)).then(|| Bytes::from(data));
@@ -491,7 +554,7 @@ impl ProxyHttp for WasmProxy {
         let end_of_stream = response_is_empty(upstream_response, &session.req_header().method);
         let mut headers = response_map(upstream_response);
         let reply = match self.chains.response_headers(&mut ctx.filters, &mut headers, end_of_stream).await {
-            Verdict::Continue => {
+            Verdict::Continue | Verdict::HeldForBody => {
                 apply_response(upstream_response, &headers)?;
                 // As Envoy, `content-length` stays as the filters left it. A body they left
                 // unframed (they removed `content-length` to change its length) goes chunked to
@@ -536,7 +599,7 @@ impl ProxyHttp for WasmProxy {
         let chunk = body.take().unwrap_or_default();
         let (data, verdict) = self.chains.response_body(&mut ctx.filters, &chunk, end_of_stream);
         match verdict {
-            Verdict::Continue => {
+            Verdict::Continue | Verdict::HeldForBody => {
                 *body = (!data.is_empty()).then(|| Bytes::from(data));
                 Ok(None)
             }

@@ -135,6 +135,9 @@ pub fn build(config: &Config, base: &Path) -> Result<Built, ServeError> {
     }
     let chains =
         FilterChains::with_uid(uid, groups).map_err(|e| ServeError::Plugin { plugin: e.plugin, message: e.message })?;
+    for p in config.plugins.iter().filter(|p| p.allow_on_headers_stop_iteration) {
+        chains.set_allow_on_headers_stop_iteration(p.name.as_str(), true);
+    }
 
     let cluster_index = |name: &str| clusters.iter().position(|c| c.name == name).unwrap_or(0);
     let mut listeners = Vec::new();
