@@ -5,7 +5,8 @@
 //! call are one atomic store and one atomic swap; no lock on the fast path.
 //!
 //! The engine's watchdog thread ticks (1 ms by default), publishes a coarse clock and scans
-//! the registered watches; a running call past its deadline is terminated. The race that
+//! the registered watches; a running call past its deadline is terminated. It ticks only while
+//! a call's deadline may pass (`CoarseClock::keep_ticking`), and parks when the engine is idle. The race that
 //! matters is a termination landing after the call it was meant for has finished, which would
 //! kill the next call: a termination is requested only under the watch's mutex and only while
 //! the word still says "running, not yet requested" (a compare-and-swap), and a call that
@@ -14,7 +15,9 @@
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use wasmux_abi::deadline::CoarseClock;
 
 pub(crate) use wasmux_abi::StopReason as Stopped;
 use wasmux_abi::{Error, Result};
@@ -34,8 +37,8 @@ const REASON_INTERRUPT: u8 = 2;
 pub(crate) struct Watch {
     /// `start_tick << SHIFT | REQUESTED | RUNNING`, or 0 when idle.
     state: AtomicU64,
-    /// The engine's coarse clock, in ticks.
-    clock: Arc<AtomicU64>,
+    /// The engine's coarse clock.
+    clock: CoarseClock,
     /// The deadline, in ticks (rounded up) and as configured.
     deadline: Option<(u64, Duration)>,
     /// Why the last termination was requested.
@@ -45,12 +48,11 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    pub(crate) fn new(clock: Arc<AtomicU64>, tick: Duration, deadline: Option<Duration>) -> Self {
-        let ticks = |d: Duration| u64::try_from(d.as_nanos().div_ceil(tick.as_nanos())).unwrap_or(u64::MAX).max(1);
+    pub(crate) fn new(clock: CoarseClock, deadline: Option<Duration>) -> Self {
         Self {
             state: AtomicU64::new(0),
+            deadline: deadline.map(|d| (clock.ticks(d), d)),
             clock,
-            deadline: deadline.map(|d| (ticks(d), d)),
             reason: AtomicU8::new(0),
             isolate: Mutex::new(None),
         }
@@ -67,7 +69,8 @@ impl Watch {
 
     /// A top-level call starts: its deadline runs from now.
     pub(crate) fn start(&self) {
-        let now = self.clock.load(Ordering::Acquire);
+        // The watchdog ticks through the deadline; without one it is not needed.
+        let now = self.clock.keep_ticking(self.deadline.map_or(0, |(ticks, _)| ticks));
         self.state.store((now << SHIFT) | RUNNING, Ordering::Release);
     }
 
@@ -132,8 +135,9 @@ impl Watch {
     }
 
     /// Called by the watchdog: terminates a call that ran past its deadline.
-    fn check(&self, now: u64) {
+    fn check(&self) {
         let Some((ticks, _)) = self.deadline else { return };
+        let now = self.clock.now();
         self.terminate_if(REASON_DEADLINE, |s| now.saturating_sub(s >> SHIFT) >= ticks);
     }
 
@@ -146,44 +150,34 @@ impl Watch {
 /// The engine's watchdog: a coarse clock and the watches to check.
 #[derive(Debug)]
 pub(crate) struct Watchdog {
-    pub(crate) clock: Arc<AtomicU64>,
-    pub(crate) tick: Duration,
+    pub(crate) clock: CoarseClock,
     watches: Arc<Mutex<Vec<Weak<Watch>>>>,
 }
 
 impl Watchdog {
     /// Starts the watchdog thread; it stops once the returned value is dropped.
     pub(crate) fn start(tick: Duration) -> Result<Self> {
-        let clock = Arc::new(AtomicU64::new(0));
         let watches: Arc<Mutex<Vec<Weak<Watch>>>> = Arc::default();
         let weak = Arc::downgrade(&watches);
-        let thread_clock = clock.clone();
-        let started = Instant::now();
-        std::thread::Builder::new()
-            .name("wasmux-v8-watchdog".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(tick);
-                    let Some(watches) = weak.upgrade() else { break };
-                    let now = u64::try_from(started.elapsed().as_nanos() / tick.as_nanos()).unwrap_or(u64::MAX);
-                    thread_clock.store(now, Ordering::Release);
-                    let mut list = watches.lock().unwrap_or_else(PoisonError::into_inner);
-                    list.retain(|w| match w.upgrade() {
-                        Some(watch) => {
-                            watch.check(now);
-                            true
-                        }
-                        None => false,
-                    });
+        let clock = CoarseClock::start("wasmux-v8-watchdog", tick, move || {
+            let Some(watches) = weak.upgrade() else { return false };
+            let mut list = watches.lock().unwrap_or_else(PoisonError::into_inner);
+            list.retain(|w| match w.upgrade() {
+                Some(watch) => {
+                    watch.check();
+                    true
                 }
-            })
-            .map_err(|e| Error::Engine { engine: ENGINE_NAME, message: format!("cannot start the watchdog: {e}") })?;
-        Ok(Self { clock, tick, watches })
+                None => false,
+            });
+            true
+        })
+        .map_err(|e| Error::Engine { engine: ENGINE_NAME, message: format!("cannot start the watchdog: {e}") })?;
+        Ok(Self { clock, watches })
     }
 
     /// A new watch, checked by this watchdog.
     pub(crate) fn watch(&self, deadline: Option<Duration>) -> Arc<Watch> {
-        let watch = Arc::new(Watch::new(self.clock.clone(), self.tick, deadline));
+        let watch = Arc::new(Watch::new(self.clock.clone(), deadline));
         if deadline.is_some() {
             self.watches.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::downgrade(&watch));
         }

@@ -26,7 +26,8 @@
 //!   function the same way (one point per operator, charged at each branch, call and block
 //!   end), but when the points run out it calls a hidden host import, `refuel`, instead of
 //!   trapping. `refuel` checks the interrupt flag and the callback deadline against a coarse
-//!   wall clock (a thread per engine ticks every millisecond, as in the wasmtime backend) and
+//!   wall clock (a thread per engine ticks every millisecond while a call's deadline may pass,
+//!   and parks when the engine is idle, as in the wasmtime backend) and
 //!   either stops the call with [`TrapKind::Deadline`](wasmux_abi::TrapKind) or grants the
 //!   next slice: the points worth the rest of the deadline, at most [`INTERRUPT_CHECK`]. Every
 //!   host function checks the same flag and clock first, so time spent in the host counts.

@@ -24,7 +24,8 @@
 //!   wall time: guest code, host functions, re-entrant calls into the guest (the allocator)
 //!   and the translation of functions on their first call all count. Time is read from a
 //!   coarse clock ([`wasmux_abi::deadline::CoarseClock`], one thread per engine advancing a
-//!   tick count every [`WasmiConfig::clock_tick`], 1 ms by default), so checking it is one
+//!   tick count every [`WasmiConfig::clock_tick`], 1 ms by default, while a call's deadline
+//!   may pass; parked when the engine is idle), so checking it is one
 //!   atomic load, cheap enough for every host call; the bookkeeping of a call is a
 //!   [`CallDeadline`](wasmux_abi::deadline::CallDeadline), as on the wasmtime backend.
 //!   Deadlines are precise to about one tick: a call is never stopped before its deadline has

@@ -1,7 +1,7 @@
 //! A running instance: its store, resolved exports, deadlines and memory access.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use wasmtime::{AsContext, AsContextMut, Func, Memory, ResourceLimiter, Store, UpdateDeadline, Val};
 use wasmux_abi::deadline::CallDeadline;
@@ -92,7 +92,6 @@ impl ResourceLimiter for Limiter {
 pub struct WasmtimeInstance {
     store: Store<StoreData>,
     instance: wasmtime::Instance,
-    interrupt: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for WasmtimeInstance {
@@ -120,12 +119,7 @@ impl WasmtimeInstance {
                 max_table_elements: limits.max_table_elements,
                 table_elements: 0,
             },
-            clock: CallDeadline::new(
-                shared.clock.clone(),
-                limits.callback_deadline,
-                INTERRUPT_CHECK,
-                interrupt.clone(),
-            ),
+            clock: CallDeadline::new(shared.clock.clone(), limits.callback_deadline, INTERRUPT_CHECK, interrupt),
         };
         let mut store = Store::new(pre.module().engine(), data);
         store.limiter(|data| &mut data.limiter);
@@ -139,7 +133,7 @@ impl WasmtimeInstance {
         })?;
         let memory = instance.get_memory(&mut store, "memory");
         store.data_mut().memory = memory;
-        Ok(Self { store, instance, interrupt })
+        Ok(Self { store, instance })
     }
 }
 
@@ -190,8 +184,8 @@ impl WasmInstance for WasmtimeInstance {
     }
 
     fn interrupt_handle(&self) -> Arc<dyn Fn() + Send + Sync> {
-        let flag = self.interrupt.clone();
-        Arc::new(move || flag.store(true, Ordering::Release))
+        // Seen at the next epoch tick: the handle wakes the clock if it parked.
+        Arc::new(self.store.data().clock.interrupter())
     }
 }
 

@@ -22,7 +22,9 @@
 //! - **Deadlines and interrupts.** The engine runs with epoch interruption. One background
 //!   thread per engine advances the epoch every tick (1 ms by default), publishes a coarse
 //!   wall clock in ticks (one atomic load to read, much cheaper than `Instant::now`), and stops
-//!   when the engine is dropped. A top-level call notes the coarse time and arms the store's
+//!   when the engine is dropped. It ticks only while a call's deadline may pass (or an
+//!   interrupt handle asks): an idle engine's thread parks, with no wake-ups, and the next call
+//!   wakes it. A top-level call notes the coarse time and arms the store's
 //!   epoch deadline; the epoch callback checks the callback deadline against the coarse clock
 //!   and an "interrupt requested" flag, then either traps or re-arms for at most
 //!   [`INTERRUPT_CHECK`] more. Deadlines are thus precise to about one tick. Re-entrant calls from
