@@ -73,8 +73,9 @@
 //!   overflowing it traps with [`TrapKind::StackOverflow`](wasmux_abi::TrapKind). Re-entrant
 //!   calls (host → guest → host ...) do use native stack; WAMR checks the native stack bounds
 //!   of the calling thread before each call and traps ("native stack overflow", also
-//!   `StackOverflow`) instead of crashing. WAMR zeroes the interpreter stack when it makes the
-//!   execution environment, so each instance keeps about `max_stack_bytes` resident.
+//!   `StackOverflow`) instead of crashing. The interpreter stack is allocated (and zeroed by
+//!   WAMR) with each instance; `wasmux bench` measures what an extra instance costs in RSS
+//!   (docs/BENCHMARKS.md: about 1.1 MiB for an SDK filter, guest memory included, as on wasmi).
 //! - **Tables.** Initial table sizes over [`Limits::max_table_elements`](wasmux_abi::Limits)
 //!   (over all tables) fail instantiation. Growth is bounded by WAMR, not by that limit: WAMR
 //!   fixes each table's capacity when it loads the module, at the smaller of its declared
