@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Turns the JSON of `wasmux bench --json FILE` into docs/BENCHMARKS.md and docs/bench.svg.
 
-Usage: scripts/bench-report.py BENCH.json [--md docs/BENCHMARKS.md] [--svg docs/bench.svg]
+Usage: scripts/bench-report.py BENCH.json [--also OTHER.json ...] [--md docs/BENCHMARKS.md] [--svg docs/bench.svg]
+
+`--also` appends the table of another run (for example a few engines measured side by side in a
+build of their own) as a section of the same page, with that run's own command, date and load.
 
 Every number in the outputs comes from the JSON; the only figures written here are the targets
 of issue 7 (wasmtime on the project machine), which the report checks the wasmtime column
@@ -187,6 +190,66 @@ def markdown(report, engines, by_id, order, json_path, svg_name):
     return "\n".join(lines)
 
 
+def section(report, engines, by_id, order, json_path):
+    """The table of a separate run (`--also`), as a section of the page."""
+    load_avg = report.get("load_average", {})
+    lines = [f"## Separate run: {', '.join(engines)}", ""]
+    lines.append("Measured in a build of its own, side by side; regenerate with:")
+    lines.append("")
+    lines.append("```sh")
+    features = ",".join(e for e in engines if e != "null")
+    lines.append(f"cargo build --release -p wasmux-cli --no-default-features --features {features}")
+    lines.append(report.get("command", "wasmux bench --json bench.json"))
+    lines.append(f"python3 scripts/bench-report.py docs/bench.json --also {json_path}")
+    lines.append("```")
+    lines.append("")
+    lines.append(f"- **Date:** {report.get('date', '?')} {report.get('time_utc', '')} UTC")
+    if load_avg:
+        start = ", ".join(f"{x:.2f}" for x in load_avg.get("start", []))
+        end = ", ".join(f"{x:.2f}" for x in load_avg.get("end", []))
+        lines.append(f"- **Load average (1, 5, 15 min):** {start} at the start, {end} at the end")
+    settings = report.get("settings", {})
+    lines.append(f"- **Method:** as above, median of {settings.get('runs', '?')} timed runs per measure")
+    lines.append("- **Engines:** " + ", ".join(f"`{e['engine']}` ({e.get('fingerprint', '')})" for e in report["engines"]))
+    lines.append("")
+    lines.append("| measure | filter | " + " | ".join(engines) + " |")
+    lines.append("|" + "---|" * (len(engines) + 2))
+    errors = {}
+    for title, ids in GROUPS + [("Other", [i for i in order if all(i not in g[1] for g in GROUPS)])]:
+        ids = [i for i in ids if i in by_id]
+        if not ids:
+            continue
+        lines.append(f"| **{title}** |" + " |" * (len(engines) + 1))
+        for mid in ids:
+            entry = by_id[mid]
+            cells = []
+            for eng in engines:
+                m = entry["values"].get(eng)
+                if m is None or "median" not in m:
+                    cells.append("n/a")
+                    if m is not None and "error" in m:
+                        errors.setdefault((eng, m["error"]), []).append(mid)
+                else:
+                    cells.append(fmt(m["median"], entry["unit"]))
+            filt = entry["filter"] + entry["config"]
+            lines.append(f"| {entry['label']} (`{mid}`) | {filt} | " + " | ".join(cells) + " |")
+    lines.append("")
+    guest = None
+    for eng in engines:
+        extra = by_id.get("rss_1", {}).get("values", {}).get(eng, {}).get("extra") or {}
+        guest = guest or extra.get("guest_memory_bytes")
+    if guest:
+        lines.append(f"Memory: the guest's linear memory is {guest / 1024:,.0f} KiB per instance, counted in the RSS figures.")
+        lines.append("")
+    if errors:
+        lines.append("Not measured:")
+        lines.append("")
+        for (eng, message), ids in errors.items():
+            lines.append(f"- `{eng}`: " + ", ".join(f"`{i}`" for i in ids) + f": {message}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def svg(report, engines, by_id, order):
     """Small multiples: one panel per measure, one bar per engine, a dashed line at the target."""
     ids = [i for _, g in GROUPS for i in g if i in by_id] + [i for i in order if all(i not in g for _, g in GROUPS)]
@@ -243,6 +306,7 @@ def svg(report, engines, by_id, order):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", help="output of `wasmux bench --json FILE`")
+    parser.add_argument("--also", action="append", default=[], help="another run, appended as a section")
     parser.add_argument("--md", default="docs/BENCHMARKS.md")
     parser.add_argument("--svg", default="docs/bench.svg")
     args = parser.parse_args()
@@ -254,6 +318,9 @@ def main():
     svg_rel = os.path.relpath(args.svg, os.path.dirname(args.md) or ".")
     with open(args.md, "w", encoding="utf-8") as f:
         f.write(markdown(report, engines, by_id, order, args.json, svg_rel))
+        for other in args.also:
+            o_report, o_engines, o_by_id, o_order = load(other)
+            f.write("\n" + section(o_report, o_engines, o_by_id, o_order, other))
     with open(args.svg, "w", encoding="utf-8") as f:
         f.write(svg(report, engines, by_id, order))
     print(f"wrote {args.md} and {args.svg}")

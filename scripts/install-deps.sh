@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and the tests need, from the distribution (Debian 12):
 #
-#   cmake   pingora-core's zlib-ng (libz-ng-sys) builds with it (wasmux-proxy, `wasmux serve`)
+#   cmake         pingora-core's zlib-ng (libz-ng-sys) builds with it (wasmux-proxy, `wasmux serve`);
+#                 so do WAMR's vendored C sources (wasmux-wamr, engine `wamr`, through wamrx-sys)
+#   gcc           the C compiler CMake uses for WAMR and zlib-ng (usually there already)
+#   libclang-dev  bindgen generates WAMR's Rust bindings at build time with libclang
 #
 # Idempotent: packages already installed are left alone, and nothing runs when all are there.
 # Runs `apt-get update` once when the package lists are missing or stale (as root, or through
@@ -10,7 +13,7 @@
 # Usage: scripts/install-deps.sh [PACKAGE...]   (extra packages, e.g. for scripts/load-bench.sh)
 set -euo pipefail
 
-packages=(cmake "$@")
+packages=(cmake gcc libclang-dev "$@")
 
 missing=()
 for p in "${packages[@]}"; do

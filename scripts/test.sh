@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== system packages (cmake for pingora's zlib-ng): scripts/install-deps.sh"
+echo "== system packages (cmake for pingora's zlib-ng and WAMR, libclang-dev for WAMR's bindings): scripts/install-deps.sh"
 scripts/install-deps.sh
 
 echo "== V8 for the v8 engine (--all-features builds it): scripts/fetch-v8.sh"

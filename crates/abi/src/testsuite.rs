@@ -122,10 +122,25 @@ pub fn deadline(ms: u64) -> Limits {
 }
 
 /// Defines one `#[test]` per suite function for a [`Backend`] constant.
+///
+/// An engine that cannot meet a test declares it as a gap, with the reason:
+///
+/// ```ignore
+/// wasmux_abi::backend_suite!(BACKEND; gaps {
+///     table_growth_is_capped: "why this engine cannot pass it",
+/// });
+/// ```
+///
+/// A gap's test passes only if the suite function *fails*: a declared gap that passes fails
+/// the run, so the list can only shrink (as with the conformance suite's gaps). A gap that
+/// names no suite test fails too.
 #[macro_export]
 macro_rules! backend_suite {
     ($backend:expr) => {
-        $crate::backend_suite!(@each $backend;
+        $crate::backend_suite!($backend; gaps {});
+    };
+    ($backend:expr; gaps { $($gap:ident: $reason:literal),* $(,)? }) => {
+        $crate::backend_suite!(@each $backend; &[$((stringify!($gap), $reason)),*];
             calls_exports_with_raw_values, describes_imports_and_exports, compile_errors_are_reported,
             unknown_import_fails_at_instantiation, reads_memory, no_memory_export_reads_fail,
             traps_are_normalized, arithmetic_traps, deadline_stops_infinite_loop,
@@ -141,14 +156,43 @@ macro_rules! backend_suite {
             deadline_counts_host_time, no_deadline_means_none, deadline_waits_for_its_time,
         );
     };
-    (@each $backend:expr; $($name:ident,)*) => {
+    (@each $backend:expr; $gaps:expr; $($name:ident,)*) => {
         $(
             #[test]
             fn $name() {
-                $crate::testsuite::$name(&$backend)
+                $crate::testsuite::run(&$backend, stringify!($name), $gaps, $crate::testsuite::$name)
             }
         )*
+
+        #[test]
+        fn backend_suite_gaps_name_suite_tests() {
+            $crate::testsuite::check_gaps($gaps, &[$(stringify!($name)),*]);
+        }
     };
+}
+
+/// Runs suite test `name` on `b`, or, when `gaps` declares it, checks that it still fails.
+///
+/// # Panics
+/// When the test fails, or when a declared gap passes.
+pub fn run(b: &Backend, name: &str, gaps: &[(&str, &str)], test: fn(&Backend)) {
+    match gaps.iter().find(|(gap, _)| *gap == name) {
+        None => test(b),
+        Some((_, reason)) => {
+            let passed = std::panic::catch_unwind(|| test(b)).is_ok();
+            assert!(!passed, "{name} is a declared gap of {} ({reason}), but it passes: remove the gap", b.name);
+        }
+    }
+}
+
+/// Checks that every declared gap names a test of the suite.
+///
+/// # Panics
+/// When one does not.
+pub fn check_gaps(gaps: &[(&str, &str)], names: &[&str]) {
+    for (gap, _) in gaps {
+        assert!(names.contains(gap), "declared gap `{gap}` is not a test of the backend suite");
+    }
 }
 
 const ARITH: &str = r#"(module

@@ -313,6 +313,9 @@ fn expected_engines() -> Vec<&'static str> {
     if cfg!(feature = "wasmi") {
         v.push("wasmi");
     }
+    if cfg!(feature = "wamr") {
+        v.push("wamr");
+    }
     if cfg!(feature = "v8") {
         v.push("v8");
     }

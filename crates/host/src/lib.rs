@@ -23,6 +23,7 @@
 //! | `wasmtime` (default) | wasmtime 48, cranelift | epoch deadlines, memory limits |
 //! | `wasmer` | wasmer 7.3, cranelift (`wasmer`) and singlepass (`wasmer-singlepass`) | metered deadlines, memory limits |
 //! | `wasmi` | wasmi 2.0, interpreter | ~1 ms compiles (lazy translation); wall-clock deadlines checked between fuel slices, memory limits |
+//! | `wamr` | WAMR 2.4.3 fast interpreter (`wasmux_wamr`, vendored C) | eager translation at load; deadlines by `wasm_runtime_terminate` from a watchdog, memory limits; table growth bounded by WAMR's fixed capacities |
 //! | `null` | native shared libraries (`wasmux_null`) | no sandbox, no limits; trusted filters, gdb |
 //! | `all-engines` | every engine above | for CI and docs |
 //!

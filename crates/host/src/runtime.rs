@@ -23,6 +23,10 @@ pub enum Runtime {
     /// slices (feature `wasmi`).
     #[cfg(feature = "wasmi")]
     Wasmi,
+    /// WAMR's fast interpreter (WebAssembly Micro Runtime, vendored C sources); deadlines by
+    /// terminating the call from a watchdog thread (feature `wamr`).
+    #[cfg(feature = "wamr")]
+    Wamr,
     /// Native filters built as shared libraries, no sandbox (feature `null`). Its "bytes" are a
     /// library file or its path; see `wasmux_null`.
     #[cfg(feature = "null")]
@@ -38,6 +42,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("wasmer", "wasmer"),
     ("wasmer-singlepass", "wasmer"),
     ("wasmi", "wasmi"),
+    ("wamr", "wamr"),
     ("v8", "v8"),
     ("null", "null"),
 ];
@@ -54,6 +59,8 @@ impl Runtime {
             Self::WasmerSinglepass,
             #[cfg(feature = "wasmi")]
             Self::Wasmi,
+            #[cfg(feature = "wamr")]
+            Self::Wamr,
             #[cfg(feature = "null")]
             Self::Null,
             #[cfg(feature = "v8")]
@@ -72,6 +79,8 @@ impl Runtime {
             Self::WasmerSinglepass => "wasmer-singlepass",
             #[cfg(feature = "wasmi")]
             Self::Wasmi => "wasmi",
+            #[cfg(feature = "wamr")]
+            Self::Wamr => "wamr",
             #[cfg(feature = "null")]
             Self::Null => "null",
             #[cfg(feature = "v8")]
@@ -96,6 +105,8 @@ impl Runtime {
             }
             #[cfg(feature = "wasmi")]
             Self::Wasmi => Ok(Arc::new(wasmux_wasmi::WasmiEngine::new(Default::default())?)),
+            #[cfg(feature = "wamr")]
+            Self::Wamr => Ok(Arc::new(wasmux_wamr::WamrEngine::new(Default::default())?)),
             #[cfg(feature = "null")]
             Self::Null => Ok(Arc::new(wasmux_null::NullEngine::new())),
             #[cfg(feature = "v8")]
@@ -140,7 +151,7 @@ pub enum UnknownRuntime {
         feature: &'static str,
     },
     /// No engine has that name.
-    #[error("unknown engine `{0}` (known: wasmtime, wasmer, wasmer-singlepass, wasmi, v8, null)")]
+    #[error("unknown engine `{0}` (known: wasmtime, wasmer, wasmer-singlepass, wasmi, wamr, v8, null)")]
     Unknown(String),
 }
 
