@@ -5,7 +5,8 @@
 //! are one atomic store and one atomic swap.
 //!
 //! The engine's watchdog thread advances a coarse clock every tick and looks at the watches of
-//! instances that have a deadline; a call past it is terminated. The race that matters is a
+//! instances that have a deadline; a call past it is terminated. It ticks only while a call's
+//! deadline may pass (`CoarseClock::keep_ticking`), and parks when the engine is idle. The race that matters is a
 //! termination landing after the call it was meant for has finished, which would stop the
 //! next call: a termination is only requested under the watch's mutex, and only while the word
 //! still says "running, not yet requested" (a compare-and-swap); a call that finds the
@@ -14,9 +15,10 @@
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wamrx_sys as sys;
+use wasmux_abi::deadline::CoarseClock;
 use wasmux_abi::{Error, Result, StopReason};
 
 use crate::ENGINE_NAME;
@@ -42,7 +44,7 @@ unsafe impl Send for Target {}
 pub(crate) struct Watch {
     /// `start_tick << SHIFT | REQUESTED | RUNNING`, or 0 when idle.
     state: AtomicU64,
-    clock: Arc<AtomicU64>,
+    clock: CoarseClock,
     /// The deadline in ticks (rounded up), and as configured.
     deadline: Option<(u64, Duration)>,
     /// Why the last termination was requested.
@@ -62,7 +64,8 @@ impl Watch {
 
     /// A top-level call starts: its deadline runs from now, and requests made before are gone.
     pub(crate) fn start(&self) {
-        let now = self.clock.load(Ordering::Acquire);
+        // The watchdog ticks through the deadline; without one it is not needed.
+        let now = self.clock.keep_ticking(self.deadline.map_or(0, |(ticks, _)| ticks));
         self.state.store((now << SHIFT) | RUNNING, Ordering::Release);
     }
 
@@ -124,8 +127,9 @@ impl Watch {
     }
 
     /// Called by the watchdog: terminates a call past its deadline.
-    fn check(&self, now: u64) {
+    fn check(&self) {
         let Some((ticks, _)) = self.deadline else { return };
+        let now = self.clock.now();
         let late = |s: u64| s & RUNNING != 0 && s & REQUESTED == 0 && now.saturating_sub(s >> SHIFT) > ticks;
         // Most calls are on time: look without the lock first.
         if late(self.state.load(Ordering::Acquire)) {
@@ -142,42 +146,31 @@ impl Watch {
 /// The engine's watchdog: a coarse clock, and the watches that have a deadline.
 #[derive(Debug)]
 pub(crate) struct Watchdog {
-    clock: Arc<AtomicU64>,
-    tick: Duration,
+    clock: CoarseClock,
     watches: Arc<Mutex<Vec<Weak<Watch>>>>,
 }
 
 impl Watchdog {
-    /// Starts the watchdog thread; it stops one tick after the watchdog is dropped.
+    /// Starts the watchdog thread; it stops once the watchdog is dropped.
     pub(crate) fn start(tick: Duration) -> Result<Self> {
-        let clock = Arc::new(AtomicU64::new(0));
         let watches: Arc<Mutex<Vec<Weak<Watch>>>> = Arc::default();
         let list = Arc::downgrade(&watches);
-        let thread_clock = clock.clone();
-        let started = Instant::now();
-        std::thread::Builder::new()
-            .name("wasmux-wamr-watchdog".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(tick);
-                    let Some(watches) = list.upgrade() else { break };
-                    let now = u64::try_from(started.elapsed().as_nanos() / tick.as_nanos()).unwrap_or(u64::MAX);
-                    thread_clock.store(now, Ordering::Release);
-                    let mut watches = watches.lock().unwrap_or_else(PoisonError::into_inner);
-                    watches.retain(|w| w.upgrade().map(|watch| watch.check(now)).is_some());
-                }
-            })
-            .map_err(|e| Error::Engine { engine: ENGINE_NAME, message: format!("cannot start the watchdog: {e}") })?;
-        Ok(Self { clock, tick, watches })
+        let clock = CoarseClock::start("wasmux-wamr-watchdog", tick, move || {
+            let Some(watches) = list.upgrade() else { return false };
+            let mut watches = watches.lock().unwrap_or_else(PoisonError::into_inner);
+            watches.retain(|w| w.upgrade().map(|watch| watch.check()).is_some());
+            true
+        })
+        .map_err(|e| Error::Engine { engine: ENGINE_NAME, message: format!("cannot start the watchdog: {e}") })?;
+        Ok(Self { clock, watches })
     }
 
     /// A new watch for calls limited to `deadline` (`None`: interrupts only).
     pub(crate) fn watch(&self, deadline: Option<Duration>) -> Arc<Watch> {
-        let ticks = |d: Duration| u64::try_from(d.as_nanos().div_ceil(self.tick.as_nanos())).unwrap_or(u64::MAX).max(1);
         let watch = Arc::new(Watch {
             state: AtomicU64::new(0),
+            deadline: deadline.map(|d| (self.clock.ticks(d), d)),
             clock: self.clock.clone(),
-            deadline: deadline.map(|d| (ticks(d), d)),
             reason: AtomicU8::new(0),
             target: Mutex::new(None),
         });
