@@ -50,6 +50,7 @@ pub mod testsuite;
 mod types;
 pub mod validate;
 mod vm;
+pub mod watchdog;
 
 pub use driver::{HttpCallResponse, Vm};
 pub use error::{Error, Incompatibility, Rejection, Result, Trap, TrapKind};

@@ -54,7 +54,7 @@ pub(crate) unsafe extern "C" fn host_call(
     unsafe {
         let s = &mut *state;
         if s.watch.requested() {
-            s.pending = Some(s.watch.trap());
+            s.pending = Some(s.watch.trap(crate::ENGINE_NAME));
             return 1;
         }
     }

@@ -137,7 +137,7 @@ impl V8Instance {
         };
         // SAFETY: nothing else refers to the state yet.
         unsafe { (*state.as_ptr()).raw = raw.as_ptr() };
-        watch.set_isolate(Some(IsolatePtr(isolate)));
+        watch.set_target(Some(IsolatePtr(isolate)));
         // From here on, `Drop` cleans up.
         let instance = Self { state, raw, watch, module: module.clone(), _shared: shared.clone() };
 
@@ -202,7 +202,7 @@ impl V8Instance {
                 unsafe { (*state.as_ptr()).memory.fresh = false };
                 Ok(instance)
             }
-            TERMINATED => Err(instance.watch.trap()),
+            TERMINATED => Err(instance.watch.trap(ENGINE_NAME)),
             _ => Err(error::from_instantiate(status, &report)),
         }
     }
@@ -216,7 +216,7 @@ impl V8Instance {
 impl Drop for V8Instance {
     fn drop(&mut self) {
         // No termination request may reach the isolate once the bridge may dispose it.
-        self.watch.set_isolate(None);
+        self.watch.set_target(None);
         // SAFETY: the handle came from `wasmux_v8_instance_new` and is freed once; the bridge
         // disposes the isolate now or, if another thread still has it entered, when that
         // thread lets go (it never calls back into the state after this).
@@ -329,7 +329,7 @@ pub(crate) unsafe fn call(state: *mut State, func: FuncRef, args: &[u64]) -> Res
     }
     match status {
         OK => Ok(has_result.then_some(out)),
-        TERMINATED => Err(s.watch.trap()),
+        TERMINATED => Err(s.watch.trap(ENGINE_NAME)),
         _ => Err(error::from_call(status, &report, s.memory_denied)),
     }
 }

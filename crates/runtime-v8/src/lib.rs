@@ -199,7 +199,7 @@ impl V8Engine {
     pub fn new(config: V8Config) -> Result<Self> {
         init()?;
         let compiler = ffi::Compiler::new().ok_or_else(|| error::engine_msg("cannot create the compile isolate"))?;
-        let watchdog = watch::Watchdog::start(config.tick)?;
+        let watchdog = watch::start(config.tick)?;
         Ok(Self { shared: Arc::new(Shared { compiler, watchdog, config }) })
     }
 

@@ -63,7 +63,7 @@ pub(crate) fn from_call(state: &mut State, module_inst: sys::wasm_module_inst_t)
     let message = exception(module_inst).unwrap_or_else(|| "the call failed without an exception".to_string());
     let kind = trap_kind(&message);
     if kind == TrapKind::Deadline || state.watch.requested() {
-        return state.watch.trap();
+        return state.watch.trap(ENGINE_NAME);
     }
     if state.denied && kind != TrapKind::StackOverflow {
         return trap(

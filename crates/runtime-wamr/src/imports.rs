@@ -115,7 +115,7 @@ fn invoke(
         // SAFETY: the state is live; a short shared borrow, no host code runs meanwhile.
         let watch = unsafe { &(*state).watch };
         if watch.requested() {
-            return Err(watch.trap());
+            return Err(watch.trap(crate::ENGINE_NAME));
         }
     }
     let mut cx = Cx { state, exec_env, module_inst };

@@ -180,7 +180,7 @@ impl WamrEngine {
     /// cannot be started.
     pub fn new(config: WamrConfig) -> Result<Self> {
         runtime::init()?;
-        let watchdog = watch::Watchdog::start(config.tick)?;
+        let watchdog = watch::start(config.tick)?;
         Ok(Self { shared: Arc::new(Shared { watchdog, config }) })
     }
 }
