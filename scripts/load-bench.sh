@@ -24,9 +24,9 @@
 #   cargo build --release -p wasmux-cli --features FEATURES
 #
 # Environment:
-#   WASMUX_BENCH_FEATURES  cargo features of wasmux-cli (default: wasmtime,wasmer,wasmi,v8)
+#   WASMUX_BENCH_FEATURES  cargo features of wasmux-cli (default: wasmtime,wasmer,wasmi,wamr,v8)
 #   WASMUX_BENCH_ENGINES   engines for the headers runs, space separated (default: every engine
-#                          in the features: wasmtime wasmer wasmer-singlepass wasmi v8)
+#                          in the features: wasmtime wasmer wasmer-singlepass wasmi wamr v8)
 #   WASMUX_BENCH_SECONDS   length of each wrk run, in seconds (default: 10)
 #   WASMUX_BENCH_WORKERS   wasmux worker threads = nginx proxy worker processes (default: 2)
 #   WASMUX_BENCH_CONNS     wrk connections (default: $CONNS, else 64)
@@ -56,7 +56,7 @@ esac
 cd "$(dirname "$0")/.."
 root="$PWD"
 
-features="${WASMUX_BENCH_FEATURES:-wasmtime,wasmer,wasmi,v8}"
+features="${WASMUX_BENCH_FEATURES:-wasmtime,wasmer,wasmi,wamr,v8}"
 seconds="${WASMUX_BENCH_SECONDS:-10}"
 workers="${WASMUX_BENCH_WORKERS:-2}"
 conns="${WASMUX_BENCH_CONNS:-${CONNS:-64}}"
@@ -81,9 +81,10 @@ if [[ -n "${WASMUX_BENCH_ENGINES:-}" ]]; then
     read -r -a engines <<<"$WASMUX_BENCH_ENGINES"
 else
     engines=(wasmtime)
-    [[ "$feature_list" == *" all-engines "* ]] && feature_list+=" wasmer wasmi v8 "
+    [[ "$feature_list" == *" all-engines "* ]] && feature_list+=" wasmer wasmi wamr v8 "
     [[ "$feature_list" == *" wasmer "* ]] && engines+=(wasmer wasmer-singlepass)
     [[ "$feature_list" == *" wasmi "* ]] && engines+=(wasmi)
+    [[ "$feature_list" == *" wamr "* ]] && engines+=(wamr)
     [[ "$feature_list" == *" v8 "* ]] && engines+=(v8)
 fi
 ((${#engines[@]})) || {
