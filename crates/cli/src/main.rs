@@ -5,6 +5,7 @@
 
 mod bench;
 mod conformance;
+mod test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +87,40 @@ enum Command {
         #[arg(long, hide = true)]
         rss_child: bool,
     },
+    /// Run filter tests: test files (YAML or JSON) with expectations, on every engine chosen.
+    /// Prints the test x engine matrix and each failure, expected against actual, with the
+    /// log lines behind it; exits 1 when a test fails. See README.md ("Testing a filter").
+    Test {
+        /// Test files, or directories searched for them (`*.yaml`, `*.yml`, `*.json` with a
+        /// top-level `tests` list).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Engine to run on (repeatable; default: every engine compiled in).
+        #[arg(long = "engine")]
+        engines: Vec<String>,
+        /// Every engine compiled in (the default when no `--engine` is given).
+        #[arg(long, conflicts_with = "engines")]
+        all_engines: bool,
+        /// The filter module, instead of the files' `module` (`.wasm` or `.wat`).
+        #[arg(long)]
+        module: Option<PathBuf>,
+        /// The filter's native build for the null engine, instead of the files' `native`.
+        #[arg(long)]
+        native: Option<PathBuf>,
+        /// Only the tests whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Also write the results as JUnit XML to this file.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Print the ABI trace (every host call, to stderr) of the tests run: combine with
+        /// `--filter` and one `--engine`.
+        #[arg(long)]
+        trace: bool,
+        /// Time each passing test: the median of N runs (default 20) per engine.
+        #[arg(long, num_args = 0..=1, default_missing_value = "20", value_name = "N")]
+        bench: Option<usize>,
+    },
     /// Run the conformance suite: prints the engine x case matrix and the host-function
     /// coverage table; exits 1 on any failure.
     Conformance {
@@ -103,12 +138,19 @@ enum Command {
 
 fn main() -> ExitCode {
     use std::io::IsTerminal as _;
+    let cli = Cli::parse();
+    let filter = match (&cli.command, std::env::var("WASMUX_LOG")) {
+        // `wasmux test --trace`: the host-call trace, plus whatever WASMUX_LOG asks for.
+        (Command::Test { trace: true, .. }, Ok(v)) => format!("{v},wasmux::strace=trace"),
+        (Command::Test { trace: true, .. }, Err(_)) => "warn,wasmux::strace=trace".to_string(),
+        (_, Ok(v)) => v,
+        (_, Err(_)) => "warn".to_string(),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WASMUX_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -190,6 +232,9 @@ fn run(cmd: Command) -> Result<ExitCode, AnyError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Conformance { engines, cases, json } => conformance::run(&engines, cases, json),
+        Command::Test { paths, engines, all_engines: _, module, native, filter, junit, trace, bench } => {
+            test::run(test::Args { paths, engines, module, native, filter, junit, trace, bench })
+        }
         Command::Bench { engines, filter, config, json, runs, rss_child } => {
             let command = std::iter::once("wasmux".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>();
             bench::run(bench::Args { engines, filter, config, json, runs, command: command.join(" "), rss_child })

@@ -45,6 +45,8 @@ mod plugin;
 mod runtime;
 #[cfg(feature = "scenario")]
 pub mod scenario;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use cache::{CacheKey, CacheSource, CacheStats, ModuleCache};
 pub use plugin::{CompiledPlugin, FailurePolicy, Plugin, PluginOptions, PluginStats, RootOptions};

@@ -26,8 +26,9 @@ use wasmux_abi::{Error, HeaderMap, HttpCallResponse, LogLevel, PeerType, Service
 
 use crate::{CompiledPlugin, FailurePolicy, Plugin, PluginOptions, RootOptions, Runtime};
 
-/// Bytes in a scenario: text, or hex for binary data.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Bytes in a scenario: text, or hex for binary data. Numbers and booleans read as their text
+/// (`["content-length", 11]` in YAML is the header value `11`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Bytes {
     /// UTF-8 text.
@@ -70,6 +71,55 @@ impl Bytes {
             Ok(s) => Self::Text(s.to_string()),
             Err(_) => Self::Hex { hex: b.iter().map(|x| format!("{x:02x}")).collect() },
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("text, {\"hex\": \"...\"} or null")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Bytes, E> {
+                Ok(Bytes::Text(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Bytes, E> {
+                Ok(Bytes::Text(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Bytes, E> {
+                Ok(Bytes::Text(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Bytes, E> {
+                Ok(Bytes::Text(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Bytes, E> {
+                Ok(Bytes::Text(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Bytes, E> {
+                Ok(Bytes::Text(v.to_string()))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Bytes, E> {
+                Ok(Bytes::Empty)
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Bytes, E> {
+                Ok(Bytes::Empty)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Bytes, A::Error> {
+                let mut hex = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "hex" || hex.is_some() {
+                        return Err(serde::de::Error::custom(format!(
+                            "bytes are text or {{\"hex\": \"...\"}}; unexpected key `{key}`"
+                        )));
+                    }
+                    hex = Some(map.next_value::<String>()?);
+                }
+                hex.map(|hex| Bytes::Hex { hex }).ok_or_else(|| serde::de::Error::custom("missing `hex`"))
+            }
+        }
+        d.deserialize_any(Visit)
     }
 }
 
@@ -707,6 +757,45 @@ pub fn run_with(
     cache: Option<&crate::ModuleCache>,
     modules: Option<ModuleLoader<'_>>,
 ) -> Result<Value, ScenarioError> {
+    run_with_options(runtime, wasm, scenario, cache, modules, &RunOptions::default())
+}
+
+/// What a run records beyond the record [`run`] gives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// On every event: `log_range` and `callout_range`, the `[start, end)` indices into `logs`
+    /// and `callouts` of what the event caused, and `state`, its stream's state right after it
+    /// (as in `streams`), for events on a stream.
+    pub trace_events: bool,
+    /// `events_ns`: the wall time of the events, start-up excluded.
+    pub time_events: bool,
+}
+
+impl RunOptions {
+    /// Per-event counts and states ([`Self::trace_events`]).
+    pub fn traced() -> Self {
+        Self { trace_events: true, time_events: false }
+    }
+
+    /// The events' wall time ([`Self::time_events`]).
+    pub fn timed() -> Self {
+        Self { trace_events: false, time_events: true }
+    }
+}
+
+/// [`run_with`], recording what `options` asks for.
+///
+/// # Errors
+/// As [`run_with`].
+pub fn run_with_options(
+    runtime: Runtime,
+    wasm: &[u8],
+    scenario: &Scenario,
+    cache: Option<&crate::ModuleCache>,
+    modules: Option<ModuleLoader<'_>>,
+    options: &RunOptions,
+) -> Result<Value, ScenarioError> {
     let specs = plugin_specs(scenario)?;
     let log = Arc::new(MemoryLog::default());
     let callouts = Arc::new(RecordingCallouts::default());
@@ -841,11 +930,16 @@ pub fn run_with(
         events: Vec::new(),
         finished: BTreeMap::new(),
         snapshots: BTreeMap::new(),
+        trace: options.trace_events,
     };
     match start_error {
         None => {
             out["start"] = json!("ok");
+            let started = std::time::Instant::now();
             let body = runner.run(scenario)?;
+            if options.time_events {
+                out["events_ns"] = json!(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            }
             merge(&mut out, body);
         }
         Some((name, e)) => {
@@ -897,6 +991,8 @@ struct Runner<'a> {
     finished: BTreeMap<String, Value>,
     /// stream name -> state captured just before it was finished
     snapshots: BTreeMap<String, Value>,
+    /// Record per-event counts and states ([`RunOptions::trace_events`]).
+    trace: bool,
 }
 
 impl Runner<'_> {
@@ -959,6 +1055,7 @@ impl Runner<'_> {
         for ev in &scenario.events {
             let name = serde_json::to_value(ev)?["event"].clone();
             let mut entry = json!({ "event": name });
+            let before = self.trace.then(|| (self.rec.log.records().len(), self.rec.callouts.events().len()));
             let result = self.step(ev, &mut entry)?;
             match result {
                 Ok(Some(action)) => entry["action"] = json!(action),
@@ -983,6 +1080,9 @@ impl Runner<'_> {
                         entry["trap"]["vm"] = json!(slot.name);
                     }
                 }
+            }
+            if let Some(before) = before {
+                self.trace_event(ev, before, &mut entry);
             }
             self.events.push(entry);
         }
@@ -1016,6 +1116,26 @@ impl Runner<'_> {
         }
         body["streams"] = Value::Object(streams);
         Ok(body)
+    }
+}
+
+impl Runner<'_> {
+    /// Counts of log lines and callouts so far, and the state of the event's stream.
+    fn trace_event(&mut self, ev: &Event, (logs, callouts): (usize, usize), entry: &mut Value) {
+        entry["log_range"] = json!([logs, self.rec.log.records().len()]);
+        entry["callout_range"] = json!([callouts, self.rec.callouts.events().len()]);
+        let Some(stream) = event_stream(ev) else { return };
+        let Ok((vm, id)) = self.id(stream) else { return };
+        let state = match stream_json(self.vm(vm).vm(), id) {
+            Some(state) => Some(state),
+            None => self.snapshots.get(stream).cloned(),
+        };
+        if let Some(mut state) = state {
+            if let Some(done) = self.finished.get(stream) {
+                state["finished"] = done.clone();
+            }
+            entry["state"] = state;
+        }
     }
 }
 
@@ -1379,7 +1499,7 @@ impl Runner<'_> {
 }
 
 /// The stream an event acts on, if any.
-fn event_stream(ev: &Event) -> Option<&str> {
+pub(crate) fn event_stream(ev: &Event) -> Option<&str> {
     match ev {
         Event::HttpStream { stream, .. }
         | Event::TcpStream { stream, .. }
