@@ -774,9 +774,14 @@ impl Expect {
                 (_, None) => false,
                 // A kind: `trap`, `failed`, `rejected`, `error`; or a trap kind (`unreachable`).
                 (Value::String(k), Some(a)) => {
-                    a.get("kind").and_then(Value::as_str) == Some(k.as_str())
-                        || a.get("trap").and_then(Value::as_str) == Some(k.as_str())
-                        || entry.get("trap").and_then(|t| t.get("kind")).and_then(Value::as_str) == Some(k.as_str())
+                    let trap = entry.get("trap");
+                    let names = [
+                        a.get("kind").and_then(Value::as_str),
+                        a.get("trap").and_then(Value::as_str),
+                        trap.map(|_| "trap"),
+                        trap.and_then(|t| t.get("kind")).and_then(Value::as_str),
+                    ];
+                    names.contains(&Some(k.as_str()))
                 }
                 (Value::Bool(b), Some(_)) => *b,
                 (e, Some(a)) => subset(e, a).is_ok(),
@@ -843,7 +848,11 @@ impl Expect {
                     out.push(scope.failure(
                         format!("metric `{name}`"),
                         expected,
-                        format!("no such metric (defined: {})", names.join(", ")),
+                        if names.is_empty() {
+                            "no such metric (none defined)".to_string()
+                        } else {
+                            format!("no such metric (defined: {})", names.join(", "))
+                        },
                     ));
                 }
                 Some(v) if m.min.is_some_and(|a| v < a) || m.max.is_some_and(|b| v > b) => {
@@ -941,7 +950,7 @@ fn slice(record: &Value, key: &str, range: std::ops::Range<usize>) -> Vec<Value>
 /// A log line of a record, as one line of text.
 pub(crate) fn show_log(line: &Value) -> String {
     let f = |k: &str| line.get(k).and_then(Value::as_str).unwrap_or_default();
-    format!("[{}] {}: {}", f("level"), f("context"), f("message"))
+    format!("[{}] {}: {}", f("level"), f("context"), f("message").escape_debug())
 }
 
 pub(crate) fn json_short(v: Option<&Value>) -> String {

@@ -209,9 +209,8 @@ impl TestFile {
                     continue;
                 }
                 let outcome = match &module {
-                    Err(skip) => {
-                        let result = TestResult::new(self, test, runtime, Outcome::Skipped(skip.clone()));
-                        report.push(result);
+                    Err(missing) => {
+                        report.push(TestResult::new(self, test, runtime, missing.clone()));
                         continue;
                     }
                     Ok(bytes) => test.run_once(runtime, bytes, self, settings.cache.as_deref()),
@@ -229,22 +228,31 @@ impl TestFile {
         report
     }
 
-    /// What the engine loads: the module's bytes, or the native library's path for null.
-    fn module_for(&self, runtime: Runtime) -> Result<Vec<u8>, String> {
+    /// What the engine loads: the module's bytes, or the native library's path for null. A
+    /// file without `native` skips the null engine; a module that cannot be read is an error.
+    fn module_for(&self, runtime: Runtime) -> Result<Vec<u8>, Outcome> {
         if !runtime.runs_wasm() {
-            let lib = self.native.as_ref().ok_or("no native build: give `native` (a shared library) in the file")?;
+            let lib = self.native.as_ref().ok_or_else(|| {
+                Outcome::Skipped("no native build: give `native` (a shared library) in the file".into())
+            })?;
             if !lib.is_file() {
-                return Err(format!("native build {} not found", lib.display()));
+                return Err(Outcome::Error(format!("native build {} not found", lib.display())));
             }
             return Ok(lib.to_string_lossy().into_owned().into_bytes());
         }
         if let Some(b) = &self.module_bytes {
             return Ok(b.clone());
         }
-        let path = self.module.as_ref().ok_or("no module: give `module` (a .wasm file) in the file")?;
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read module {}: {e}", path.display()))?;
+        let path = self
+            .module
+            .as_ref()
+            .ok_or_else(|| Outcome::Error("no module: give `module` (a .wasm file) in the file".into()))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| Outcome::Error(format!("cannot read module {}: {e}", path.display())))?;
         if path.extension().is_some_and(|e| e == "wat") && !bytes.starts_with(b"\0asm") {
-            return wat::parse_bytes(&bytes).map(|b| b.into_owned()).map_err(|e| format!("{}: {e}", path.display()));
+            return wat::parse_bytes(&bytes)
+                .map(|b| b.into_owned())
+                .map_err(|e| Outcome::Error(format!("{}: {e}", path.display())));
         }
         Ok(bytes)
     }
@@ -536,7 +544,9 @@ fn inline_file(map: &mut MarkedMappingNode, key: &str, what: &str, base: &Path) 
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let span = *n.span();
     let mut inner = MarkedMappingNode::new_empty(span);
-    inner.insert(MarkedScalarNode::new(span, "hex"), Node::Scalar(MarkedScalarNode::new(span, hex)));
+    let mut value = MarkedScalarNode::new(span, hex);
+    value.set_coerce(false);
+    inner.insert(MarkedScalarNode::new(span, "hex"), Node::Scalar(value));
     let key_node = map.keys().find(|k| k.as_str() == key).cloned();
     if let Some(k) = key_node {
         map.insert(k, Node::Mapping(inner));
@@ -650,3 +660,6 @@ fn looks_like_tests(path: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(path) else { return false };
     node::parse(&text).ok().and_then(|n| n.as_mapping().map(|m| m.get_node("tests").is_some())).unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests;
