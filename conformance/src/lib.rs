@@ -282,53 +282,13 @@ pub fn same_record(a: &Value, b: &Value) -> Result<(), String> {
     compare(&a, &b).and_then(|()| compare(&b, &a))
 }
 
-/// Compares `expect` as a subset of `actual`; returns a readable path to the first mismatch.
+/// Compares `expect` as a subset of `actual` ([`wasmux::testing::subset`], the test kit's
+/// record comparison); returns a readable path to the first mismatch.
 ///
 /// # Errors
 /// The first mismatch: `path: expected X, found Y`.
 pub fn compare(expect: &Value, actual: &Value) -> Result<(), String> {
-    compare_at("$", expect, actual)
-}
-
-fn short(v: &Value) -> String {
-    let s = v.to_string();
-    if s.len() > 400 { format!("{}...", &s[..s.floor_char_boundary(400)]) } else { s }
-}
-
-fn compare_at(path: &str, expect: &Value, actual: &Value) -> Result<(), String> {
-    match (expect, actual) {
-        (Value::Object(e), Value::Object(a)) => {
-            for (k, ev) in e {
-                let p = format!("{path}.{k}");
-                match a.get(k) {
-                    Some(av) => compare_at(&p, ev, av)?,
-                    None => return Err(format!("{p}: expected {}, but the record has no such key", short(ev))),
-                }
-            }
-            Ok(())
-        }
-        (Value::Array(e), Value::Array(a)) => {
-            for (i, (ev, av)) in e.iter().zip(a).enumerate() {
-                compare_at(&format!("{path}[{i}]"), ev, av)?;
-            }
-            if e.len() != a.len() {
-                let extra = if a.len() > e.len() {
-                    format!("; first extra element: {}", short(&a[e.len()]))
-                } else {
-                    String::new()
-                };
-                return Err(format!(
-                    "{path}: expected {} elements, found {}{extra}\n  found: {}",
-                    e.len(),
-                    a.len(),
-                    short(actual)
-                ));
-            }
-            Ok(())
-        }
-        _ if expect == actual => Ok(()),
-        _ => Err(format!("{path}: expected {}, found {}", short(expect), short(actual))),
-    }
+    wasmux::testing::subset(expect, actual)
 }
 
 /// What running one case on one engine and one module gave.

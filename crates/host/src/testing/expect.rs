@@ -997,18 +997,20 @@ fn subset_at(path: &str, expect: &Value, actual: &Value) -> Result<(), String> {
             Ok(())
         }
         (Value::Array(e), Value::Array(a)) => {
+            for (i, (ev, av)) in e.iter().zip(a).enumerate() {
+                subset_at(&format!("{path}[{i}]"), ev, av)?;
+            }
             if e.len() != a.len() {
-                let extra =
-                    a.get(e.len()).map(|x| format!(" (first extra: {})", json_short(Some(x)))).unwrap_or_default();
+                let extra = a
+                    .get(e.len())
+                    .map(|x| format!("; first extra element: {}", json_short(Some(x))))
+                    .unwrap_or_default();
                 return Err(format!(
                     "{path}: expected {} elements, found {}{extra}\n  found: {}",
                     e.len(),
                     a.len(),
                     json_short(Some(actual))
                 ));
-            }
-            for (i, (ev, av)) in e.iter().zip(a).enumerate() {
-                subset_at(&format!("{path}[{i}]"), ev, av)?;
             }
             Ok(())
         }
