@@ -65,6 +65,13 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         crate::print_out("median time of the events (start-up excluded), per test and engine:");
         crate::print_out(&report.bench_matrix());
     }
+    let memory = report.memory_matrix();
+    if !memory.is_empty() {
+        crate::print_out(
+            "background streams in flight (guest memory of every VM of the test; host resident set growth):",
+        );
+        crate::print_out(&memory);
+    }
     let failures = report.failures(false);
     if !failures.is_empty() {
         crate::print_out(&failures);

@@ -93,7 +93,7 @@ fn test_kit_files_pass_on_every_engine() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let engines = engines();
-    let tests = 6;
+    let tests = 7;
     let summary =
         format!("{} passed, 0 failed, 0 skipped ({tests} tests x {} engines)", tests * engines.len(), engines.len());
     assert!(stdout.contains(&summary), "expected `{summary}` in:\n{stdout}");
@@ -101,6 +101,8 @@ fn test_kit_files_pass_on_every_engine() {
     for e in &engines {
         assert!(header.split_whitespace().any(|w| w == e), "engine {e} missing from the matrix header: {header}");
     }
+    // Background streams: 1000 requests in flight on every engine, with their memory.
+    assert_eq!(stdout.matches("1000/1000 streams: guest").count(), engines.len(), "{stdout}");
     let xml = std::fs::read_to_string(&junit).expect("junit written");
     let _ = std::fs::remove_file(&junit);
     assert_eq!(xml.matches("<testcase ").count(), tests * engines.len(), "{xml}");

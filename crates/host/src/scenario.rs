@@ -770,17 +770,21 @@ pub struct RunOptions {
     pub trace_events: bool,
     /// `events_ns`: the wall time of the events, start-up excluded.
     pub time_events: bool,
+    /// After the events, this many more streams are opened and driven like the scenario's
+    /// first stream (every event of it but `finish`), and left in flight; `background` in the
+    /// record then gives the guest memory and the host's resident set before and after.
+    pub background_streams: usize,
 }
 
 impl RunOptions {
     /// Per-event counts and states ([`Self::trace_events`]).
     pub fn traced() -> Self {
-        Self { trace_events: true, time_events: false }
+        Self { trace_events: true, ..Self::default() }
     }
 
     /// The events' wall time ([`Self::time_events`]).
     pub fn timed() -> Self {
-        Self { trace_events: false, time_events: true }
+        Self { time_events: true, ..Self::default() }
     }
 }
 
@@ -931,6 +935,7 @@ pub fn run_with_options(
         finished: BTreeMap::new(),
         snapshots: BTreeMap::new(),
         trace: options.trace_events,
+        background: options.background_streams,
     };
     match start_error {
         None => {
@@ -993,6 +998,8 @@ struct Runner<'a> {
     snapshots: BTreeMap<String, Value>,
     /// Record per-event counts and states ([`RunOptions::trace_events`]).
     trace: bool,
+    /// Streams to keep in flight after the events ([`RunOptions::background_streams`]).
+    background: usize,
 }
 
 impl Runner<'_> {
@@ -1086,8 +1093,12 @@ impl Runner<'_> {
             }
             self.events.push(entry);
         }
+        let background = if self.background > 0 { Some(self.background_streams(scenario)?) } else { None };
         let mut body = self.record_common(scenario);
         body["events"] = Value::Array(std::mem::take(&mut self.events));
+        if let Some(b) = background {
+            body["background"] = b;
+        }
         let mut counts = wasmux_abi::QuotaCounts::default();
         let mut coverage = Vec::new();
         for slot in &mut self.vms {
@@ -1119,7 +1130,79 @@ impl Runner<'_> {
     }
 }
 
+/// The host's resident set in bytes (Linux; `None` elsewhere).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
 impl Runner<'_> {
+    /// Guest memory of every VM of the scenario, in bytes.
+    fn guest_memory(&mut self) -> u64 {
+        self.vms.iter_mut().map(|s| s.plugin.vm().instance().memory_size()).sum()
+    }
+
+    /// Opens [`Self::background`] streams like the first stream of the scenario and leaves them
+    /// in flight; what that cost in guest memory and host memory.
+    fn background_streams(&mut self, scenario: &Scenario) -> Result<Value, ScenarioError> {
+        let Some(first) = scenario.events.iter().find_map(|e| match e {
+            Event::HttpStream { stream, .. } | Event::TcpStream { stream, .. } => Some(stream.clone()),
+            _ => None,
+        }) else {
+            return Err(invalid("background streams copy the scenario's first stream, and it has none"));
+        };
+        let template: Vec<&Event> = scenario
+            .events
+            .iter()
+            .filter(|e| event_stream(e) == Some(first.as_str()) && !matches!(e, Event::Finish { .. }))
+            .collect();
+        let (guest_before, rss_before) = (self.guest_memory(), resident_bytes());
+        let (mut completed, mut first_error) = (0usize, None);
+        let mut names = Vec::with_capacity(self.background);
+        for i in 0..self.background {
+            let name = format!("{first}~{i}");
+            let mut failed = None;
+            for ev in &template {
+                let mut ev = (*ev).clone();
+                if let Some(s) = stream_mut(&mut ev) {
+                    s.clone_from(&name);
+                }
+                let mut entry = json!({});
+                if let Err(e) = self.step(&ev, &mut entry)? {
+                    failed = Some(error_json(&e));
+                    break;
+                }
+                if let Some(t) = self.vms.iter_mut().find_map(|s| s.plugin.take_trap()) {
+                    failed = Some(json!({"kind": "trap", "trap": t.kind.as_str(), "export": t.export}));
+                    break;
+                }
+            }
+            names.push(name);
+            match failed {
+                None => completed += 1,
+                Some(e) => {
+                    first_error.get_or_insert(json!({"stream": i, "error": e}));
+                }
+            }
+        }
+        let (guest_after, rss_after) = (self.guest_memory(), resident_bytes());
+        // The copies stay open in their VMs, but out of the record's streams.
+        for n in &names {
+            self.names.remove(n);
+        }
+        Ok(json!({
+            "streams": self.background,
+            "completed": completed,
+            "first_error": first_error,
+            "guest_memory_before": guest_before,
+            "guest_memory_after": guest_after,
+            "host_rss_before": rss_before,
+            "host_rss_after": rss_after,
+        }))
+    }
+
     /// Counts of log lines and callouts so far, and the state of the event's stream.
     fn trace_event(&mut self, ev: &Event, (logs, callouts): (usize, usize), entry: &mut Value) {
         entry["log_range"] = json!([logs, self.rec.log.records().len()]);
@@ -1495,6 +1578,26 @@ impl Runner<'_> {
             "shared_data": shared,
             "tick_period_ms": tick,
         })
+    }
+}
+
+/// The stream name of an event that acts on one, to rename it.
+fn stream_mut(ev: &mut Event) -> Option<&mut String> {
+    match ev {
+        Event::HttpStream { stream, .. }
+        | Event::TcpStream { stream, .. }
+        | Event::RequestHeaders { stream, .. }
+        | Event::RequestBody { stream, .. }
+        | Event::RequestTrailers { stream, .. }
+        | Event::ResponseHeaders { stream, .. }
+        | Event::ResponseBody { stream, .. }
+        | Event::ResponseTrailers { stream, .. }
+        | Event::DownstreamData { stream, .. }
+        | Event::UpstreamData { stream, .. }
+        | Event::DownstreamClose { stream, .. }
+        | Event::UpstreamClose { stream, .. }
+        | Event::Finish { stream } => Some(stream),
+        _ => None,
     }
 }
 

@@ -46,6 +46,10 @@
 //! `{len: n}`. Headers take `has` (a map from name to matcher, or `~` for "present", or a
 //! list of names), `absent` (names) and `exact` (the whole list of pairs, in order).
 //!
+//! `background_streams: N` on a test keeps N more streams in flight after its events (each
+//! driven like its first stream, without `finish`) and reports the guest and host memory they
+//! take ([`TestResult::memory`]).
+//!
 //! An event that fails (a trap, a failed VM) fails the test unless the event expects it
 //! (`error: trap`, `error: unreachable`, `error: {kind: trap}`) or the test says
 //! `allow_errors: true`; a start-up that fails does too unless the test expects `start`.
@@ -63,7 +67,7 @@ use serde_json::Value;
 
 pub use expect::{Failure, subset};
 pub use node::Pos;
-pub use report::{Outcome, Report, TestResult};
+pub use report::{MemoryUse, Outcome, Report, TestResult};
 
 use crate::scenario::{self, Event, RunOptions, Scenario};
 use crate::{ModuleCache, Runtime};
@@ -101,6 +105,8 @@ pub struct Test {
     expect: Expect,
     /// Per scenario event (after chunking): how failures name it, and its expectations.
     events: Vec<EventInfo>,
+    /// Streams kept in flight after the events, like the first one, to measure memory.
+    background_streams: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -111,7 +117,7 @@ struct EventInfo {
 }
 
 const FILE_KEYS: [&str; 5] = ["module", "native", "defaults", "tests", "comment"];
-const TEST_KEYS: [&str; 3] = ["name", "expect", "comment"];
+const TEST_KEYS: [&str; 4] = ["name", "expect", "comment", "background_streams"];
 const EVENT_EXTRA_KEYS: [&str; 3] = ["expect", "chunk_size", "num_chunks"];
 /// Event fields that hold bytes and may name a file instead (`{file: path}`).
 const EVENT_BYTES: [&str; 5] = ["data", "body", "message", "item", "args"];
@@ -347,7 +353,9 @@ impl Test {
         cache: Option<&ModuleCache>,
     ) -> (Outcome, Option<Value>, Duration) {
         let start = Instant::now();
-        let record = self.run_with(runtime, module, file, cache, &RunOptions::traced());
+        let mut options = RunOptions::traced();
+        options.background_streams = self.background_streams;
+        let record = self.run_with(runtime, module, file, cache, &options);
         let time = start.elapsed();
         match record {
             Err(e) => (Outcome::Error(e), None, time),
@@ -415,6 +423,17 @@ impl Test {
             }
         }
         self.expect.check_run(record, &run_scope, &mut out);
+        if let Some(b) = record.get("background") {
+            let completed = b.get("completed").and_then(Value::as_u64).unwrap_or(0);
+            if completed < self.background_streams as u64 && !self.expect.allows_errors() {
+                let scope = Scope { at: "background streams".into(), stream: None };
+                out.push(scope.failure(
+                    "streams in flight".into(),
+                    format!("{} streams", self.background_streams),
+                    format!("{completed}; the first to fail: {}", expect::json_short(b.get("first_error"))),
+                ));
+            }
+        }
         out
     }
 }
@@ -522,7 +541,18 @@ fn parse_test(node: &Node, index: usize, defaults: Option<&MarkedMappingNode>, b
         Some(n) => Expect::parse(n, &format!("{what}: expect"), base, false, &streams)?,
         None => Expect::default(),
     };
-    Ok(Test { name, pos: Pos::of(node), scenario, expect, events: events_info })
+    let background_streams = match map.get_node("background_streams") {
+        Some(n) => {
+            let count = number(n, &format!("{what}: background_streams"))?;
+            if !streams.is_empty() || count == 0 {
+                usize::try_from(count).unwrap_or(usize::MAX)
+            } else {
+                return Err(at(n, format!("{what}: background_streams copy the test's first stream, and it has none")));
+            }
+        }
+        None => 0,
+    };
+    Ok(Test { name, pos: Pos::of(node), scenario, expect, events: events_info, background_streams })
 }
 
 fn names(streams: &[String]) -> String {

@@ -65,6 +65,36 @@ pub struct TestResult {
     pub bench: Option<Bench>,
 }
 
+/// What a test's background streams cost (`background_streams: N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Streams opened.
+    pub streams: u64,
+    /// Streams that got through every event without an error.
+    pub completed: u64,
+    /// Guest linear memory (every VM of the test) before them, in bytes.
+    pub guest_before: u64,
+    /// Guest linear memory with them in flight.
+    pub guest_after: u64,
+    /// Growth of the host's resident set while they were opened, in bytes (Linux).
+    pub host_rss_growth: Option<u64>,
+}
+
+impl TestResult {
+    /// The background streams' memory, when the test has some.
+    pub fn memory(&self) -> Option<MemoryUse> {
+        let b = self.record.as_ref()?.get("background")?;
+        let n = |k: &str| b.get(k).and_then(Value::as_u64);
+        Some(MemoryUse {
+            streams: n("streams")?,
+            completed: n("completed")?,
+            guest_before: n("guest_memory_before")?,
+            guest_after: n("guest_memory_after")?,
+            host_rss_growth: n("host_rss_after").zip(n("host_rss_before")).map(|(a, b)| a.saturating_sub(b)),
+        })
+    }
+}
+
 impl TestResult {
     pub(crate) fn new(file: &TestFile, test: &Test, runtime: Runtime, outcome: Outcome) -> Self {
         Self {
@@ -193,7 +223,15 @@ impl Report {
 
     /// The test × engine matrix (`ok`, `FAIL`, `ERROR`, `skip`), with a summary line.
     pub fn matrix(&self) -> String {
-        self.table(|r| r.outcome.label().to_string())
+        let (passed, failed, skipped) = self.counts();
+        let mut s = self.table(|r| r.outcome.label().to_string());
+        let _ = writeln!(
+            s,
+            "\n{passed} passed, {failed} failed, {skipped} skipped ({} tests x {} engines)",
+            self.rows().len(),
+            self.engines.len()
+        );
+        s
     }
 
     /// The test × engine matrix of median times ([`super::RunSettings::bench`]): the events'
@@ -247,14 +285,32 @@ impl Report {
             }
             s.push('\n');
         }
-        let (passed, failed, skipped) = self.counts();
-        let _ = writeln!(
-            s,
-            "\n{passed} passed, {failed} failed, {skipped} skipped ({} tests x {} engines)",
-            rows.len(),
-            self.engines.len()
-        );
         s
+    }
+
+    /// The memory of background streams per test and engine (empty when no test has them):
+    /// guest memory with the streams in flight, its growth per stream, and the host's.
+    pub fn memory_matrix(&self) -> String {
+        let with_memory = Self {
+            results: self.results.iter().filter(|r| r.memory().is_some()).cloned().collect(),
+            engines: self.engines.clone(),
+        };
+        if with_memory.results.is_empty() {
+            return String::new();
+        }
+        with_memory.table(|r| match r.memory() {
+            Some(m) => {
+                let per = m.guest_after.saturating_sub(m.guest_before) / m.streams.max(1);
+                let host = m.host_rss_growth.map_or_else(String::new, |h| format!(", host +{} KiB", h / 1024));
+                format!(
+                    "{}/{} streams: guest {:.1} MiB (+{per} B/stream){host}",
+                    m.completed,
+                    m.streams,
+                    m.guest_after as f64 / f64::from(1 << 20)
+                )
+            }
+            None => "-".to_string(),
+        })
     }
 
     /// Every failed, errored (and, with `skipped`, skipped) result explained.

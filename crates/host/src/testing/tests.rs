@@ -125,3 +125,30 @@ fn a_missing_module_is_an_error_not_a_pass() {
     assert!(!report.passed());
     assert!(report.results.iter().all(|r| matches!(&r.outcome, Outcome::Error(w) if w.contains("nowhere.wasm"))));
 }
+
+#[test]
+fn background_streams_stay_in_flight_and_report_memory() {
+    let file = headers_file(
+        "  - name: many
+    limits: {max_memory_bytes: 16777216}
+    background_streams: 200
+    events:
+      - {event: http_stream, stream: a}
+      - {event: request_headers, stream: a, headers: [[':path', /hello]]}
+      - {event: finish, stream: a}
+    expect:
+      streams: {a: {finished: done}}
+",
+    );
+    let report = file.run(&wasm_engines(), &RunSettings::new());
+    report.assert_passed();
+    for r in &report.results {
+        let m = r.memory().unwrap_or_else(|| panic!("{}: no memory figures", r.engine));
+        assert_eq!((m.streams, m.completed), (200, 200), "{}", r.engine);
+        assert!(m.guest_after >= m.guest_before && m.guest_after > 0, "{}: {m:?}", r.engine);
+        // The copies are not in the record's streams, and the test's own stream is.
+        let streams = r.record.as_ref().and_then(|x| x.get("streams")).and_then(Value::as_object);
+        assert_eq!(streams.map(|s| s.keys().cloned().collect::<Vec<_>>()), Some(vec!["a".to_string()]), "{}", r.engine);
+    }
+    assert!(report.memory_matrix().contains("200/200 streams"), "{}", report.memory_matrix());
+}
