@@ -338,9 +338,9 @@ fn resolve(
     func: FuncRef,
 ) -> Option<sys::wasm_function_inst_t> {
     let i = func.0 as usize;
-    // SAFETY: the state is live (the instance is); this shared borrow ends before the
-    // mutable one below, and WAMR's lookup runs no guest code.
     let name = {
+        // SAFETY: the state is live (the instance is); this shared borrow ends before the
+        // mutable one below, and WAMR's lookup runs no guest code.
         let st = unsafe { &*state };
         let f = *st.funcs.get(i)?;
         if !f.is_null() {
