@@ -16,18 +16,6 @@ use wasmux_abi::{
 use crate::ENGINE_NAME;
 use crate::hostcalls::Current;
 use crate::module::{Library, NullModule, engine_err};
-use crate::native::{Native, native};
-
-/// A resolved export; `FuncRef.0` indexes the instance's table of them.
-#[derive(Debug, Clone, Copy)]
-struct Export {
-    name: &'static str,
-    /// The function's address, as an integer so that the instance stays `Send`.
-    addr: usize,
-    native: Native,
-    /// The callback it is, for the bookkeeping of [`Debris`].
-    callback: Option<Callback>,
-}
 
 /// What an instance left in the SDK's per-thread state: live contexts (id → parent, 0 for a
 /// root) and callout tokens that the SDK still maps to a context.
@@ -69,7 +57,6 @@ pub(crate) struct Inner {
     state: HostState,
     lib: Arc<Library>,
     abi: AbiVersion,
-    funcs: Vec<Export>,
     owner: ThreadId,
     debris: Debris,
     /// An error raised by a host function during the running call.
@@ -139,8 +126,7 @@ impl NullInstance {
             // in this thread's SDK state. Clear them before the new instance starts.
             clear(lib, module.abi(), debris);
         }
-        let inner =
-            Inner { state, abi: module.abi(), lib, funcs: Vec::new(), owner, debris: Debris::default(), failed: None };
+        let inner = Inner { state, abi: module.abi(), lib, owner, debris: Debris::default(), failed: None };
         Ok(Self { inner: Box::new(inner) })
     }
 
@@ -205,13 +191,12 @@ fn clear(lib: Arc<Library>, abi: AbiVersion, debris: Debris) {
         state: HostState::new(abi, SILENT.clone()),
         lib,
         abi,
-        funcs: Vec::new(),
         owner: thread::current().id(),
         debris: Debris::default(),
         failed: None,
     };
     for (name, args) in calls {
-        let Some(func) = resolve(&mut scratch, name) else { continue };
+        let Some(func) = resolve(&scratch, name) else { continue };
         let ptr: *mut Inner = &raw mut scratch;
         let _current = Current::enter(ptr);
         // SAFETY: `ptr` comes from `scratch`, which is not used until the call returns.
@@ -239,21 +224,9 @@ impl LogSink for Discard {
     fn log(&self, _line: &LogLine<'_>) {}
 }
 
-/// Resolves an export into the instance's table.
-fn resolve(inner: &mut Inner, name: &str) -> Option<FuncRef> {
-    if let Some(i) = inner.funcs.iter().position(|f| f.name == name) {
-        return u32::try_from(i).ok().map(FuncRef);
-    }
-    let callback = Callback::ALL.iter().copied().find(|c| c.name() == name);
-    // Static names only: callbacks and markers (whose names come from the ABI's own lists).
-    let static_name: &'static str = match callback {
-        Some(c) => c.name(),
-        None => AbiVersion::ALL.into_iter().map(|v| v.marker()).find(|m| *m == name)?,
-    };
-    let native = native(static_name, inner.abi)?;
-    let addr = inner.lib.symbol(static_name)?;
-    inner.funcs.push(Export { name: static_name, addr: addr.expose_provenance(), native, callback });
-    u32::try_from(inner.funcs.len() - 1).ok().map(FuncRef)
+/// Resolves an export: an index into the library's table, the same for every instance.
+fn resolve(inner: &Inner, name: &str) -> Option<FuncRef> {
+    inner.lib.find(name).map(FuncRef)
 }
 
 /// Calls a resolved export: the top-level call of [`WasmInstance::call`] and the re-entrant
@@ -267,7 +240,7 @@ unsafe fn call_export(inner: *mut Inner, func: FuncRef, args: &[u64]) -> Result<
     let export = {
         // SAFETY: the function's contract; this borrow ends before the native call.
         let inner = unsafe { &*inner };
-        let Some(export) = inner.funcs.get(func.0 as usize).copied() else {
+        let Some(export) = inner.lib.export(func.0) else {
             return Err(engine_err(format!("unknown function reference {}", func.0)));
         };
         export
@@ -304,7 +277,7 @@ impl WasmInstance for NullInstance {
     }
 
     fn lookup(&mut self, name: &str) -> Option<FuncRef> {
-        resolve(&mut self.inner, name)
+        resolve(&self.inner, name)
     }
 
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {

@@ -17,7 +17,7 @@ use wasmux_abi::{
 };
 
 use crate::instance::NullInstance;
-use crate::native::native;
+use crate::native::{Native, native};
 use crate::{ENGINE_NAME, hostcalls};
 
 /// The linker option a host executable needs so that filter libraries find its `proxy_*`
@@ -43,6 +43,20 @@ pub(crate) struct Library {
     temp: Option<PathBuf>,
     /// The functions the library itself defines (its dynamic symbol table).
     defined: BTreeSet<String>,
+    /// The exports the host calls (callbacks and ABI markers), resolved once for every
+    /// instance; sorted by name. `FuncRef.0` indexes it.
+    exports: Box<[Export]>,
+}
+
+/// An export of a library that the host calls.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Export {
+    pub(crate) name: &'static str,
+    /// The function's address, as an integer so that the instance stays `Send`.
+    pub(crate) addr: usize,
+    pub(crate) native: Native,
+    /// The callback it is, for the instance's bookkeeping of what the SDK holds.
+    pub(crate) callback: Option<Callback>,
 }
 
 impl fmt::Debug for Library {
@@ -62,7 +76,7 @@ impl Drop for Library {
 }
 
 impl Library {
-    fn open(path: &Path, temp: Option<PathBuf>, defined: BTreeSet<String>) -> Result<Self> {
+    fn open(path: &Path, temp: Option<PathBuf>, defined: BTreeSet<String>, abi: AbiVersion) -> Result<Self> {
         // SAFETY: loading runs the library's initializers (for a Rust cdylib: none but std's
         // own). The library is trusted native code: that is the null engine's contract.
         let raw = unsafe { RawLibrary::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
@@ -70,7 +84,32 @@ impl Library {
         let handle = raw.into_raw();
         // SAFETY: `handle` was just returned by `into_raw` of an open library.
         let raw = unsafe { RawLibrary::from_raw(handle) };
-        Ok(Self { raw, key: handle as usize, path: path.to_path_buf(), temp, defined })
+        let mut lib =
+            Self { raw, key: handle as usize, path: path.to_path_buf(), temp, defined, exports: Box::new([]) };
+        // Static names only: callbacks and markers (whose names come from the ABI's own lists).
+        let callbacks = Callback::ALL.iter().map(|&c| (c.name(), Some(c)));
+        let markers = AbiVersion::ALL.into_iter().map(|v| (v.marker(), None));
+        let mut exports: Vec<Export> = callbacks
+            .chain(markers)
+            .filter_map(|(name, callback)| {
+                let native = native(name, abi)?;
+                let addr = lib.symbol(name)?.expose_provenance();
+                Some(Export { name, addr, native, callback })
+            })
+            .collect();
+        exports.sort_unstable_by_key(|e| e.name);
+        lib.exports = exports.into();
+        Ok(lib)
+    }
+
+    /// The export named `name`, as an index into [`Self::export`].
+    pub(crate) fn find(&self, name: &str) -> Option<u32> {
+        u32::try_from(self.exports.binary_search_by(|e| e.name.cmp(name)).ok()?).ok()
+    }
+
+    /// The export at `index`.
+    pub(crate) fn export(&self, index: u32) -> Option<Export> {
+        self.exports.get(index as usize).copied()
     }
 
     /// The address of a function the library itself defines. Other names are `None`, even
@@ -211,7 +250,7 @@ impl NullModule {
             undefined.iter().filter(|n| find_host_func("env", n).is_none()).map(String::as_str).collect();
         let lib = if missing.is_empty() {
             check_host_symbols()?;
-            Ok(Arc::new(Library::open(path, temp, defined)?))
+            Ok(Arc::new(Library::open(path, temp, defined, abi)?))
         } else {
             if let Some(t) = temp {
                 let _ = std::fs::remove_file(t);

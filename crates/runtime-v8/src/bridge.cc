@@ -246,10 +246,13 @@ uint64_t FromJs(v8::Local<v8::Value> value, uint8_t ty) {
 // ---------------------------------------------------------------------------------------------
 // Instances.
 
+// A resolved function export; empty until resolved. Its type is kept inline (no allocation).
 struct Export {
   v8::Global<v8::Function> fn;
-  std::vector<uint8_t> params;
-  std::vector<uint8_t> results;
+  uint8_t params[kMaxValues] = {};
+  uint32_t n_params = 0;
+  uint8_t result = 0;  // the type of the first result, when there is one
+  uint32_t n_results = 0;
 };
 
 struct Import {
@@ -813,15 +816,17 @@ int32_t wasmux_v8_instance_link(Handle* handle, const v8::CompiledWasmModule* mo
   }
 }
 
-// Resolves an exported function; returns its index or -1.
-int32_t wasmux_v8_lookup(Handle* handle, const uint8_t* name, size_t name_len,
-                         const uint8_t* params, size_t n_params, const uint8_t* results,
-                         size_t n_results) noexcept {
+// Resolves an exported function into `slot` of the instance's table, which has one slot per
+// function export of the module (`n_slots`, the same for every instance); returns the slot or
+// -1.
+int32_t wasmux_v8_lookup(Handle* handle, uint32_t slot, uint32_t n_slots, const uint8_t* name,
+                         size_t name_len, const uint8_t* params, size_t n_params,
+                         const uint8_t* results, size_t n_results) noexcept {
   try {
     Entry entry;
     if (!entry.Enter(*handle)) return -1;
     Instance* in = handle->get();
-    if (in->exports.IsEmpty() || n_params > kMaxValues) return -1;
+    if (in->exports.IsEmpty() || n_params > kMaxValues || slot >= n_slots) return -1;
     v8::Isolate* isolate = in->isolate;
     v8::HandleScope hs(isolate);
     v8::Local<v8::Context> context = in->context.Get(isolate);
@@ -831,12 +836,15 @@ int32_t wasmux_v8_lookup(Handle* handle, const uint8_t* name, size_t name_len,
         !v->IsFunction()) {
       return -1;
     }
-    Export ex;
+    // Sized once to the module's table (no call is running during a lookup).
+    if (in->funcs.size() < n_slots) in->funcs.resize(n_slots);
+    Export& ex = in->funcs[slot];
     ex.fn.Reset(isolate, v.As<v8::Function>());
-    ex.params.assign(params, params + n_params);
-    ex.results.assign(results, results + n_results);
-    in->funcs.push_back(std::move(ex));
-    return static_cast<int32_t>(in->funcs.size() - 1);
+    std::copy(params, params + n_params, ex.params);
+    ex.n_params = static_cast<uint32_t>(n_params);
+    ex.result = n_results > 0 ? results[0] : 0;
+    ex.n_results = static_cast<uint32_t>(n_results);
+    return static_cast<int32_t>(slot);
   } catch (...) {
     return -1;
   }
@@ -851,7 +859,7 @@ int32_t wasmux_v8_call(Handle* handle, uint32_t index, const uint64_t* args, uin
     Instance* in = handle->get();
     if (index >= in->funcs.size()) return kFailed;
     const Export& ex = in->funcs[index];
-    if (nargs != ex.params.size() || nargs > kMaxValues) return kFailed;
+    if (ex.fn.IsEmpty() || nargs != ex.n_params || nargs > kMaxValues) return kFailed;
     v8::Isolate* isolate = in->isolate;
     v8::HandleScope hs(isolate);
     v8::Local<v8::Context> context = in->context.Get(isolate);
@@ -867,8 +875,8 @@ int32_t wasmux_v8_call(Handle* handle, uint32_t index, const uint64_t* args, uin
              .ToLocal(&ret)) {
       return Failure(isolate, context, tc, Sink{sink_ctx, sink_fn});
     }
-    if (!ex.results.empty()) {
-      if (ex.results.size() > 1) {
+    if (ex.n_results > 0) {
+      if (ex.n_results > 1) {
         // Multi-value: an array; the first value is the one reported.
         v8::Local<v8::Value> first;
         if (!ret->IsArray() || !ret.As<v8::Array>()->Get(context, 0).ToLocal(&first)) {
@@ -876,7 +884,7 @@ int32_t wasmux_v8_call(Handle* handle, uint32_t index, const uint64_t* args, uin
         }
         ret = first;
       }
-      *result = FromJs(ret, ex.results[0]);
+      *result = FromJs(ret, ex.result);
     }
     // Foreground tasks V8 posts (GC, compilation) run on the embedder's thread: drain them now
     // and then, at the outermost level.

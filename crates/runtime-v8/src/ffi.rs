@@ -140,6 +140,8 @@ unsafe extern "C" {
     ) -> i32;
     pub(crate) fn wasmux_v8_lookup(
         instance: *mut RawInstance,
+        slot: u32,
+        n_slots: u32,
         name: *const u8,
         name_len: usize,
         params: *const u8,

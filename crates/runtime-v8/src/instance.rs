@@ -5,10 +5,10 @@ use std::fmt;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use wasmux_abi::{Error, ExternType, FuncRef, HostState, Limits, OutOfBounds, Result, ValType, WasmInstance};
+use wasmux_abi::{Error, FuncRef, HostState, Limits, OutOfBounds, Result, WasmInstance};
 
 use crate::error::{self, engine_msg};
-use crate::ffi::{self, IsolatePtr, MAX_VALUES, MemorySpec, OK, RawInstance, Report, TERMINATED};
+use crate::ffi::{self, IsolatePtr, MemorySpec, OK, RawInstance, Report, TERMINATED};
 use crate::module::ModuleData;
 use crate::rewrite::{HOOK_TABLE, MEMORY_MODULE, MEMORY_NAME, START, TABLE_LIMIT};
 use crate::watch::Watch;
@@ -18,13 +18,6 @@ use crate::{ENGINE_NAME, Shared};
 const PAGE: u64 = 65536;
 /// The most pages a 32-bit memory can have.
 const MAX_PAGES: u32 = 65536;
-
-/// A resolved function export.
-pub(crate) struct ExportFunc {
-    name: Box<str>,
-    params: usize,
-    has_result: bool,
-}
 
 /// Where linear memory was when last read. Growing memory changes its size and can move it,
 /// so the view goes stale (`fresh == false`) when the growth hook reports a `memory.grow`
@@ -42,7 +35,10 @@ pub(crate) struct MemoryView {
 pub(crate) struct State {
     pub(crate) host: HostState,
     raw: *mut RawInstance,
-    funcs: Vec<ExportFunc>,
+    /// The module, whose export table `FuncRef.0` indexes.
+    module: Arc<ModuleData>,
+    /// Which exports of the table this instance has resolved (through the bridge).
+    resolved: Box<[bool]>,
     pub(crate) memory: MemoryView,
     /// The error of a failed host function, which ends the current call.
     pub(crate) pending: Option<Error>,
@@ -108,7 +104,8 @@ impl V8Instance {
         let state = Box::new(State {
             host,
             raw: std::ptr::null_mut(),
-            funcs: Vec::new(),
+            module: module.clone(),
+            resolved: vec![false; module.table.len()].into(),
             memory: MemoryView { base: std::ptr::null_mut(), len: 0, fresh: false },
             pending: None,
             watch: watch.clone(),
@@ -236,37 +233,34 @@ impl WasmInstance for V8Instance {
     }
 
     fn lookup(&mut self, name: &str) -> Option<FuncRef> {
-        if let Some(i) = self.state().funcs.iter().position(|f| &*f.name == name) {
-            return Some(FuncRef(u32::try_from(i).ok()?));
+        let func = self.module.table.find(name)?;
+        let slot = func.0 as usize;
+        if *self.state().resolved.get(slot)? {
+            return Some(func);
         }
-        let ExternType::Func(ty) = &self.module.exports.iter().find(|e| e.name == name)?.ty else {
-            return None;
-        };
-        if ty.params.len() > MAX_VALUES || ty.params.iter().chain(&ty.results).any(|&t| t == ValType::Other) {
-            return None;
-        }
-        let params: Vec<u8> = ty.params.iter().map(|&t| ffi::type_code(t)).collect();
-        let results: Vec<u8> = ty.results.iter().map(|&t| ffi::type_code(t)).collect();
-        let (params_len, has_result) = (params.len(), !results.is_empty());
+        let export = self.module.table.get(func)?;
+        let n_slots = u32::try_from(self.module.table.len()).ok()?;
         // SAFETY: the instance is alive; the name and type codes are readable for the call.
-        // Resolving an export runs no guest code.
+        // Resolving an export runs no guest code, and no call is running (`&mut self`), so the
+        // bridge may size its table.
         let index = unsafe {
             ffi::wasmux_v8_lookup(
                 self.raw.as_ptr(),
-                name.as_ptr(),
-                name.len(),
-                params.as_ptr(),
-                params.len(),
-                results.as_ptr(),
-                results.len(),
+                func.0,
+                n_slots,
+                export.name.as_ptr(),
+                export.name.len(),
+                export.params.as_ptr(),
+                export.params.len(),
+                export.results.as_ptr(),
+                export.results.len(),
             )
         };
-        let state = self.state();
-        if usize::try_from(index).ok()? != state.funcs.len() {
+        if u32::try_from(index).ok()? != func.0 {
             return None;
         }
-        state.funcs.push(ExportFunc { name: name.into(), params: params_len, has_result });
-        Some(FuncRef(u32::try_from(index).ok()?))
+        self.state().resolved[slot] = true;
+        Some(func)
     }
 
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
@@ -306,13 +300,18 @@ pub(crate) unsafe fn call(state: *mut State, func: FuncRef, args: &[u64]) -> Res
     let (raw, has_result) = {
         // SAFETY: guaranteed by the caller; the borrow ends with this block.
         let s = unsafe { &*state };
-        let Some(f) = s.funcs.get(func.0 as usize) else {
+        let (Some(f), Some(true)) = (s.module.table.get(func), s.resolved.get(func.0 as usize).copied()) else {
             return Err(engine_msg(format!("unknown function reference {}", func.0)));
         };
-        if args.len() != f.params {
-            return Err(engine_msg(format!("`{}` takes {} arguments, called with {}", f.name, f.params, args.len())));
+        if args.len() != f.params.len() {
+            return Err(engine_msg(format!(
+                "`{}` takes {} arguments, called with {}",
+                f.name,
+                f.params.len(),
+                args.len()
+            )));
         }
-        (s.raw, f.has_result)
+        (s.raw, !f.results.is_empty())
     };
     let mut out = 0u64;
     let mut report = Report::default();

@@ -40,6 +40,11 @@
 //!   operation or when it exits; an instance dropped elsewhere is disposed by that thread then
 //!   (a thread that never calls the bridge again keeps it until it exits).
 //!   Each thread change also sets the isolate's stack limit for the new thread.
+//! - **Exports resolved once per module.** A compiled module keeps a table of the function
+//!   exports the host can call, sorted by name, with their types as the bridge's type codes;
+//!   [`FuncRef`](wasmux_abi::FuncRef) indexes it, and is also the slot of the export in the
+//!   bridge's per-instance table. `lookup` finds the export there and has the bridge take
+//!   the instance's function handle, once per instance.
 //! - **Host state outside V8.** Each instance's [`HostState`](wasmux_abi::HostState), resolved
 //!   exports, memory view and pending error live in a Rust `State` behind a raw pointer that
 //!   the bridge hands back to the host trampoline; there are no thread-locals on the Rust side.

@@ -5,11 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use wasmux_abi::{
-    Error, ExportDesc, ExternType, FuncType, HostState, ImportDesc, Limits, Result, ValType, WasmInstance, WasmModule,
-    find_host_func,
+    Error, ExportDesc, ExternType, FuncRef, FuncType, HostState, ImportDesc, Limits, Result, ValType, WasmInstance,
+    WasmModule, find_host_func,
 };
 
-use crate::ffi::CompiledModule;
+use crate::ffi::{self, CompiledModule, MAX_VALUES};
 use crate::instance::V8Instance;
 use crate::rewrite::{MemoryDecl, rewrite};
 use crate::{ENGINE_NAME, Shared, error};
@@ -29,6 +29,8 @@ pub(crate) struct ModuleData {
     pub(crate) compiled: CompiledModule,
     pub(crate) imports: Vec<ImportDesc>,
     pub(crate) exports: Vec<ExportDesc>,
+    /// The function exports the host can call, resolved once for every instance.
+    pub(crate) table: ExportTable,
     /// The function imports linked to host functions, or why the module cannot be linked.
     pub(crate) linked: Result<Vec<LinkedImport>, String>,
     /// The module's memory, provided by the bridge at instantiation (see [`crate::rewrite`]).
@@ -43,6 +45,61 @@ pub(crate) struct ModuleData {
     pub(crate) table_elements: u64,
     /// Functions, imports, exports and globals (see [`crate::instance`]'s heap limit).
     pub(crate) heap_items: u64,
+}
+
+/// A module's function exports that the host can call (at most [`MAX_VALUES`] parameters, no
+/// reference or vector types), resolved once per module: their names (sorted, for
+/// [`ExportTable::find`]) and their types as the bridge's type codes. Every instance shares it;
+/// a [`FuncRef`] is an index into it, so it means the same export in every instance of the
+/// module.
+pub(crate) struct ExportTable {
+    funcs: Box<[FuncExport]>,
+}
+
+/// A function export of a module.
+pub(crate) struct FuncExport {
+    pub(crate) name: Box<str>,
+    /// Parameter type codes ([`ffi::type_code`]).
+    pub(crate) params: Box<[u8]>,
+    /// Result type codes.
+    pub(crate) results: Box<[u8]>,
+}
+
+impl ExportTable {
+    fn new(exports: &[ExportDesc]) -> Self {
+        let mut funcs: Vec<FuncExport> = exports
+            .iter()
+            .filter_map(|e| {
+                let ExternType::Func(ty) = &e.ty else { return None };
+                if ty.params.len() > MAX_VALUES || ty.params.iter().chain(&ty.results).any(|&t| t == ValType::Other) {
+                    return None;
+                }
+                Some(FuncExport {
+                    name: e.name.as_str().into(),
+                    params: ty.params.iter().map(|&t| ffi::type_code(t)).collect(),
+                    results: ty.results.iter().map(|&t| ffi::type_code(t)).collect(),
+                })
+            })
+            .collect();
+        funcs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Self { funcs: funcs.into() }
+    }
+
+    /// The function export named `name`.
+    pub(crate) fn find(&self, name: &str) -> Option<FuncRef> {
+        let i = self.funcs.binary_search_by(|f| (*f.name).cmp(name)).ok()?;
+        u32::try_from(i).ok().map(FuncRef)
+    }
+
+    /// The export `func` refers to.
+    pub(crate) fn get(&self, func: FuncRef) -> Option<&FuncExport> {
+        self.funcs.get(func.0 as usize)
+    }
+
+    /// The number of function exports.
+    pub(crate) fn len(&self) -> usize {
+        self.funcs.len()
+    }
 }
 
 /// A [`WasmModule`] on V8: compiled code shared by every instance (and isolate) made from it.
@@ -78,10 +135,12 @@ impl V8Module {
             .map_err(|(status, report)| error::compile(status, &report))?;
         let described = describe(bytes).map_err(|e| Error::Compile { engine: ENGINE_NAME, message: e.to_string() })?;
         let linked = link(&described.imports);
+        let table = ExportTable::new(&described.exports);
         let data = ModuleData {
             compiled,
             imports: described.imports,
             exports: described.exports,
+            table,
             linked,
             memory: rewritten.as_ref().and_then(|r| r.memory),
             grow_hook: rewritten.as_ref().is_some_and(|r| r.grow_hook),
@@ -134,8 +193,8 @@ fn link(imports: &[ImportDesc]) -> Result<Vec<LinkedImport>, String> {
             module: import.module.clone(),
             name: import.name.clone(),
             host_func: index,
-            params: host_ty.params.iter().map(|&t| crate::ffi::type_code(t)).collect(),
-            results: host_ty.results.iter().map(|&t| crate::ffi::type_code(t)).collect(),
+            params: host_ty.params.iter().map(|&t| ffi::type_code(t)).collect(),
+            results: host_ty.results.iter().map(|&t| ffi::type_code(t)).collect(),
         });
     }
     Ok(linked)

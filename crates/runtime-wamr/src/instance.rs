@@ -1,18 +1,17 @@
 //! A running instance: the WAMR module instance and execution environment, the state host
 //! functions reach, calls, limits and memory access.
 
-use std::ffi::CString;
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
 use wamrx_sys as sys;
-use wasmux_abi::{Error, ExternType, FuncRef, HostState, Limits, OutOfBounds, Result, ValType, WasmInstance};
+use wasmux_abi::{Error, FuncRef, HostState, Limits, OutOfBounds, Result, WasmInstance};
 
-use crate::module::Loaded;
+use crate::module::{ExportTable, Loaded};
 use crate::typed::{MAX_CELLS, MAX_VALUES, cell_count, from_cells, to_cells};
 use crate::watch::{Target, Watch};
-use crate::{ENGINE_NAME, Shared, error, rewrite, runtime};
+use crate::{ENGINE_NAME, Shared, error, runtime};
 
 /// One wasm page.
 const PAGE: u64 = 65536;
@@ -23,8 +22,10 @@ const PAGE: u64 = 65536;
 pub(crate) struct State {
     /// The ABI state of the instance.
     pub(crate) host: HostState,
-    /// Exports resolved by [`WasmInstance::lookup`]; `FuncRef.0` indexes this table.
-    pub(crate) funcs: Vec<Export>,
+    /// The module's function exports; `FuncRef.0` indexes it.
+    table: Arc<ExportTable>,
+    /// This instance's handle for each export of `table` (null until its first call).
+    funcs: Box<[sys::wasm_function_inst_t]>,
     /// The error a host function raised, parked here while WAMR unwinds.
     pub(crate) raised: Option<Error>,
     /// A memory growth was refused by the host's limit during the current top-level call.
@@ -37,14 +38,6 @@ pub(crate) struct State {
     pub(crate) watch: Arc<Watch>,
 }
 
-/// A resolved function export.
-pub(crate) struct Export {
-    name: Box<str>,
-    func: sys::wasm_function_inst_t,
-    params: Box<[ValType]>,
-    results: Box<[ValType]>,
-}
-
 /// A [`WasmInstance`] on WAMR.
 pub struct WamrInstance {
     /// The state, owned (from `Box::into_raw`); WAMR holds the same pointer as custom data.
@@ -52,7 +45,8 @@ pub struct WamrInstance {
     module_inst: sys::wasm_module_inst_t,
     exec_env: sys::wasm_exec_env_t,
     watch: Arc<Watch>,
-    loaded: Arc<Loaded>,
+    /// Keeps the module loaded while the instance exists.
+    _loaded: Arc<Loaded>,
     /// Keeps the engine's watchdog running while the instance exists.
     _shared: Arc<Shared>,
 }
@@ -128,7 +122,8 @@ impl WamrInstance {
         let watch = shared.watchdog.watch(limits.callback_deadline);
         let state = NonNull::from(Box::leak(Box::new(State {
             host,
-            funcs: Vec::new(),
+            table: loaded.table.clone(),
+            funcs: vec![std::ptr::null_mut(); loaded.table.len()].into(),
             raised: None,
             denied: false,
             max_memory: limits.max_memory_bytes,
@@ -161,31 +156,18 @@ impl WamrInstance {
             module_inst: parts.module_inst,
             exec_env: parts.exec_env,
             watch,
-            loaded: loaded.clone(),
+            _loaded: loaded.clone(),
             _shared: shared.clone(),
         };
         if loaded.start {
-            let start = instance
-                .resolve(rewrite::START, rewrite::START, &[], &[])
+            let start = loaded
+                .table
+                .start()
+                .filter(|&start| resolve(instance.state.as_ptr(), instance.module_inst, start).is_some())
                 .ok_or_else(|| error::engine_msg("cannot instantiate: the start function was not found"))?;
             instance.call(start, &[])?;
         }
         Ok(instance)
-    }
-
-    /// Resolves the function WAMR knows as `wamr_name`, described as `name`.
-    fn resolve(&mut self, name: &str, wamr_name: &str, params: &[ValType], results: &[ValType]) -> Option<FuncRef> {
-        let cname = CString::new(wamr_name).ok()?;
-        // SAFETY: `module_inst` is live; `cname` is NUL-terminated and outlives the call.
-        let func = unsafe { sys::wasm_runtime_lookup_function(self.module_inst, cname.as_ptr()) };
-        if func.is_null() {
-            return None;
-        }
-        // SAFETY: the state is live and no call is running (`&mut self`), so nothing else
-        // borrows it.
-        let funcs = unsafe { &mut (*self.state.as_ptr()).funcs };
-        funcs.push(Export { name: name.into(), func, params: params.into(), results: results.into() });
-        Some(FuncRef(u32::try_from(funcs.len() - 1).ok()?))
     }
 
     /// The state, for one step outside any call.
@@ -263,16 +245,7 @@ impl WasmInstance for WamrInstance {
     }
 
     fn lookup(&mut self, name: &str) -> Option<FuncRef> {
-        // Names this crate adds to the module are not the guest's.
-        if name.starts_with(wasmux_abi::validate::RESERVED) {
-            return None;
-        }
-        if let Some(i) = self.state_mut().funcs.iter().position(|f| &*f.name == name) {
-            return Some(FuncRef(u32::try_from(i).ok()?));
-        }
-        let loaded = self.loaded.clone();
-        let ExternType::Func(ty) = &loaded.exports.iter().find(|e| e.name == name)?.ty else { return None };
-        self.resolve(name, &rewrite::wamr_name(name), &ty.params, &ty.results)
+        self.state_mut().table.find(name)
     }
 
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
@@ -354,6 +327,38 @@ pub(crate) fn write(state: &State, ptr: u64, data: &[u8]) -> Result<(), OutOfBou
     Ok(())
 }
 
+/// This instance's handle for `func`, looked up by its WAMR name on its first call. `None`
+/// when `func` is not in the table or WAMR does not know it.
+///
+/// `state` is the instance's state and `module_inst` its WAMR instance; no reference to the
+/// state may be live across this call.
+fn resolve(
+    state: *mut State,
+    module_inst: sys::wasm_module_inst_t,
+    func: FuncRef,
+) -> Option<sys::wasm_function_inst_t> {
+    let i = func.0 as usize;
+    let name = {
+        // SAFETY: the state is live (the instance is); this shared borrow ends before the
+        // mutable one below, and WAMR's lookup runs no guest code.
+        let st = unsafe { &*state };
+        let f = *st.funcs.get(i)?;
+        if !f.is_null() {
+            return Some(f);
+        }
+        st.table.get(func)?.wamr_name.as_ptr()
+    };
+    // SAFETY: `module_inst` is live; `name` is NUL-terminated and lives in the module's table,
+    // which the state holds.
+    let f = unsafe { sys::wasm_runtime_lookup_function(module_inst, name) };
+    if f.is_null() {
+        return None;
+    }
+    // SAFETY: as above; no other reference to the state is live.
+    unsafe { (*state).funcs[i] = f };
+    Some(f)
+}
+
 /// Calls a resolved export with raw arguments, on `exec_env`; used for top-level and
 /// re-entrant calls alike (neither touches the deadline here: a re-entrant call runs under the
 /// outer call's). A trap leaving this call gets the export's name appended to its backtrace.
@@ -366,12 +371,15 @@ pub(crate) fn call(
     func: FuncRef,
     args: &[u64],
 ) -> Result<Option<u64>> {
+    let Some(f) = resolve(state, module_inst, func) else {
+        return Err(error::engine_msg(format!("unknown function reference {}", func.0)));
+    };
     let mut cells = [0u32; MAX_CELLS];
-    let (f, n_cells, result) = {
+    let (n_cells, result) = {
         // SAFETY: the state is live (the instance is); this shared borrow ends before WAMR
         // runs guest code, which may re-enter the host and borrow the state mutably.
         let st = unsafe { &*state };
-        let Some(export) = st.funcs.get(func.0 as usize) else {
+        let Some(export) = st.table.get(func) else {
             return Err(error::engine_msg(format!("unknown function reference {}", func.0)));
         };
         if args.len() != export.params.len() || args.len() > MAX_VALUES || export.results.len() > MAX_VALUES {
@@ -385,7 +393,7 @@ pub(crate) fn call(
         }
         debug_assert!(cell_count(&export.params) <= MAX_CELLS && cell_count(&export.results) <= MAX_CELLS);
         let n = to_cells(args, &export.params, &mut cells);
-        (export.func, n, export.results.first().copied())
+        (n, export.results.first().copied())
     };
     // SAFETY: `exec_env` and `f` belong to the live instance; `cells` holds the arguments as
     // the function's parameter cells (count checked against its type) and has room for its
@@ -397,7 +405,7 @@ pub(crate) fn call(
     // SAFETY: the call is over: nothing else borrows the state.
     let st = unsafe { &mut *state };
     let mut e = error::from_call(st, module_inst);
-    if let (Error::Trap(trap), Some(export)) = (&mut e, st.funcs.get(func.0 as usize)) {
+    if let (Error::Trap(trap), Some(export)) = (&mut e, st.table.get(func)) {
         trap.backtrace.push(export.name.to_string());
     }
     Err(e)

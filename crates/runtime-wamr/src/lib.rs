@@ -23,8 +23,13 @@
 //!   name, with a single trampoline (WAMR's "raw" calling convention: one 64-bit slot per
 //!   argument). The [`HostFunc`](wasmux_abi::HostFunc) travels as the symbol's attachment.
 //!   Every [`WamrEngine`] shares that runtime; engines differ only in their watchdog.
+//! - **Exports resolved once per module.** A loaded module keeps a table of its function
+//!   exports, sorted by name, with the name WAMR knows each by (as a C string) and its type;
+//!   [`FuncRef`](wasmux_abi::FuncRef) indexes it, so `lookup` is a binary search and a
+//!   reference means the same export in every instance. WAMR's C API finds an instance's
+//!   function only by name: an instance does that once per export, on its first call.
 //! - **Host state in the instance.** Each WAMR module instance carries a pointer to the
-//!   instance's own state (host state, resolved exports, parked errors, memory-limit
+//!   instance's own state (host state, export handles, parked errors, memory-limit
 //!   bookkeeping) as its *custom data*; the trampoline finds it from the execution environment
 //!   it is given. There are no thread-locals holding state.
 //! - **Threads.** Instances are `Send`: WAMR's execution environment (one per instance, made at

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use wasmer::{AsStoreRef, Function, FunctionEnv, FunctionEnvMut, Global, Memory, Store, Value};
 use wasmux_abi::deadline::{CallDeadline, CoarseClock};
-use wasmux_abi::{FuncRef, HostState, Limits, OutOfBounds, Result, ValType, WasmInstance};
+use wasmux_abi::{FuncRef, HostState, Limits, OutOfBounds, Result, WasmInstance};
 
 use crate::error::{self, Context, Stopped};
-use crate::imports::{from_wasmer, raw_to_val, val_to_raw};
-use crate::module::WasmerModule;
+use crate::imports::{raw_to_val, val_to_raw};
+use crate::module::{ExportTable, WasmerModule};
 use crate::typed::TypedExport;
 use crate::{INTERRUPT_CHECK, middleware};
 
@@ -18,8 +18,10 @@ use crate::{INTERRUPT_CHECK, middleware};
 pub(crate) struct StoreData {
     /// The ABI state of the instance.
     pub(crate) host: HostState,
-    /// Exports resolved by [`WasmInstance::lookup`]; `FuncRef.0` indexes this table.
-    pub(crate) funcs: Vec<Export>,
+    /// The module's function exports; `FuncRef.0` indexes it.
+    table: Arc<ExportTable>,
+    /// This instance's handles for each export of `table`.
+    funcs: Box<[Slot]>,
     /// The `memory` export, if any.
     pub(crate) memory: Option<Memory>,
     /// The middleware's remaining-points global.
@@ -40,14 +42,15 @@ impl StoreData {
     }
 }
 
-/// A resolved function export.
-pub(crate) struct Export {
-    name: Box<str>,
-    func: Function,
-    params: Box<[ValType]>,
-    results: Box<[ValType]>,
+/// An instance's handles for one function export: the function, made when
+/// [`WasmInstance::lookup`] first finds it, and its typed handle, made on its first call.
+#[derive(Default)]
+struct Slot {
+    func: Option<Function>,
     /// A typed handle for the common all-`i32` signatures.
     typed: Option<TypedExport>,
+    /// Whether `typed` was made (or the signature found to have none).
+    checked: bool,
 }
 
 /// The deadline of the running top-level call, the interrupt flag, and the metering slices
@@ -160,7 +163,8 @@ impl WasmerInstance {
         clock.start();
         let data = StoreData {
             host,
-            funcs: Vec::new(),
+            table: module.table().clone(),
+            funcs: (0..module.table().len()).map(|_| Slot::default()).collect(),
             memory: None,
             points: None,
             limiter: Limiter { max_memory, max_table_elements: max_tables, denied: false },
@@ -192,23 +196,23 @@ impl WasmInstance for WasmerInstance {
 
     fn lookup(&mut self, name: &str) -> Option<FuncRef> {
         let data = self.env.as_ref(&self.store);
-        if let Some(i) = data.funcs.iter().position(|f| &*f.name == name) {
-            return Some(FuncRef(i as u32));
+        let func = data.table.find(name)?;
+        if data.funcs.get(func.0 as usize)?.func.is_none() {
+            let f = self.instance.exports.get_function(name).ok()?.clone();
+            self.env.as_mut(&mut self.store).funcs.get_mut(func.0 as usize)?.func = Some(f);
         }
-        if name.starts_with(middleware::HIDDEN_PREFIX) {
-            return None;
-        }
-        let func = self.instance.exports.get_function(name).ok()?.clone();
-        let ty = func.ty(&self.store);
-        let params: Box<[ValType]> = ty.params().iter().map(from_wasmer).collect();
-        let results: Box<[ValType]> = ty.results().iter().map(from_wasmer).collect();
-        let typed = TypedExport::new(&self.store, &func, &params, &results);
-        let funcs = &mut self.env.as_mut(&mut self.store).funcs;
-        funcs.push(Export { name: name.into(), func, params, results, typed });
-        Some(FuncRef(u32::try_from(funcs.len() - 1).ok()?))
+        Some(func)
     }
 
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
+        // An export this instance has not looked up yet (a reference from another instance
+        // of the module): resolve it now.
+        if self.env.as_ref(&self.store).funcs.get(func.0 as usize).is_some_and(|s| s.func.is_none()) {
+            let table = self.env.as_ref(&self.store).table.clone();
+            if let Some(export) = table.get(func) {
+                self.lookup(&export.name);
+            }
+        }
         let mut env = self.env.clone().into_mut(&mut self.store);
         let data = env.data_mut();
         data.limiter.denied = false;
@@ -252,8 +256,10 @@ pub(crate) fn read(
 /// Calls a resolved export with raw arguments; used for top-level and re-entrant calls alike
 /// (neither touches the deadline here).
 pub(crate) fn call(env: &mut FunctionEnvMut<'_, StoreData>, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
+    let slot = func.0 as usize;
     let data = env.data();
-    let Some(export) = data.funcs.get(func.0 as usize) else {
+    let (Some(export), Some(Slot { func: Some(f), typed, checked })) = (data.table.get(func), data.funcs.get(slot))
+    else {
         return Err(error::engine_msg(data.engine, format!("unknown function reference {}", func.0)));
     };
     if args.len() != export.params.len() {
@@ -268,11 +274,25 @@ pub(crate) fn call(env: &mut FunctionEnvMut<'_, StoreData>, func: FuncRef, args:
             ),
         ));
     }
-    // Fast path: a typed handle (also for re-entrant calls such as the allocator).
-    if let Some(typed) = export.typed.clone() {
+    // Fast path: a typed handle (also for re-entrant calls such as the allocator), made on the
+    // first call.
+    let typed = if *checked {
+        typed.clone()
+    } else {
+        let typed = TypedExport::new(&*env, f, &export.params, &export.results);
+        let entry = &mut env.data_mut().funcs[slot];
+        entry.typed.clone_from(&typed);
+        entry.checked = true;
+        typed
+    };
+    if let Some(typed) = typed {
         return typed.call(env, args).map_err(|e| error::from_call(e, env.data().context()));
     }
-    let f = export.func.clone();
+    let data = env.data();
+    let (Some(export), Some(Slot { func: Some(f), .. })) = (data.table.get(func), data.funcs.get(slot)) else {
+        return Err(error::engine_msg(data.engine, format!("unknown function reference {}", func.0)));
+    };
+    let f = f.clone();
     let params: Vec<Value> = args.iter().zip(export.params.iter()).map(|(&raw, &ty)| raw_to_val(raw, ty)).collect();
     match f.call(env, &params) {
         Ok(results) => Ok(results.first().map(val_to_raw)),

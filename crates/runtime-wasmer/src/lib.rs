@@ -12,10 +12,15 @@
 //!   instance is a new `Store` on a clone of that engine, sharing the compiled code. Wasmer has
 //!   no linker: host functions are store objects, so each instance creates those its module
 //!   imports, resolved once per module against the host-function table.
+//! - **Exports resolved once per module.** A compiled module keeps a table of the guest's
+//!   function exports, sorted by name, with the type of each;
+//!   [`FuncRef`](wasmux_abi::FuncRef) indexes it, so a reference means the same export in
+//!   every instance. `lookup` finds the export there and takes the instance's `Function`
+//!   handle (wasmer has no export index); the typed handle is made on the export's first call.
 //! - **Host state in the store.** Each instance's `FunctionEnv` holds the
-//!   [`HostState`](wasmux_abi::HostState), the resolved exports (indexed by
-//!   [`FuncRef`](wasmux_abi::FuncRef)), the `memory` export and the per-call limits. Host
-//!   functions reach it through `FunctionEnvMut`; there are no thread-locals.
+//!   [`HostState`](wasmux_abi::HostState), its export handles, the `memory` export and the
+//!   per-call limits. Host functions reach it through `FunctionEnvMut`; there are no
+//!   thread-locals.
 //! - **Raw values.** Host functions and exports see raw `u64` words (`i32` zero-extended,
 //!   `i64` as its bits). Signatures made only of `i32`s, which is nearly all of proxy-wasm, go
 //!   through typed functions (`Function::new_typed_with_env`, `TypedFunction`); anything else

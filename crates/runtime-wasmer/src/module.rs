@@ -9,8 +9,8 @@ use wasmer::sys::vm::{MemoryError, VMConfig, VMMemory, VMMemoryDefinition, VMTab
 use wasmer::sys::{BaseTunables, NativeEngineExt as _, Tunables};
 use wasmer::{MemoryStyle, MemoryType, TableStyle, TableType};
 use wasmux_abi::{
-    ExportDesc, ExternType, FuncType, HostFunc, HostState, ImportDesc, Limits, Result, WasmInstance, WasmModule,
-    find_host_func,
+    ExportDesc, ExternType, FuncRef, FuncType, HostFunc, HostState, ImportDesc, Limits, Result, ValType, WasmInstance,
+    WasmModule, find_host_func,
 };
 
 use crate::imports::from_wasmer;
@@ -42,6 +42,8 @@ pub struct WasmerModule {
     links: Vec<Link>,
     imports: Vec<ImportDesc>,
     exports: Vec<ExportDesc>,
+    /// The guest's function exports, resolved once for every instance.
+    table: Arc<ExportTable>,
     /// The module's own imported functions.
     imported: u32,
     /// The initial size of its memory, in bytes (validation allows one memory at most).
@@ -92,16 +94,28 @@ impl WasmerModule {
             });
             imports.push(ImportDesc { module: m.to_owned(), name: name.to_owned(), ty });
         }
-        let exports = module
+        let exports: Vec<ExportDesc> = module
             .exports()
             .filter(|e| !e.name().starts_with(middleware::HIDDEN_PREFIX))
             .map(|e| ExportDesc { name: e.name().to_owned(), ty: extern_type(e.ty()) })
             .collect();
+        let table = Arc::new(ExportTable::new(&exports));
         let info = module.info();
         let imported = u32::try_from(info.num_imported_functions).unwrap_or(u32::MAX) - middleware::HIDDEN_FUNCS;
         let initial_memory = info.memories.values().map(|m| m.minimum.bytes().0 as u64).max();
         let initial_table_elements = info.tables.values().map(|t| u64::from(t.minimum)).sum();
-        Ok(Self { shared, engine, module, links, imports, exports, imported, initial_memory, initial_table_elements })
+        Ok(Self {
+            shared,
+            engine,
+            module,
+            links,
+            imports,
+            exports,
+            table,
+            imported,
+            initial_memory,
+            initial_table_elements,
+        })
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -110,6 +124,10 @@ impl WasmerModule {
 
     pub(crate) fn wasmer(&self) -> &wasmer::Module {
         &self.module
+    }
+
+    pub(crate) fn table(&self) -> &Arc<ExportTable> {
+        &self.table
     }
 
     pub(crate) fn links(&self) -> &[Link] {
@@ -138,6 +156,54 @@ impl WasmerModule {
         let max_table = u32::try_from(limits.max_table_elements.min(WASMER_TABLE_MAX)).unwrap_or(u32::MAX);
         engine.set_tunables(StoreTunables { base, vm: VMConfig { wasm_stack_size: Some(stack) }, max_table });
         engine
+    }
+}
+
+/// A module's function exports (the guest's; not the middleware's), resolved once per module:
+/// their names (sorted, for [`ExportTable::find`]) and types. Every instance shares it; a
+/// [`FuncRef`] is an index into it, so it means the same export in every instance of the module.
+pub(crate) struct ExportTable {
+    funcs: Box<[FuncExport]>,
+}
+
+/// A function export of a module.
+pub(crate) struct FuncExport {
+    pub(crate) name: Box<str>,
+    pub(crate) params: Box<[ValType]>,
+    pub(crate) results: Box<[ValType]>,
+}
+
+impl ExportTable {
+    fn new(exports: &[ExportDesc]) -> Self {
+        let mut funcs: Vec<FuncExport> = exports
+            .iter()
+            .filter_map(|e| {
+                let ExternType::Func(ty) = &e.ty else { return None };
+                Some(FuncExport {
+                    name: e.name.as_str().into(),
+                    params: ty.params.as_slice().into(),
+                    results: ty.results.as_slice().into(),
+                })
+            })
+            .collect();
+        funcs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Self { funcs: funcs.into() }
+    }
+
+    /// The function export named `name`.
+    pub(crate) fn find(&self, name: &str) -> Option<FuncRef> {
+        let i = self.funcs.binary_search_by(|f| (*f.name).cmp(name)).ok()?;
+        u32::try_from(i).ok().map(FuncRef)
+    }
+
+    /// The export `func` refers to.
+    pub(crate) fn get(&self, func: FuncRef) -> Option<&FuncExport> {
+        self.funcs.get(func.0 as usize)
+    }
+
+    /// The number of function exports.
+    pub(crate) fn len(&self) -> usize {
+        self.funcs.len()
     }
 }
 

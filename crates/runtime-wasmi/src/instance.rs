@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use wasmi::{AsContext, AsContextMut, Func, Memory, ResourceLimiter, ResumableCall, Store, StoreContextMut, Val};
 use wasmux_abi::deadline::CallDeadline;
-use wasmux_abi::{Error, FuncRef, HostState, Limits, OutOfBounds, Result, ValType, WasmInstance};
+use wasmux_abi::{Error, FuncRef, HostState, Limits, OutOfBounds, Result, WasmInstance};
 
 use crate::error;
-use crate::imports::{from_wasmi, raw_to_val, val_to_raw};
+use crate::imports::{raw_to_val, val_to_raw};
+use crate::module::ExportTable;
 use crate::typed::TypedExport;
 use crate::{ENGINE_NAME, START_FUEL_PER_MS, Shared};
 
@@ -20,8 +21,12 @@ const MAX_VALUES: usize = 16;
 pub(crate) struct StoreData {
     /// The ABI state of the instance.
     pub(crate) host: HostState,
-    /// Exports resolved by [`WasmInstance::lookup`]; `FuncRef.0` indexes this table.
-    pub(crate) funcs: Vec<Export>,
+    /// The module's function exports; `FuncRef.0` indexes it.
+    table: Arc<ExportTable>,
+    /// This instance's handle for each export of `table`, made on its first call.
+    funcs: Box<[Slot]>,
+    /// The instance, once made.
+    instance: Option<wasmi::Instance>,
     /// The `memory` export, if any.
     pub(crate) memory: Option<Memory>,
     /// Memory and table growth policy, and what it refused.
@@ -34,12 +39,10 @@ pub(crate) struct StoreData {
     pub(crate) raised: Option<Error>,
 }
 
-/// A resolved function export.
-pub(crate) struct Export {
-    name: Box<str>,
-    func: Func,
-    params: Box<[ValType]>,
-    results: Box<[ValType]>,
+/// An instance's handles for one function export, made on its first call.
+#[derive(Default)]
+struct Slot {
+    func: Option<Func>,
     /// A typed handle for the common all-`i32` signatures.
     typed: Option<TypedExport>,
 }
@@ -156,7 +159,6 @@ impl ResourceLimiter for Limiter {
 /// A [`WasmInstance`] on wasmi.
 pub struct WasmiInstance {
     store: Store<StoreData>,
-    instance: wasmi::Instance,
     interrupt: Arc<AtomicBool>,
 }
 
@@ -168,11 +170,19 @@ impl std::fmt::Debug for WasmiInstance {
 
 impl WasmiInstance {
     /// Creates the store and instantiates `module` in it.
-    pub(crate) fn new(module: &wasmi::Module, host: HostState, limits: &Limits, shared: &Shared) -> Result<Self> {
+    pub(crate) fn new(
+        module: &wasmi::Module,
+        table: &Arc<ExportTable>,
+        host: HostState,
+        limits: &Limits,
+        shared: &Shared,
+    ) -> Result<Self> {
         let interrupt = Arc::new(AtomicBool::new(false));
         let data = StoreData {
             host,
-            funcs: Vec::new(),
+            table: table.clone(),
+            funcs: (0..table.len()).map(|_| Slot::default()).collect(),
+            instance: None,
             memory: None,
             limiter: Limiter::new(limits),
             clock: CallDeadline::new(
@@ -194,8 +204,10 @@ impl WasmiInstance {
             .instantiate_and_start(&mut store, module)
             .map_err(|e| error::from_instantiate(&e, store.data_mut()))?;
         let memory = instance.get_memory(&store, "memory");
-        store.data_mut().memory = memory;
-        Ok(Self { store, instance, interrupt })
+        let data = store.data_mut();
+        data.instance = Some(instance);
+        data.memory = memory;
+        Ok(Self { store, interrupt })
     }
 }
 
@@ -209,17 +221,7 @@ impl WasmInstance for WasmiInstance {
     }
 
     fn lookup(&mut self, name: &str) -> Option<FuncRef> {
-        if let Some(i) = self.store.data().funcs.iter().position(|f| &*f.name == name) {
-            return Some(FuncRef(i as u32));
-        }
-        let func = self.instance.get_func(&self.store, name)?;
-        let ty = func.ty(&self.store);
-        let params: Box<[ValType]> = ty.params().iter().map(from_wasmi).collect();
-        let results: Box<[ValType]> = ty.results().iter().map(from_wasmi).collect();
-        let typed = TypedExport::new(&self.store, func, &params, &results);
-        let funcs = &mut self.store.data_mut().funcs;
-        funcs.push(Export { name: name.into(), func, params, results, typed });
-        Some(FuncRef(u32::try_from(funcs.len() - 1).ok()?))
+        self.store.data().table.find(name)
     }
 
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
@@ -265,26 +267,48 @@ pub(crate) fn call(mut cx: impl AsContextMut<Data = StoreData>, func: FuncRef, a
     let mut store = cx.as_context_mut();
     let result = call_inner(&mut store, func, args);
     result.map_err(|mut e| {
-        if let (Error::Trap(trap), Some(export)) = (&mut e, store.data().funcs.get(func.0 as usize)) {
+        if let (Error::Trap(trap), Some(export)) = (&mut e, store.data().table.get(func)) {
             trap.backtrace.push(export.name.to_string());
         }
         e
     })
 }
 
+/// Makes this instance's handles for `func` (once: on its first call).
+fn resolve(store: &mut StoreContextMut<'_, StoreData>, func: FuncRef) -> Result<()> {
+    let unknown = || error::engine_msg(format!("unknown function reference {}", func.0));
+    let data = store.data();
+    let export = data.table.get(func).ok_or_else(unknown)?;
+    let instance = data.instance.ok_or_else(unknown)?;
+    // wasmi looks exports up by name only (a map lookup, no allocation).
+    let f = instance.get_func(&*store, &export.name).ok_or_else(unknown)?;
+    let typed = TypedExport::new(&*store, f, &export.params, &export.results);
+    *store.data_mut().funcs.get_mut(func.0 as usize).ok_or_else(unknown)? = Slot { func: Some(f), typed };
+    Ok(())
+}
+
 fn call_inner(store: &mut StoreContextMut<'_, StoreData>, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
-    // Fast path: a cached typed handle (also for re-entrant calls such as the allocator).
-    if let Some(export) = store.data().funcs.get(func.0 as usize)
-        && export.params.len() == args.len()
-        && let Some(typed) = export.typed.clone()
+    if store.data().funcs.get(func.0 as usize).is_none_or(|h| h.func.is_none()) {
+        resolve(store, func)?;
+    }
+    let data = store.data();
+    let (Some(export), Some(handle)) = (data.table.get(func), data.funcs.get(func.0 as usize)) else {
+        return Err(error::engine_msg(format!("unknown function reference {}", func.0)));
+    };
+    // Fast path: a typed handle (also for re-entrant calls such as the allocator).
+    if export.params.len() == args.len()
+        && let Some(typed) = handle.typed.clone()
     {
         return typed.call(store, args);
     }
+    let Some(f) = handle.func else {
+        return Err(error::engine_msg(format!("unknown function reference {}", func.0)));
+    };
     const ZERO: Val = Val::I32(0);
     let mut params = [ZERO; MAX_VALUES];
     let mut results = [ZERO; MAX_VALUES];
-    let (f, n_params, n_results, result_ty) = {
-        let Some(export) = store.data().funcs.get(func.0 as usize) else {
+    let (n_params, n_results, result_ty) = {
+        let Some(export) = store.data().table.get(func) else {
             return Err(error::engine_msg(format!("unknown function reference {}", func.0)));
         };
         if args.len() != export.params.len() || args.len() > MAX_VALUES || export.results.len() > MAX_VALUES {
@@ -299,7 +323,7 @@ fn call_inner(store: &mut StoreContextMut<'_, StoreData>, func: FuncRef, args: &
         for ((slot, &raw), &ty) in params.iter_mut().zip(args).zip(export.params.iter()) {
             *slot = raw_to_val(raw, ty);
         }
-        (export.func, args.len(), export.results.len(), export.results.first().copied())
+        (args.len(), export.results.len(), export.results.first().copied())
     };
     let mut step = f.call_resumable(&mut *store, &params[..n_params], &mut results[..n_results]);
     loop {

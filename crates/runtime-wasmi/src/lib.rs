@@ -11,10 +11,14 @@
 //!   lazy translation: a module is parsed and validated up front (about 1 ms for a proxy-wasm
 //!   filter) and each function is translated to wasmi bytecode on its first call. Instances
 //!   of a module share its translated code; per-worker instances never recompile.
+//! - **Exports resolved once per module.** A module keeps a table of its function exports,
+//!   sorted by name, with the type of each; [`FuncRef`](wasmux_abi::FuncRef) indexes it, so
+//!   `lookup` is a binary search and a reference means the same export in every instance. An
+//!   instance makes its handles for an export (wasmi looks exports up by name only) on the
+//!   export's first call.
 //! - **Host state in the store.** Each instance has its own `Store` whose data holds the
-//!   [`HostState`](wasmux_abi::HostState), the resolved exports (indexed by
-//!   [`FuncRef`](wasmux_abi::FuncRef)), the `memory` export, the deadline of the running call
-//!   and the resource limiter. Host functions reach it through the `Caller`; there are no
+//!   [`HostState`](wasmux_abi::HostState), its export handles, the `memory` export, the
+//!   deadline of the running call and the resource limiter. Host functions reach it through the `Caller`; there are no
 //!   thread-locals.
 //! - **Raw values.** Host functions and exports see raw `u64` words (`i32` zero-extended,
 //!   `i64` as its bits). Signatures made only of `i32`s, which is nearly all of proxy-wasm, go

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use wasmtime::{AsContext, AsContextMut, Func, Memory, ResourceLimiter, Store, UpdateDeadline, Val};
+use wasmtime::{AsContext, AsContextMut, Extern, Func, Memory, ResourceLimiter, Store, UpdateDeadline, Val};
 use wasmux_abi::deadline::CallDeadline;
-use wasmux_abi::{FuncRef, HostState, Limits, OutOfBounds, Result, ValType, WasmInstance};
+use wasmux_abi::{FuncRef, HostState, Limits, OutOfBounds, Result, WasmInstance};
 
 use crate::error;
-use crate::imports::{from_wasmtime, raw_to_val, val_to_raw};
+use crate::imports::{raw_to_val, val_to_raw};
+use crate::module::ExportTable;
 use crate::typed::TypedExport;
 use crate::{ENGINE_NAME, INTERRUPT_CHECK, Shared};
 
@@ -19,8 +20,12 @@ const MAX_VALUES: usize = 16;
 pub(crate) struct StoreData {
     /// The ABI state of the instance.
     pub(crate) host: HostState,
-    /// Exports resolved by [`WasmInstance::lookup`]; `FuncRef.0` indexes this table.
-    pub(crate) funcs: Vec<Export>,
+    /// The module's function exports; `FuncRef.0` indexes it.
+    table: Arc<ExportTable>,
+    /// This instance's handle for each export of `table`, made on its first call.
+    funcs: Box<[Slot]>,
+    /// The instance, once made.
+    instance: Option<wasmtime::Instance>,
     /// The `memory` export, if any.
     pub(crate) memory: Option<Memory>,
     /// Memory growth policy and what it refused.
@@ -29,12 +34,10 @@ pub(crate) struct StoreData {
     pub(crate) clock: CallDeadline,
 }
 
-/// A resolved function export.
-pub(crate) struct Export {
-    name: Box<str>,
-    func: Func,
-    params: Box<[ValType]>,
-    results: Box<[ValType]>,
+/// An instance's handles for one function export, made on its first call.
+#[derive(Default)]
+struct Slot {
+    func: Option<Func>,
     /// A typed handle for the common all-`i32` signatures.
     typed: Option<TypedExport>,
 }
@@ -91,7 +94,6 @@ impl ResourceLimiter for Limiter {
 /// A [`WasmInstance`] on wasmtime.
 pub struct WasmtimeInstance {
     store: Store<StoreData>,
-    instance: wasmtime::Instance,
 }
 
 impl std::fmt::Debug for WasmtimeInstance {
@@ -104,6 +106,7 @@ impl WasmtimeInstance {
     /// Creates the store and instantiates `pre` in it.
     pub(crate) fn new(
         pre: &wasmtime::InstancePre<StoreData>,
+        table: &Arc<ExportTable>,
         host: HostState,
         limits: &Limits,
         shared: &Shared,
@@ -111,7 +114,9 @@ impl WasmtimeInstance {
         let interrupt = Arc::new(AtomicBool::new(false));
         let data = StoreData {
             host,
-            funcs: Vec::new(),
+            table: table.clone(),
+            funcs: (0..table.len()).map(|_| Slot::default()).collect(),
+            instance: None,
             memory: None,
             limiter: Limiter {
                 max_memory: usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX),
@@ -131,9 +136,11 @@ impl WasmtimeInstance {
             let denied = store.data().limiter.denied;
             error::from_instantiate(e, denied)
         })?;
-        let memory = instance.get_memory(&mut store, "memory");
-        store.data_mut().memory = memory;
-        Ok(Self { store, instance })
+        let memory = table.memory.and_then(|m| instance.get_module_export(&mut store, &m)?.into_memory());
+        let data = store.data_mut();
+        data.instance = Some(instance);
+        data.memory = memory;
+        Ok(Self { store })
     }
 }
 
@@ -147,23 +154,7 @@ impl WasmInstance for WasmtimeInstance {
     }
 
     fn lookup(&mut self, name: &str) -> Option<FuncRef> {
-        if let Some(i) = self.store.data().funcs.iter().position(|f| &*f.name == name) {
-            return Some(FuncRef(i as u32));
-        }
-        let func = self.instance.get_func(&mut self.store, name)?;
-        let ty = func.ty(&self.store);
-        let export = Export {
-            name: name.into(),
-            func,
-            params: ty.params().map(|t| from_wasmtime(&t)).collect(),
-            results: ty.results().map(|t| from_wasmtime(&t)).collect(),
-            typed: None,
-        };
-        let typed = TypedExport::new(&self.store, func, &export.params, &export.results);
-        let export = Export { typed, ..export };
-        let funcs = &mut self.store.data_mut().funcs;
-        funcs.push(export);
-        Some(FuncRef(u32::try_from(funcs.len() - 1).ok()?))
+        self.store.data().table.find(name)
     }
 
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
@@ -196,18 +187,38 @@ pub(crate) fn read(cx: impl AsContext<Data = StoreData>, ptr: u64, out: &mut [u8
     memory.read(&cx, offset, out).map_err(|_| OutOfBounds)
 }
 
+/// Makes this instance's handles for `func` (once: on its first call).
+fn resolve(store: &mut wasmtime::StoreContextMut<'_, StoreData>, func: FuncRef) -> Result<Func> {
+    let unknown = || error::engine_msg(format!("unknown function reference {}", func.0));
+    let table = store.data().table.clone();
+    let export = table.get(func).ok_or_else(unknown)?;
+    let instance = store.data().instance.ok_or_else(unknown)?;
+    let f = instance.get_module_export(&mut *store, &export.index).and_then(Extern::into_func).ok_or_else(unknown)?;
+    let typed = TypedExport::new(&*store, f, &export.params, &export.results);
+    *store.data_mut().funcs.get_mut(func.0 as usize).ok_or_else(unknown)? = Slot { func: Some(f), typed };
+    Ok(f)
+}
+
 /// Calls a resolved export with raw arguments; used for top-level and re-entrant calls alike
 /// (neither touches the deadline here).
 pub(crate) fn call(mut cx: impl AsContextMut<Data = StoreData>, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
     let mut store = cx.as_context_mut();
-    // Fast path: a cached typed handle (also for re-entrant calls such as the allocator). The
-    // handle is moved out for the call and put back after it: cloning it costs more than the
-    // call itself. A recursive re-entry of the same export finds it absent and takes the
-    // dynamic path below.
     let slot = func.0 as usize;
-    if let Some(export) = store.data_mut().funcs.get_mut(slot)
-        && export.params.len() == args.len()
-        && let Some(typed) = export.typed.take()
+    let Some(handle) = store.data().funcs.get(slot) else {
+        return Err(error::engine_msg(format!("unknown function reference {}", func.0)));
+    };
+    let existing = handle.func;
+    let f = match existing {
+        Some(f) => f,
+        None => resolve(&mut store, func)?,
+    };
+    // Fast path: a typed handle (also for re-entrant calls such as the allocator). The handle
+    // is moved out for the call and put back after it: cloning it costs more than the call
+    // itself. A recursive re-entry of the same export finds it absent and takes the dynamic
+    // path below.
+    let data = store.data_mut();
+    if data.table.get(func).is_some_and(|e| e.params.len() == args.len())
+        && let Some(typed) = data.funcs[slot].typed.take()
     {
         let r = typed.call(&mut store, args);
         store.data_mut().funcs[slot].typed = Some(typed);
@@ -218,8 +229,8 @@ pub(crate) fn call(mut cx: impl AsContextMut<Data = StoreData>, func: FuncRef, a
     }
     let mut params = [Val::I32(0); MAX_VALUES];
     let mut results = [Val::I32(0); MAX_VALUES];
-    let (f, n_params, n_results, result_ty) = {
-        let Some(export) = store.data().funcs.get(func.0 as usize) else {
+    let (n_params, n_results, result_ty) = {
+        let Some(export) = store.data().table.get(func) else {
             return Err(error::engine_msg(format!("unknown function reference {}", func.0)));
         };
         if args.len() != export.params.len() || args.len() > MAX_VALUES || export.results.len() > MAX_VALUES {
@@ -234,7 +245,7 @@ pub(crate) fn call(mut cx: impl AsContextMut<Data = StoreData>, func: FuncRef, a
         for ((slot, &raw), &ty) in params.iter_mut().zip(args).zip(export.params.iter()) {
             *slot = raw_to_val(raw, ty);
         }
-        (export.func, args.len(), export.results.len(), export.results.first().copied())
+        (args.len(), export.results.len(), export.results.first().copied())
     };
     match f.call(&mut store, &params[..n_params], &mut results[..n_results]) {
         Ok(()) => Ok(result_ty.map(|_| val_to_raw(&results[0]))),

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use wasmux_abi::{ExportDesc, ExternType, FuncType, HostState, ImportDesc, Limits, Result, WasmInstance, WasmModule};
+use wasmux_abi::{
+    ExportDesc, ExternType, FuncRef, FuncType, HostState, ImportDesc, Limits, Result, ValType, WasmInstance, WasmModule,
+};
 
 use crate::imports::from_wasmtime;
 use crate::instance::{StoreData, WasmtimeInstance};
@@ -17,6 +19,8 @@ pub struct WasmtimeModule {
     pre: Result<wasmtime::InstancePre<StoreData>, String>,
     imports: Vec<ImportDesc>,
     exports: Vec<ExportDesc>,
+    /// Function exports and the `memory` export, resolved once for every instance.
+    table: Arc<ExportTable>,
 }
 
 impl fmt::Debug for WasmtimeModule {
@@ -45,17 +49,75 @@ impl WasmtimeModule {
             .imports()
             .map(|i| ImportDesc { module: i.module().to_owned(), name: i.name().to_owned(), ty: extern_type(&i.ty()) })
             .collect();
-        let exports =
+        let exports: Vec<ExportDesc> =
             module.exports().map(|e| ExportDesc { name: e.name().to_owned(), ty: extern_type(&e.ty()) }).collect();
         // Unsatisfiable imports are reported by the ABI layer before it instantiates; keep
         // wasmtime's reason for anyone who instantiates regardless.
         let pre = shared.linker.instantiate_pre(&module).map_err(|e| e.root_cause().to_string());
-        Self { shared, module, pre, imports, exports }
+        let table = Arc::new(ExportTable::new(&module, &exports));
+        Self { shared, module, pre, imports, exports, table }
     }
 
     /// The underlying wasmtime module.
     pub fn wasmtime(&self) -> &wasmtime::Module {
         &self.module
+    }
+}
+
+/// A module's function exports, resolved once per module: their names (sorted, for
+/// [`ExportTable::find`]), wasmtime's index for each and its type. Every instance shares it; a
+/// [`FuncRef`] is an index into it, so it means the same export in every instance of the module.
+pub(crate) struct ExportTable {
+    funcs: Box<[FuncExport]>,
+    /// The `memory` export, if it is a memory.
+    pub(crate) memory: Option<wasmtime::ModuleExport>,
+}
+
+/// A function export of a module.
+pub(crate) struct FuncExport {
+    pub(crate) name: Box<str>,
+    /// Where an instance of the module keeps it.
+    pub(crate) index: wasmtime::ModuleExport,
+    pub(crate) params: Box<[ValType]>,
+    pub(crate) results: Box<[ValType]>,
+}
+
+impl ExportTable {
+    fn new(module: &wasmtime::Module, exports: &[ExportDesc]) -> Self {
+        let mut funcs: Vec<FuncExport> = exports
+            .iter()
+            .filter_map(|e| {
+                let ExternType::Func(ty) = &e.ty else { return None };
+                Some(FuncExport {
+                    name: e.name.as_str().into(),
+                    index: module.get_export_index(&e.name)?,
+                    params: ty.params.as_slice().into(),
+                    results: ty.results.as_slice().into(),
+                })
+            })
+            .collect();
+        funcs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let memory = exports
+            .iter()
+            .find(|e| e.name == "memory" && e.ty == ExternType::Memory)
+            .and_then(|_| module.get_export_index("memory"));
+        Self { funcs: funcs.into(), memory }
+    }
+
+    /// The function export named `name`.
+    pub(crate) fn find(&self, name: &str) -> Option<FuncRef> {
+        let i = self.funcs.binary_search_by(|f| (*f.name).cmp(name)).ok()?;
+        u32::try_from(i).ok().map(FuncRef)
+    }
+
+    /// The export `func` refers to.
+    pub(crate) fn get(&self, func: FuncRef) -> Option<&FuncExport> {
+        self.funcs.get(func.0 as usize)
+    }
+
+    /// The number of function exports.
+    pub(crate) fn len(&self) -> usize {
+        self.funcs.len()
     }
 }
 
@@ -88,6 +150,6 @@ impl WasmModule for WasmtimeModule {
 
     fn instantiate(&self, state: HostState, limits: &Limits) -> Result<Box<dyn WasmInstance>> {
         let pre = self.pre.as_ref().map_err(|reason| error::engine_msg(format!("cannot link module: {reason}")))?;
-        Ok(Box::new(WasmtimeInstance::new(pre, state, limits, &self.shared)?))
+        Ok(Box::new(WasmtimeInstance::new(pre, &self.table, state, limits, &self.shared)?))
     }
 }
