@@ -208,6 +208,8 @@ pub struct ModuleCache {
     capacity: usize,
     dir: Option<PathBuf>,
     counters: Counters,
+    /// Compiled modules themselves, kept for reuse ([`Self::keep_compiled`]); `None`: off.
+    compiled: Option<Mutex<HashMap<CacheKey, Arc<dyn WasmModule>>>>,
 }
 
 impl fmt::Debug for ModuleCache {
@@ -237,7 +239,23 @@ impl ModuleCache {
             capacity: Self::DEFAULT_MEMORY_CAPACITY,
             dir: None,
             counters: Counters::default(),
+            compiled: None,
         }
+    }
+
+    /// Also keeps every module it loads, compiled, and hands the same module out again: no
+    /// deserialization, and engines that cannot serialize (wasmer, wasmi, WAMR, V8) compile a
+    /// module once. The modules stay until the cache is dropped, and their count is not
+    /// bounded: for short-lived runs over a few modules (the test kit, benches), not for a
+    /// long-running proxy.
+    #[must_use]
+    pub fn keep_compiled(mut self) -> Self {
+        self.compiled = Some(Mutex::default());
+        self
+    }
+
+    fn kept(&self) -> Option<MutexGuard<'_, HashMap<CacheKey, Arc<dyn WasmModule>>>> {
+        self.compiled.as_ref().map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// A cache with both tiers; artifacts files go in `dir`, created if missing.
@@ -306,6 +324,25 @@ impl ModuleCache {
         compile: impl FnOnce() -> Result<Arc<dyn WasmModule>>,
     ) -> Result<(Arc<dyn WasmModule>, CacheSource)> {
         let key = CacheKey::new(engine, bytes);
+        if let Some(module) = self.kept().and_then(|k| k.get(&key).cloned()) {
+            Counters::bump(&self.counters.memory_hits);
+            return Ok((module, CacheSource::Memory));
+        }
+        let (module, source) = self.load_uncompiled(engine, bytes, key.clone(), compile)?;
+        if let Some(mut kept) = self.kept() {
+            kept.insert(key, module.clone());
+        }
+        Ok((module, source))
+    }
+
+    /// [`Self::load_or`] without the compiled-module tier.
+    fn load_uncompiled(
+        &self,
+        engine: &dyn WasmEngine,
+        bytes: &[u8],
+        key: CacheKey,
+        compile: impl FnOnce() -> Result<Arc<dyn WasmModule>>,
+    ) -> Result<(Arc<dyn WasmModule>, CacheSource)> {
         if self.capacity > 0 {
             let artifact = self.lock().artifacts.get(&key).cloned();
             if let Some(artifact) = artifact {
@@ -338,6 +375,10 @@ impl ModuleCache {
         }
         Counters::bump(&self.counters.misses);
         let module = compile()?;
+        if self.capacity == 0 && self.dir.is_none() {
+            // No tier would keep the artifact: do not serialize.
+            return Ok((module, CacheSource::Compiled));
+        }
         let Some(artifact) = engine.serialize(&*module) else {
             return Ok((module, CacheSource::Uncacheable));
         };

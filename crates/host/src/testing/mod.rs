@@ -277,9 +277,11 @@ pub struct RunSettings {
 }
 
 impl RunSettings {
-    /// Settings with an in-memory module cache: each module compiles once per engine.
+    /// Settings with a module cache that keeps compiled modules: each module compiles once per
+    /// engine, for every test of the run.
     pub fn new() -> Self {
-        Self { cache: Some(std::sync::Arc::new(ModuleCache::in_memory())), ..Self::default() }
+        let cache = ModuleCache::in_memory().memory_capacity(0).keep_compiled();
+        Self { cache: Some(std::sync::Arc::new(cache)), ..Self::default() }
     }
 
     /// Only tests whose name contains `filter`.
