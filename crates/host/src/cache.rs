@@ -328,7 +328,7 @@ impl ModuleCache {
             Counters::bump(&self.counters.memory_hits);
             return Ok((module, CacheSource::Memory));
         }
-        let (module, source) = self.load_uncompiled(engine, bytes, key.clone(), compile)?;
+        let (module, source) = self.load_uncompiled(engine, key.clone(), compile)?;
         if let Some(mut kept) = self.kept() {
             kept.insert(key, module.clone());
         }
@@ -339,7 +339,6 @@ impl ModuleCache {
     fn load_uncompiled(
         &self,
         engine: &dyn WasmEngine,
-        bytes: &[u8],
         key: CacheKey,
         compile: impl FnOnce() -> Result<Arc<dyn WasmModule>>,
     ) -> Result<(Arc<dyn WasmModule>, CacheSource)> {
