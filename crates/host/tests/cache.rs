@@ -335,12 +335,12 @@ fn kept_modules_are_compiled_once() {
     let wasm = wat::parse_str(r#"(module (func (export "f")))"#).expect("wat");
     for runtime in wasmux::Runtime::available().iter().filter(|r| r.runs_wasm()) {
         let engine = runtime.engine().expect("engine");
-        let cache = wasmux::ModuleCache::in_memory().memory_capacity(0).keep_compiled();
+        let cache = ModuleCache::in_memory().memory_capacity(0).keep_compiled();
         let (first, source) = cache.load(&*engine, &wasm).expect("compiles");
-        assert_eq!(source, wasmux::CacheSource::Compiled, "{runtime}");
+        assert_eq!(source, CacheSource::Compiled, "{runtime}");
         let (again, source) = cache.load(&*engine, &wasm).expect("loads");
-        assert_eq!(source, wasmux::CacheSource::Memory, "{runtime}");
-        assert!(std::sync::Arc::ptr_eq(&first, &again), "{runtime}: the same module");
+        assert_eq!(source, CacheSource::Memory, "{runtime}");
+        assert!(Arc::ptr_eq(&first, &again), "{runtime}: the same module");
         assert_eq!((cache.stats().misses, cache.stats().memory_hits), (1, 1), "{runtime}");
     }
 }
