@@ -572,6 +572,37 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The event's name, as `"event"` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::HttpStream { .. } => "http_stream",
+            Self::RequestHeaders { .. } => "request_headers",
+            Self::RequestBody { .. } => "request_body",
+            Self::RequestTrailers { .. } => "request_trailers",
+            Self::ResponseHeaders { .. } => "response_headers",
+            Self::ResponseBody { .. } => "response_body",
+            Self::ResponseTrailers { .. } => "response_trailers",
+            Self::TcpStream { .. } => "tcp_stream",
+            Self::DownstreamData { .. } => "downstream_data",
+            Self::UpstreamData { .. } => "upstream_data",
+            Self::DownstreamClose { .. } => "downstream_close",
+            Self::UpstreamClose { .. } => "upstream_close",
+            Self::Finish { .. } => "finish",
+            Self::HttpCallResponse { .. } => "http_call_response",
+            Self::GrpcInitialMetadata { .. } => "grpc_initial_metadata",
+            Self::GrpcMessage { .. } => "grpc_message",
+            Self::GrpcTrailingMetadata { .. } => "grpc_trailing_metadata",
+            Self::GrpcClose { .. } => "grpc_close",
+            Self::Tick { .. } => "tick",
+            Self::AdvanceClock { .. } => "advance_clock",
+            Self::ForeignFunction { .. } => "foreign_function",
+            Self::Enqueue { .. } => "enqueue",
+            Self::Shutdown { .. } => "shutdown",
+        }
+    }
+}
+
 /// A scenario that cannot run (bad JSON, unknown stream name, ...), as opposed to a filter that
 /// fails, which is recorded.
 #[derive(Debug, thiserror::Error)]
@@ -1060,8 +1091,7 @@ impl Runner<'_> {
 
     fn run(mut self, scenario: &Scenario) -> Result<Value, ScenarioError> {
         for ev in &scenario.events {
-            let name = serde_json::to_value(ev)?["event"].clone();
-            let mut entry = json!({ "event": name });
+            let mut entry = json!({ "event": ev.name() });
             let before = self.trace.then(|| (self.rec.log.records().len(), self.rec.callouts.events().len()));
             let result = self.step(ev, &mut entry)?;
             match result {

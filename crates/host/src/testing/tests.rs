@@ -152,3 +152,13 @@ fn background_streams_stay_in_flight_and_report_memory() {
     }
     assert!(report.memory_matrix().contains("200/200 streams"), "{}", report.memory_matrix());
 }
+
+#[test]
+fn event_names_are_the_serialized_tags() {
+    let text = "tests:\n  - name: t\n    events:\n      - {event: http_stream, stream: a}\n      - {event: request_trailers, stream: a, trailers: []}\n      - {event: grpc_initial_metadata, call: 0}\n      - {event: advance_clock, ms: 1}\n      - {event: shutdown}\n";
+    let f = TestFile::parse(text, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+    for ev in &f.tests()[0].scenario().events {
+        let tag = serde_json::to_value(ev).ok().and_then(|v| v["event"].as_str().map(str::to_string));
+        assert_eq!(tag.as_deref(), Some(ev.name()));
+    }
+}
