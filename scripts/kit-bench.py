@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the test-kit benchmark files (issue: `wasmux test` speed) into a directory:
+"""Writes the benchmark files of the test kit (`wasmux test`) into a directory:
 
   kit50.yaml        50 tests on the headers fixture (25 passed through, 25 denied), every kind
                     of expectation the headers filter allows; for `time wasmux test kit50.yaml`
