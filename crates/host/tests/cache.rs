@@ -344,3 +344,41 @@ fn kept_modules_are_compiled_once() {
         assert_eq!((cache.stats().misses, cache.stats().memory_hits), (1, 1), "{runtime}");
     }
 }
+
+/// Every engine that serializes (wasmtime, wasmer's cranelift and singlepass) loads a filter
+/// from the disk tier in a later process's cache, and the loaded module runs it the same way.
+#[test]
+fn engines_that_serialize_start_warm_from_disk() {
+    let bytes = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/fixtures/wasm/headers.wasip1.wasm"),
+    )
+    .expect("headers fixture");
+    for &runtime in wasmux::Runtime::available() {
+        let engine = runtime.engine().expect("engine");
+        let compiled = engine.compile(&bytes).expect("compiles");
+        if engine.serialize(&*compiled).is_none() {
+            continue;
+        }
+        let dir = std::env::temp_dir().join(format!("wasmux-warm-{}-{}", runtime.name(), std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let run = |cache: &ModuleCache| {
+            let plugin = runtime.load_cached(&bytes, PluginOptions::default(), cache).expect("loads");
+            let mut p = plugin.instantiate().expect("starts");
+            let id = p.http_stream().expect("stream");
+            let headers = HeaderMap::from_pairs([(":path", "/hello")]);
+            let action = p.request_headers(id, headers, true).expect("runs");
+            let seen =
+                p.vm().http(id).expect("stream state").request_headers.get(b"x-wasmux-request").map(<[u8]>::to_vec);
+            (action, seen)
+        };
+        let cold = ModuleCache::on_disk(&dir).expect("cache dir");
+        let first = run(&cold);
+        assert_eq!(cold.stats().misses, 1, "{runtime}");
+        let warm = ModuleCache::on_disk(&dir).expect("cache dir");
+        let second = run(&warm);
+        assert_eq!((warm.stats().disk_hits, warm.stats().misses), (1, 0), "{runtime}: {:?}", warm.stats());
+        assert_eq!(first, second, "{runtime}");
+        assert_eq!(second.1.as_deref(), Some(&b"seen"[..]), "{runtime}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -91,14 +91,22 @@
 //! empty functions take cranelift 9 s and 139 MiB, singlepass 1.7 s and 209 MiB, nearly all of
 //! it kept by the compiled module (about 1.3 KiB and 2.1 KiB a function).
 //!
-//! Module serialization is not offered (wasmer's `Module::deserialize` trusts its input as
-//! machine code; the defaults of [`WasmEngine`] apply).
+//! Compiled modules serialize (`WasmEngine::serialize`/`deserialize`), so `wasmux::ModuleCache`
+//! keeps wasmer artifacts in memory and on disk as it does wasmtime's: a warm start loads the
+//! compiled code instead of running cranelift or singlepass again (see `unsafe` below).
 //!
 //! # `unsafe`
 //!
-//! The workspace forbids `unsafe`; this crate denies it and allows it in two places, each with
-//! a `// SAFETY:` comment:
+//! The workspace forbids `unsafe`; this crate denies it and allows it in three places, each
+//! with a `// SAFETY:` comment:
 //!
+//! - Loading a serialized module (`WasmEngine::deserialize`, for the module cache):
+//!   `wasmer::Module::deserialize` trusts its input as compiled code. `deserialize` must only
+//!   ever see bytes that `serialize` produced on this engine build; wasmer rejects, as an
+//!   error, artifacts of another wasmer version or target, and the module cache keys artifacts
+//!   by [`WasmEngine::fingerprint`] and the module's SHA-256 and checks a checksum before
+//!   handing bytes here. A cache directory someone else can write is trusted code: keep it
+//!   private to the proxy.
 //! - `Send` for [`WasmerInstance`]. wasmer 7 no longer declares its `Store` `Send` (6.1 did),
 //!   for the sake of its V8 backend; the `sys` backend this crate uses has no thread affinity
 //!   between calls, and the `WasmInstance` contract needs instances to move between threads.
@@ -335,6 +343,20 @@ impl WasmEngine for WasmerEngine {
 
     fn compile(&self, bytes: &[u8]) -> Result<Arc<dyn WasmModule>> {
         Ok(Arc::new(WasmerModule::new(self.shared.clone(), bytes)?))
+    }
+
+    fn serialize(&self, module: &dyn WasmModule) -> Option<Vec<u8>> {
+        let module = module.as_any().downcast_ref::<WasmerModule>()?;
+        // A module of an engine with other settings would carry code this engine's
+        // fingerprint does not describe.
+        if module.shared().config != self.shared.config {
+            return None;
+        }
+        module.serialize()
+    }
+
+    fn deserialize(&self, artifact: &[u8]) -> Result<Arc<dyn WasmModule>> {
+        Ok(Arc::new(WasmerModule::deserialize(self.shared.clone(), artifact)?))
     }
 
     fn fingerprint(&self) -> String {

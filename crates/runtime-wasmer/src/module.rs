@@ -63,18 +63,40 @@ impl fmt::Debug for WasmerModule {
 }
 
 impl WasmerModule {
+    /// A fresh wasmer engine with this crate's compiler settings and middleware.
+    fn new_engine(shared: &Shared) -> wasmer::Engine {
+        // Wasmer's default features but threads: a shared memory would let a guest block in
+        // `memory.atomic.wait`, out of reach of deadlines (wasmtime here has no threads either).
+        let features = wasmer::sys::Features { threads: false, ..Default::default() };
+        wasmer::sys::EngineBuilder::new(shared.config.compiler_config()).set_features(Some(features)).engine().into()
+    }
+
     /// Compiles `bytes` on a fresh wasmer engine with this crate's middleware.
     pub(crate) fn new(shared: Arc<Shared>, bytes: &[u8]) -> Result<Self> {
         // wasmux's verdict first, on the original bytes: the same on every engine.
         wasmux_abi::validate(shared.name, bytes)?;
-        // Wasmer's default features but threads: a shared memory would let a guest block in
-        // `memory.atomic.wait`, out of reach of deadlines (wasmtime here has no threads either).
-        let features = wasmer::sys::Features { threads: false, ..Default::default() };
-        let engine: wasmer::Engine = wasmer::sys::EngineBuilder::new(shared.config.compiler_config())
-            .set_features(Some(features))
-            .engine()
-            .into();
+        let engine = Self::new_engine(&shared);
         let module = wasmer::Module::new(&engine, bytes).map_err(|e| error::compile(shared.name, &e))?;
+        Ok(Self::from_compiled(shared, engine, module))
+    }
+
+    /// Loads a module serialized by [`WasmerModule::serialize`] on an engine of this build
+    /// (see `load_artifact` for the contract).
+    pub(crate) fn deserialize(shared: Arc<Shared>, artifact: &[u8]) -> Result<Self> {
+        let engine = Self::new_engine(&shared);
+        let module = load_artifact(&engine, artifact).map_err(|e| wasmux_abi::Error::Engine {
+            engine: shared.name,
+            message: format!("cannot load a serialized module: {e}"),
+        })?;
+        Ok(Self::from_compiled(shared, engine, module))
+    }
+
+    /// The module as an artifact for [`WasmerModule::deserialize`].
+    pub(crate) fn serialize(&self) -> Option<Vec<u8>> {
+        self.module.serialize().ok().map(|b| b.to_vec())
+    }
+
+    fn from_compiled(shared: Arc<Shared>, engine: wasmer::Engine, module: wasmer::Module) -> Self {
         let mut links = Vec::new();
         let mut imports = Vec::new();
         for import in module.imports() {
@@ -104,7 +126,7 @@ impl WasmerModule {
         let imported = u32::try_from(info.num_imported_functions).unwrap_or(u32::MAX) - middleware::HIDDEN_FUNCS;
         let initial_memory = info.memories.values().map(|m| m.minimum.bytes().0 as u64).max();
         let initial_table_elements = info.tables.values().map(|t| u64::from(t.minimum)).sum();
-        Ok(Self {
+        Self {
             shared,
             engine,
             module,
@@ -115,7 +137,7 @@ impl WasmerModule {
             imported,
             initial_memory,
             initial_table_elements,
-        })
+        }
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -310,4 +332,21 @@ impl Tunables for StoreTunables {
     fn vmconfig(&self) -> &VMConfig {
         &self.vm
     }
+}
+
+/// Loads a module serialized by `WasmerModule::serialize` on an engine of this build.
+#[allow(unsafe_code, reason = "wasmer::Module::deserialize is unsafe: it trusts its input as compiled code")]
+fn load_artifact(engine: &wasmer::Engine, artifact: &[u8]) -> std::result::Result<wasmer::Module, String> {
+    // SAFETY: wasmer requires the bytes to be the unmodified output of `Module::serialize`.
+    // The only caller of `WasmEngine::deserialize` in wasmux is the module cache
+    // (`wasmux::ModuleCache`), which upholds this: it keys artifacts by the engine's
+    // fingerprint (compiler, optimization, wasmer version, this crate's middleware version,
+    // target) and the module's SHA-256; in memory they are bytes it produced itself, and on disk
+    // files it wrote atomically with a header repeating the key and a CRC-32 of the artifact,
+    // all checked before this call, so a truncated, corrupted or misplaced file is a cache miss,
+    // not a load. wasmer itself checks the artifact's header and version and rejects, as an
+    // error, an artifact of another wasmer version or target. What remains trusted is the cache
+    // directory: whoever can write it can make the host run arbitrary code. Embedders calling
+    // `deserialize` directly take on the same contract (crate docs).
+    unsafe { wasmer::Module::deserialize(engine, artifact.to_vec()) }.map_err(|e| e.to_string())
 }
