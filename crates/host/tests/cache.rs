@@ -353,7 +353,7 @@ fn engines_that_serialize_start_warm_from_disk() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/fixtures/wasm/headers.wasip1.wasm"),
     )
     .expect("headers fixture");
-    for &runtime in wasmux::Runtime::available() {
+    for &runtime in wasmux::Runtime::available().iter().filter(|r| r.runs_wasm()) {
         let engine = runtime.engine().expect("engine");
         let compiled = engine.compile(&bytes).expect("compiles");
         if engine.serialize(&*compiled).is_none() {
