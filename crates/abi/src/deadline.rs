@@ -125,7 +125,10 @@ impl CoarseClock {
     /// deadline: the clock then runs until the deadline can have passed.
     pub fn keep_ticking(&self, span: u64) -> u64 {
         let s = &self.shared;
-        let mut now = s.now.load(Ordering::Acquire);
+        // The time now, not the last published tick: a thread that just woke from a park may not
+        // have published yet, and a span counted from a stale tick could end before the thread's
+        // next look at `busy_until`, which would park it again while this call runs.
+        let mut now = s.publish();
         let until = now.saturating_add(span).saturating_add(2);
         if s.busy_until.load(Ordering::Relaxed) < until {
             s.busy_until.fetch_max(until, Ordering::SeqCst);
