@@ -153,6 +153,16 @@ impl MemoryLog {
     pub fn records(&self) -> Vec<LogRecord> {
         lock(&self.records).clone()
     }
+
+    /// How many lines so far.
+    pub fn len(&self) -> usize {
+        lock(&self.records).len()
+    }
+
+    /// Whether no line was logged.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.records).is_empty()
+    }
 }
 
 impl LogSink for MemoryLog {
@@ -868,6 +878,16 @@ impl RecordingCallouts {
     /// Everything dispatched so far.
     pub fn events(&self) -> Vec<CalloutEvent> {
         lock(&self.events).clone()
+    }
+
+    /// How many callout events so far.
+    pub fn len(&self) -> usize {
+        lock(&self.events).len()
+    }
+
+    /// Whether nothing was dispatched.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.events).is_empty()
     }
 
     /// Restricts callouts to these upstream names.

@@ -69,7 +69,7 @@ impl Bytes {
     pub fn from_slice(b: &[u8]) -> Self {
         match std::str::from_utf8(b) {
             Ok(s) => Self::Text(s.to_string()),
-            Err(_) => Self::Hex { hex: b.iter().map(|x| format!("{x:02x}")).collect() },
+            Err(_) => Self::Hex { hex: hex(b) },
         }
     }
 }
@@ -126,12 +126,20 @@ impl<'de> Deserialize<'de> for Bytes {
 /// Values larger than this appear in records by length and SHA-256 only.
 pub const RECORD_BYTES_INLINE: usize = 1 << 20;
 
+/// Lower-case hex digits of `b`.
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The SHA-256 of `b` as records give it (lower-case hex).
+pub(crate) fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex(&sha2::Sha256::digest(b))
+}
+
 fn bytes_json(b: &[u8]) -> Value {
     if b.len() > RECORD_BYTES_INLINE {
-        use sha2::Digest as _;
-        let digest = sha2::Sha256::digest(b);
-        let hex: String = digest.iter().map(|x| format!("{x:02x}")).collect();
-        return json!({"len": b.len(), "sha256": hex});
+        return json!({"len": b.len(), "sha256": sha256_hex(b)});
     }
     serde_json::to_value(Bytes::from_slice(b)).unwrap_or(Value::Null)
 }
@@ -1092,7 +1100,7 @@ impl Runner<'_> {
     fn run(mut self, scenario: &Scenario) -> Result<Value, ScenarioError> {
         for ev in &scenario.events {
             let mut entry = json!({ "event": ev.name() });
-            let before = self.trace.then(|| (self.rec.log.records().len(), self.rec.callouts.events().len()));
+            let before = self.trace.then(|| (self.rec.log.len(), self.rec.callouts.len()));
             let result = self.step(ev, &mut entry)?;
             match result {
                 Ok(Some(action)) => entry["action"] = json!(action),
@@ -1235,8 +1243,8 @@ impl Runner<'_> {
 
     /// Counts of log lines and callouts so far, and the state of the event's stream.
     fn trace_event(&mut self, ev: &Event, (logs, callouts): (usize, usize), entry: &mut Value) {
-        entry["log_range"] = json!([logs, self.rec.log.records().len()]);
-        entry["callout_range"] = json!([callouts, self.rec.callouts.events().len()]);
+        entry["log_range"] = json!([logs, self.rec.log.len()]);
+        entry["callout_range"] = json!([callouts, self.rec.callouts.len()]);
         let Some(stream) = event_stream(ev) else { return };
         let Ok((vm, id)) = self.id(stream) else { return };
         let state = match stream_json(self.vm(vm).vm(), id) {
@@ -1611,42 +1619,35 @@ impl Runner<'_> {
     }
 }
 
+/// The `stream` field of the events that act on a stream, by reference or by mutable reference
+/// (one list for [`event_stream`] and [`stream_mut`]).
+macro_rules! stream_field {
+    ($ev:expr) => {
+        match $ev {
+            Event::HttpStream { stream, .. }
+            | Event::TcpStream { stream, .. }
+            | Event::RequestHeaders { stream, .. }
+            | Event::RequestBody { stream, .. }
+            | Event::RequestTrailers { stream, .. }
+            | Event::ResponseHeaders { stream, .. }
+            | Event::ResponseBody { stream, .. }
+            | Event::ResponseTrailers { stream, .. }
+            | Event::DownstreamData { stream, .. }
+            | Event::UpstreamData { stream, .. }
+            | Event::DownstreamClose { stream, .. }
+            | Event::UpstreamClose { stream, .. }
+            | Event::Finish { stream } => Some(stream),
+            _ => None,
+        }
+    };
+}
+
 /// The stream name of an event that acts on one, to rename it.
 fn stream_mut(ev: &mut Event) -> Option<&mut String> {
-    match ev {
-        Event::HttpStream { stream, .. }
-        | Event::TcpStream { stream, .. }
-        | Event::RequestHeaders { stream, .. }
-        | Event::RequestBody { stream, .. }
-        | Event::RequestTrailers { stream, .. }
-        | Event::ResponseHeaders { stream, .. }
-        | Event::ResponseBody { stream, .. }
-        | Event::ResponseTrailers { stream, .. }
-        | Event::DownstreamData { stream, .. }
-        | Event::UpstreamData { stream, .. }
-        | Event::DownstreamClose { stream, .. }
-        | Event::UpstreamClose { stream, .. }
-        | Event::Finish { stream } => Some(stream),
-        _ => None,
-    }
+    stream_field!(ev)
 }
 
 /// The stream an event acts on, if any.
 pub(crate) fn event_stream(ev: &Event) -> Option<&str> {
-    match ev {
-        Event::HttpStream { stream, .. }
-        | Event::TcpStream { stream, .. }
-        | Event::RequestHeaders { stream, .. }
-        | Event::RequestBody { stream, .. }
-        | Event::RequestTrailers { stream, .. }
-        | Event::ResponseHeaders { stream, .. }
-        | Event::ResponseBody { stream, .. }
-        | Event::ResponseTrailers { stream, .. }
-        | Event::DownstreamData { stream, .. }
-        | Event::UpstreamData { stream, .. }
-        | Event::DownstreamClose { stream, .. }
-        | Event::UpstreamClose { stream, .. }
-        | Event::Finish { stream } => Some(stream),
-        _ => None,
-    }
+    stream_field!(ev).map(String::as_str)
 }

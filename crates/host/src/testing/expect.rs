@@ -131,9 +131,11 @@ impl Matcher {
                 }
             }
             (Self::Exact(e), Recorded::Hashed { len, sha256 }) => {
-                use sha2::Digest as _;
-                let digest: String = sha2::Sha256::digest(e).iter().map(|x| format!("{x:02x}")).collect();
-                if e.len() == *len && digest == *sha256 { Ok(()) } else { Err(show_recorded(r)) }
+                if e.len() == *len && crate::scenario::sha256_hex(e) == *sha256 {
+                    Ok(())
+                } else {
+                    Err(show_recorded(r))
+                }
             }
             (Self::Len(n), Recorded::Hashed { len, .. }) => {
                 if n == len {
@@ -739,8 +741,8 @@ impl Expect {
         Ok(out)
     }
 
-    /// Whether the test expects the event to fail (`error`), so that it is not an unexpected
-    /// error.
+    /// Whether the event says which error it expects (`error`; `false` for none): its own
+    /// check then judges the event's error, not the test's check for unexpected ones.
     pub(crate) fn expects_error(&self) -> bool {
         self.error.is_some()
     }
@@ -769,25 +771,23 @@ impl Expect {
             }
         }
         if let Some(e) = &self.error {
-            let actual = entry.get("error").or_else(|| entry.get("trap").map(|_| entry)).cloned();
-            let found = match (e, &actual) {
+            // The callback's error, or the trap the failure policy answered, as one shape:
+            // `{kind, trap, export}`.
+            let actual = entry.get("error").cloned().or_else(|| {
+                let t = entry.get("trap")?;
+                Some(serde_json::json!({"kind": "trap", "trap": t.get("kind"), "export": t.get("export")}))
+            });
+            let ok = match (e, &actual) {
+                (Value::Bool(false), a) => a.is_none(),
                 (_, None) => false,
+                (Value::Bool(true), Some(_)) => true,
                 // A kind: `trap`, `failed`, `rejected`, `error`; or a trap kind (`unreachable`).
                 (Value::String(k), Some(a)) => {
-                    let trap = entry.get("trap");
-                    let names = [
-                        a.get("kind").and_then(Value::as_str),
-                        a.get("trap").and_then(Value::as_str),
-                        trap.map(|_| "trap"),
-                        trap.and_then(|t| t.get("kind")).and_then(Value::as_str),
-                    ];
-                    names.contains(&Some(k.as_str()))
+                    [a.get("kind"), a.get("trap")].iter().any(|v| v.and_then(Value::as_str) == Some(k.as_str()))
                 }
-                (Value::Bool(b), Some(_)) => *b,
                 (e, Some(a)) => subset(e, a).is_ok(),
             };
-            let expected_none = matches!(e, Value::Bool(false));
-            if found == expected_none {
+            if !ok {
                 let actual = actual.map_or_else(|| "no error".to_string(), |a| json_short(Some(&a)));
                 out.push(scope.failure("error".into(), json_short(Some(e)), actual));
             }

@@ -573,7 +573,7 @@ fn inline_file(map: &mut MarkedMappingNode, key: &str, what: &str, base: &Path) 
     }
     let path = base.join(name);
     let bytes = std::fs::read(&path).map_err(|e| at(f, format!("{here}: {}: {e}", path.display())))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = scenario::hex(&bytes);
     let span = *n.span();
     let mut inner = MarkedMappingNode::new_empty(span);
     let mut value = MarkedScalarNode::new(span, hex);

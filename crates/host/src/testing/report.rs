@@ -183,7 +183,7 @@ impl Report {
     }
 
     pub(crate) fn push(&mut self, r: TestResult) {
-        self.engines_push(&r.engine.clone());
+        self.engines_push(&r.engine);
         self.results.push(r);
     }
 
@@ -207,9 +207,9 @@ impl Report {
     }
 
     /// Tests in first-run order, as (file, test, position).
-    fn rows(&self) -> Vec<(PathBuf, String, Pos)> {
+    fn rows(&self, keep: &impl Fn(&TestResult) -> bool) -> Vec<(PathBuf, String, Pos)> {
         let mut rows: Vec<(PathBuf, String, Pos)> = Vec::new();
-        for r in &self.results {
+        for r in self.results.iter().filter(|r| keep(r)) {
             if !rows.iter().any(|(f, t, _)| *f == r.file && *t == r.test) {
                 rows.push((r.file.clone(), r.test.clone(), r.pos));
             }
@@ -224,11 +224,11 @@ impl Report {
     /// The test × engine matrix (`ok`, `FAIL`, `ERROR`, `skip`), with a summary line.
     pub fn matrix(&self) -> String {
         let (passed, failed, skipped) = self.counts();
-        let mut s = self.table(|r| r.outcome.label().to_string());
+        let mut s = self.table(|_| true, |r| r.outcome.label().to_string());
         let _ = writeln!(
             s,
             "\n{passed} passed, {failed} failed, {skipped} skipped ({} tests x {} engines)",
-            self.rows().len(),
+            self.rows(&|_| true).len(),
             self.engines.len()
         );
         s
@@ -237,17 +237,22 @@ impl Report {
     /// The test × engine matrix of median times ([`super::RunSettings::bench`]): the events'
     /// time, and per stream when the test has streams.
     pub fn bench_matrix(&self) -> String {
-        self.table(|r| match r.bench {
-            Some(b) if b.streams > 0 => {
-                format!("{} ({}/stream)", micros(b.events_median), micros(b.events_median / b.streams as u32))
-            }
-            Some(b) => micros(b.events_median),
-            None => r.outcome.label().to_string(),
-        })
+        self.table(
+            |_| true,
+            |r| match r.bench {
+                Some(b) if b.streams > 0 => {
+                    let streams = u32::try_from(b.streams).unwrap_or(u32::MAX);
+                    format!("{} ({}/stream)", micros(b.events_median), micros(b.events_median / streams))
+                }
+                Some(b) => micros(b.events_median),
+                None => r.outcome.label().to_string(),
+            },
+        )
     }
 
-    fn table(&self, cell: impl Fn(&TestResult) -> String) -> String {
-        let rows = self.rows();
+    /// The test x engine table of `cell`, for the tests with a result `keep` takes.
+    fn table(&self, keep: impl Fn(&TestResult) -> bool, cell: impl Fn(&TestResult) -> String) -> String {
+        let rows = self.rows(&keep);
         let multi_file = rows.iter().any(|(f, _, _)| *f != rows[0].0);
         let name = |(f, t, _): &(PathBuf, String, Pos)| {
             if multi_file {
@@ -291,14 +296,11 @@ impl Report {
     /// The memory of background streams per test and engine (empty when no test has them):
     /// guest memory with the streams in flight, its growth per stream, and the host's.
     pub fn memory_matrix(&self) -> String {
-        let with_memory = Self {
-            results: self.results.iter().filter(|r| r.memory().is_some()).cloned().collect(),
-            engines: self.engines.clone(),
-        };
-        if with_memory.results.is_empty() {
+        let has_memory = |r: &TestResult| r.memory().is_some();
+        if !self.results.iter().any(has_memory) {
             return String::new();
         }
-        with_memory.table(|r| match r.memory() {
+        self.table(has_memory, |r| match r.memory() {
             Some(m) => {
                 let per = m.guest_after.saturating_sub(m.guest_before) / m.streams.max(1);
                 let host = m.host_rss_growth.map_or_else(String::new, |h| format!(", host +{} KiB", h / 1024));

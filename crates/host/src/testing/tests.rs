@@ -162,3 +162,34 @@ fn event_names_are_the_serialized_tags() {
         assert_eq!(tag.as_deref(), Some(ev.name()));
     }
 }
+
+#[test]
+fn error_expectations_see_the_trap_the_policy_answered() {
+    let file = headers_file(
+        "  - name: no error, but it traps
+    events:
+      - {event: http_stream, stream: t}
+      - event: request_headers
+        stream: t
+        headers: [[':path', /trap]]
+        expect: {error: false}
+  - name: a trap, by kind
+    events:
+      - {event: http_stream, stream: t}
+      - event: request_headers
+        stream: t
+        headers: [[':path', /trap]]
+        expect: {error: {kind: trap, trap: unreachable}}
+",
+    );
+    for runtime in wasm_engines() {
+        let report = file.run(&[runtime], &RunSettings::new());
+        let Outcome::Failed(failures) = &report.results[0].outcome else {
+            panic!("{runtime}: `error: false` on a trap must fail, got {:?}", report.results[0].outcome)
+        };
+        assert_eq!(failures.len(), 1, "{runtime}: {failures:?}");
+        assert_eq!((failures[0].what.as_str(), failures[0].expected.as_str()), ("error", "false"), "{runtime}");
+        assert!(failures[0].actual.contains("\"unreachable\""), "{runtime}: {}", failures[0].actual);
+        assert_eq!(report.results[1].outcome, Outcome::Passed, "{runtime}");
+    }
+}
