@@ -36,6 +36,7 @@
 pub mod deadline;
 mod driver;
 mod error;
+pub mod export_table;
 mod exports;
 mod guest;
 mod hostcalls;

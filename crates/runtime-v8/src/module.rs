@@ -5,9 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use wasmux_abi::{
-    Error, ExportDesc, ExternType, FuncRef, FuncType, HostState, ImportDesc, Limits, Result, ValType, WasmInstance,
-    WasmModule, find_host_func,
+    Error, ExportDesc, ExternType, FuncType, HostState, ImportDesc, Limits, Result, ValType, WasmInstance, WasmModule,
+    find_host_func,
 };
+
+use wasmux_abi::export_table::FuncExport;
 
 use crate::ffi::{self, CompiledModule, MAX_VALUES};
 use crate::instance::V8Instance;
@@ -48,58 +50,22 @@ pub(crate) struct ModuleData {
 }
 
 /// A module's function exports that the host can call (at most [`MAX_VALUES`] parameters, no
-/// reference or vector types), resolved once per module: their names (sorted, for
-/// [`ExportTable::find`]) and their types as the bridge's type codes. Every instance shares it;
-/// a [`FuncRef`] is an index into it, so it means the same export in every instance of the
-/// module.
-pub(crate) struct ExportTable {
-    funcs: Box<[FuncExport]>,
-}
+/// reference or vector types), resolved once per module ([`wasmux_abi::export_table`]), with
+/// their types as the bridge's type codes ([`ffi::type_code`]).
+pub(crate) type ExportTable = wasmux_abi::export_table::ExportTable<u8>;
 
-/// A function export of a module.
-pub(crate) struct FuncExport {
-    pub(crate) name: Box<str>,
-    /// Parameter type codes ([`ffi::type_code`]).
-    pub(crate) params: Box<[u8]>,
-    /// Result type codes.
-    pub(crate) results: Box<[u8]>,
-}
-
-impl ExportTable {
-    fn new(exports: &[ExportDesc]) -> Self {
-        let mut funcs: Vec<FuncExport> = exports
-            .iter()
-            .filter_map(|e| {
-                let ExternType::Func(ty) = &e.ty else { return None };
-                if ty.params.len() > MAX_VALUES || ty.params.iter().chain(&ty.results).any(|&t| t == ValType::Other) {
-                    return None;
-                }
-                Some(FuncExport {
-                    name: e.name.as_str().into(),
-                    params: ty.params.iter().map(|&t| ffi::type_code(t)).collect(),
-                    results: ty.results.iter().map(|&t| ffi::type_code(t)).collect(),
-                })
-            })
-            .collect();
-        funcs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        Self { funcs: funcs.into() }
-    }
-
-    /// The function export named `name`.
-    pub(crate) fn find(&self, name: &str) -> Option<FuncRef> {
-        let i = self.funcs.binary_search_by(|f| (*f.name).cmp(name)).ok()?;
-        u32::try_from(i).ok().map(FuncRef)
-    }
-
-    /// The export `func` refers to.
-    pub(crate) fn get(&self, func: FuncRef) -> Option<&FuncExport> {
-        self.funcs.get(func.0 as usize)
-    }
-
-    /// The number of function exports.
-    pub(crate) fn len(&self) -> usize {
-        self.funcs.len()
-    }
+fn export_table(exports: &[ExportDesc]) -> ExportTable {
+    ExportTable::new(exports, |name, ty| {
+        if ty.params.len() > MAX_VALUES || ty.params.iter().chain(&ty.results).any(|&t| t == ValType::Other) {
+            return None;
+        }
+        Some(FuncExport {
+            name: name.into(),
+            params: ty.params.iter().map(|&t| ffi::type_code(t)).collect(),
+            results: ty.results.iter().map(|&t| ffi::type_code(t)).collect(),
+            extra: (),
+        })
+    })
 }
 
 /// A [`WasmModule`] on V8: compiled code shared by every instance (and isolate) made from it.
@@ -135,7 +101,7 @@ impl V8Module {
             .map_err(|(status, report)| error::compile(status, &report))?;
         let described = describe(bytes).map_err(|e| Error::Compile { engine: ENGINE_NAME, message: e.to_string() })?;
         let linked = link(&described.imports);
-        let table = ExportTable::new(&described.exports);
+        let table = export_table(&described.exports);
         let data = ModuleData {
             compiled,
             imports: described.imports,

@@ -162,7 +162,7 @@ impl WamrInstance {
         if loaded.start {
             let start = loaded
                 .table
-                .start()
+                .unlisted()
                 .filter(|&start| resolve(instance.state.as_ptr(), instance.module_inst, start).is_some())
                 .ok_or_else(|| error::engine_msg("cannot instantiate: the start function was not found"))?;
             instance.call(start, &[])?;
@@ -346,7 +346,7 @@ fn resolve(
         if !f.is_null() {
             return Some(f);
         }
-        st.table.get(func)?.wamr_name.as_ptr()
+        st.table.get(func)?.extra.as_ptr()
     };
     // SAFETY: `module_inst` is live; `name` is NUL-terminated and lives in the module's table,
     // which the state holds.

@@ -24,7 +24,7 @@
 //!   argument). The [`HostFunc`](wasmux_abi::HostFunc) travels as the symbol's attachment.
 //!   Every [`WamrEngine`] shares that runtime; engines differ only in their watchdog.
 //! - **Exports resolved once per module.** A loaded module keeps a table of its function
-//!   exports, sorted by name, with the name WAMR knows each by (as a C string) and its type;
+//!   exports ([`wasmux_abi::export_table`]), sorted by name, with the name WAMR knows each by (as a C string) and its type;
 //!   [`FuncRef`](wasmux_abi::FuncRef) indexes it, so `lookup` is a binary search and a
 //!   reference means the same export in every instance. WAMR's C API finds an instance's
 //!   function only by name: an instance does that once per export, on its first call.

@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use wamrx_sys as sys;
 use wasmux_abi::{
-    ExportDesc, ExternType, FuncRef, FuncType, HostState, ImportDesc, Limits, Result, ValType, WasmInstance,
-    WasmModule, find_host_func,
+    ExportDesc, ExternType, FuncType, HostState, ImportDesc, Limits, Result, ValType, WasmInstance, WasmModule,
+    find_host_func,
 };
+
+use wasmux_abi::export_table::FuncExport;
 
 use crate::instance::WamrInstance;
 use crate::{ENGINE_NAME, Shared, error, rewrite, runtime};
@@ -106,7 +108,7 @@ impl WamrModule {
             return Err(error::compile(if text.is_empty() { "WAMR refused the module".into() } else { text }));
         }
         let link_error = link(&described.imports);
-        let table = Arc::new(ExportTable::new(&described.exports, start));
+        let table = Arc::new(export_table(&described.exports, start));
         let loaded = Loaded {
             raw,
             buf,
@@ -141,76 +143,25 @@ impl WasmModule for WamrModule {
     }
 }
 
-/// A module's function exports, resolved once per module: their names (sorted, for
-/// [`ExportTable::find`]), the names WAMR knows them by, ready for its C API, and their types.
-/// The start function, if any, comes last, out of reach of `find`. Every instance shares the
-/// table; a [`FuncRef`] is an index into it, so it means the same export in every instance of
-/// the module.
-pub(crate) struct ExportTable {
-    funcs: Box<[FuncExport]>,
-    /// How many of `funcs` are the guest's exports (the rest is the start function).
-    guest: usize,
-}
+/// A module's function exports, resolved once per module ([`wasmux_abi::export_table`]), each
+/// with the name WAMR knows it by ([`rewrite::wamr_name`]), ready for its C API. The start
+/// function, if any, is unlisted: out of reach of `find`.
+pub(crate) type ExportTable = wasmux_abi::export_table::ExportTable<ValType, CString>;
 
-/// A function export of a module.
-pub(crate) struct FuncExport {
-    pub(crate) name: Box<str>,
-    /// The name WAMR knows it by ([`rewrite::wamr_name`]).
-    pub(crate) wamr_name: CString,
-    pub(crate) params: Box<[ValType]>,
-    pub(crate) results: Box<[ValType]>,
-}
-
-impl ExportTable {
-    fn new(exports: &[ExportDesc], start: bool) -> Self {
-        let mut funcs: Vec<FuncExport> = exports
-            .iter()
-            .filter_map(|e| {
-                let ExternType::Func(ty) = &e.ty else { return None };
-                // Names this crate adds to the module are not the guest's.
-                if e.name.starts_with(wasmux_abi::validate::RESERVED) {
-                    return None;
-                }
-                Some(FuncExport {
-                    name: e.name.as_str().into(),
-                    wamr_name: CString::new(rewrite::wamr_name(&e.name).as_bytes()).ok()?,
-                    params: ty.params.as_slice().into(),
-                    results: ty.results.as_slice().into(),
-                })
-            })
-            .collect();
-        funcs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        let guest = funcs.len();
-        if start && let Ok(wamr_name) = CString::new(rewrite::START) {
-            funcs.push(FuncExport {
-                name: rewrite::START.into(),
-                wamr_name,
-                params: Box::new([]),
-                results: Box::new([]),
-            });
+fn export_table(exports: &[ExportDesc], start: bool) -> ExportTable {
+    let table = ExportTable::new(exports, |name, ty| {
+        // Names this crate adds to the module are not the guest's.
+        if name.starts_with(wasmux_abi::validate::RESERVED) {
+            return None;
         }
-        Self { funcs: funcs.into(), guest }
-    }
-
-    /// The guest's function export named `name`.
-    pub(crate) fn find(&self, name: &str) -> Option<FuncRef> {
-        let i = self.funcs[..self.guest].binary_search_by(|f| (*f.name).cmp(name)).ok()?;
-        u32::try_from(i).ok().map(FuncRef)
-    }
-
-    /// The start function, if the module has one.
-    pub(crate) fn start(&self) -> Option<FuncRef> {
-        if self.funcs.len() > self.guest { u32::try_from(self.guest).ok().map(FuncRef) } else { None }
-    }
-
-    /// The export `func` refers to.
-    pub(crate) fn get(&self, func: FuncRef) -> Option<&FuncExport> {
-        self.funcs.get(func.0 as usize)
-    }
-
-    /// The number of functions in the table.
-    pub(crate) fn len(&self) -> usize {
-        self.funcs.len()
+        Some(FuncExport::of(name, ty).with(CString::new(rewrite::wamr_name(name).as_bytes()).ok()?))
+    });
+    match CString::new(rewrite::START) {
+        Ok(wamr_name) if start => {
+            let ty = FuncType { params: Vec::new(), results: Vec::new() };
+            table.with_unlisted(FuncExport::of(rewrite::START, &ty).with(wamr_name))
+        }
+        _ => table,
     }
 }
 

@@ -9,9 +9,11 @@ use wasmer::sys::vm::{MemoryError, VMConfig, VMMemory, VMMemoryDefinition, VMTab
 use wasmer::sys::{BaseTunables, NativeEngineExt as _, Tunables};
 use wasmer::{MemoryStyle, MemoryType, TableStyle, TableType};
 use wasmux_abi::{
-    ExportDesc, ExternType, FuncRef, FuncType, HostFunc, HostState, ImportDesc, Limits, Result, ValType, WasmInstance,
-    WasmModule, find_host_func,
+    ExportDesc, ExternType, FuncType, HostFunc, HostState, ImportDesc, Limits, Result, WasmInstance, WasmModule,
+    find_host_func,
 };
+
+use wasmux_abi::export_table::FuncExport;
 
 use crate::imports::from_wasmer;
 use crate::instance::WasmerInstance;
@@ -121,7 +123,7 @@ impl WasmerModule {
             .filter(|e| !e.name().starts_with(middleware::HIDDEN_PREFIX))
             .map(|e| ExportDesc { name: e.name().to_owned(), ty: extern_type(e.ty()) })
             .collect();
-        let table = Arc::new(ExportTable::new(&exports));
+        let table = Arc::new(ExportTable::new(&exports, |name, ty| Some(FuncExport::of(name, ty))));
         let info = module.info();
         let imported = u32::try_from(info.num_imported_functions).unwrap_or(u32::MAX) - middleware::HIDDEN_FUNCS;
         let initial_memory = info.memories.values().map(|m| m.minimum.bytes().0 as u64).max();
@@ -181,53 +183,9 @@ impl WasmerModule {
     }
 }
 
-/// A module's function exports (the guest's; not the middleware's), resolved once per module:
-/// their names (sorted, for [`ExportTable::find`]) and types. Every instance shares it; a
-/// [`FuncRef`] is an index into it, so it means the same export in every instance of the module.
-pub(crate) struct ExportTable {
-    funcs: Box<[FuncExport]>,
-}
-
-/// A function export of a module.
-pub(crate) struct FuncExport {
-    pub(crate) name: Box<str>,
-    pub(crate) params: Box<[ValType]>,
-    pub(crate) results: Box<[ValType]>,
-}
-
-impl ExportTable {
-    fn new(exports: &[ExportDesc]) -> Self {
-        let mut funcs: Vec<FuncExport> = exports
-            .iter()
-            .filter_map(|e| {
-                let ExternType::Func(ty) = &e.ty else { return None };
-                Some(FuncExport {
-                    name: e.name.as_str().into(),
-                    params: ty.params.as_slice().into(),
-                    results: ty.results.as_slice().into(),
-                })
-            })
-            .collect();
-        funcs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        Self { funcs: funcs.into() }
-    }
-
-    /// The function export named `name`.
-    pub(crate) fn find(&self, name: &str) -> Option<FuncRef> {
-        let i = self.funcs.binary_search_by(|f| (*f.name).cmp(name)).ok()?;
-        u32::try_from(i).ok().map(FuncRef)
-    }
-
-    /// The export `func` refers to.
-    pub(crate) fn get(&self, func: FuncRef) -> Option<&FuncExport> {
-        self.funcs.get(func.0 as usize)
-    }
-
-    /// The number of function exports.
-    pub(crate) fn len(&self) -> usize {
-        self.funcs.len()
-    }
-}
+/// A module's function exports (the guest's; not the middleware's), resolved once per module
+/// ([`wasmux_abi::export_table`]).
+pub(crate) type ExportTable = wasmux_abi::export_table::ExportTable;
 
 /// Describes a wasmer extern type.
 fn extern_type(ty: &wasmer::ExternType) -> ExternType {

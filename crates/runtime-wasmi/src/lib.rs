@@ -11,8 +11,8 @@
 //!   lazy translation: a module is parsed and validated up front (about 1 ms for a proxy-wasm
 //!   filter) and each function is translated to wasmi bytecode on its first call. Instances
 //!   of a module share its translated code; per-worker instances never recompile.
-//! - **Exports resolved once per module.** A module keeps a table of its function exports,
-//!   sorted by name, with the type of each; [`FuncRef`](wasmux_abi::FuncRef) indexes it, so
+//! - **Exports resolved once per module.** A module keeps a table of its function exports
+//!   ([`wasmux_abi::export_table`]), sorted by name, with the type of each; [`FuncRef`](wasmux_abi::FuncRef) indexes it, so
 //!   `lookup` is a binary search and a reference means the same export in every instance. An
 //!   instance makes its handles for an export (wasmi looks exports up by name only) on the
 //!   export's first call.

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use wasmux_abi::{
-    ExportDesc, ExternType, FuncRef, FuncType, HostState, ImportDesc, Limits, Result, ValType, WasmInstance, WasmModule,
-};
+use wasmux_abi::{ExportDesc, ExternType, FuncType, HostState, ImportDesc, Limits, Result, WasmInstance, WasmModule};
+
+use wasmux_abi::export_table::FuncExport;
 
 use crate::imports::from_wasmi;
 use crate::instance::WasmiInstance;
@@ -49,7 +49,7 @@ impl WasmiModule {
         exports.sort_by_key(|e| order.get(e.name.as_str()).copied().unwrap_or(usize::MAX));
         // wasmi has no pre-linked instantiation: imports are resolved against the linker per
         // instance, and unsatisfiable ones are reported by the ABI layer before it gets there.
-        let table = Arc::new(ExportTable::new(&exports));
+        let table = Arc::new(ExportTable::new(&exports, |name, ty| Some(FuncExport::of(name, ty))));
         Ok(Self { shared, module, imports, exports, table })
     }
 
@@ -59,53 +59,8 @@ impl WasmiModule {
     }
 }
 
-/// A module's function exports, resolved once per module: their names (sorted, for
-/// [`ExportTable::find`]) and types. Every instance shares it; a [`FuncRef`] is an index into
-/// it, so it means the same export in every instance of the module.
-pub(crate) struct ExportTable {
-    funcs: Box<[FuncExport]>,
-}
-
-/// A function export of a module.
-pub(crate) struct FuncExport {
-    pub(crate) name: Box<str>,
-    pub(crate) params: Box<[ValType]>,
-    pub(crate) results: Box<[ValType]>,
-}
-
-impl ExportTable {
-    fn new(exports: &[ExportDesc]) -> Self {
-        let mut funcs: Vec<FuncExport> = exports
-            .iter()
-            .filter_map(|e| {
-                let ExternType::Func(ty) = &e.ty else { return None };
-                Some(FuncExport {
-                    name: e.name.as_str().into(),
-                    params: ty.params.as_slice().into(),
-                    results: ty.results.as_slice().into(),
-                })
-            })
-            .collect();
-        funcs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        Self { funcs: funcs.into() }
-    }
-
-    /// The function export named `name`.
-    pub(crate) fn find(&self, name: &str) -> Option<FuncRef> {
-        let i = self.funcs.binary_search_by(|f| (*f.name).cmp(name)).ok()?;
-        u32::try_from(i).ok().map(FuncRef)
-    }
-
-    /// The export `func` refers to.
-    pub(crate) fn get(&self, func: FuncRef) -> Option<&FuncExport> {
-        self.funcs.get(func.0 as usize)
-    }
-
-    /// The number of function exports.
-    pub(crate) fn len(&self) -> usize {
-        self.funcs.len()
-    }
-}
+/// A module's function exports, resolved once per module ([`wasmux_abi::export_table`]).
+pub(crate) type ExportTable = wasmux_abi::export_table::ExportTable;
 
 /// Export names in declaration order (the module is already validated; empty if the export
 /// section cannot be read).

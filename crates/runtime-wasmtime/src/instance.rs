@@ -115,7 +115,7 @@ impl WasmtimeInstance {
         let data = StoreData {
             host,
             table: table.clone(),
-            funcs: (0..table.len()).map(|_| Slot::default()).collect(),
+            funcs: (0..table.funcs.len()).map(|_| Slot::default()).collect(),
             instance: None,
             memory: None,
             limiter: Limiter {
@@ -154,7 +154,7 @@ impl WasmInstance for WasmtimeInstance {
     }
 
     fn lookup(&mut self, name: &str) -> Option<FuncRef> {
-        self.store.data().table.find(name)
+        self.store.data().table.funcs.find(name)
     }
 
     fn call(&mut self, func: FuncRef, args: &[u64]) -> Result<Option<u64>> {
@@ -191,9 +191,9 @@ pub(crate) fn read(cx: impl AsContext<Data = StoreData>, ptr: u64, out: &mut [u8
 fn resolve(store: &mut wasmtime::StoreContextMut<'_, StoreData>, func: FuncRef) -> Result<Func> {
     let unknown = || error::engine_msg(format!("unknown function reference {}", func.0));
     let table = store.data().table.clone();
-    let export = table.get(func).ok_or_else(unknown)?;
+    let export = table.funcs.get(func).ok_or_else(unknown)?;
     let instance = store.data().instance.ok_or_else(unknown)?;
-    let f = instance.get_module_export(&mut *store, &export.index).and_then(Extern::into_func).ok_or_else(unknown)?;
+    let f = instance.get_module_export(&mut *store, &export.extra).and_then(Extern::into_func).ok_or_else(unknown)?;
     let typed = TypedExport::new(&*store, f, &export.params, &export.results);
     *store.data_mut().funcs.get_mut(func.0 as usize).ok_or_else(unknown)? = Slot { func: Some(f), typed };
     Ok(f)
@@ -217,7 +217,7 @@ pub(crate) fn call(mut cx: impl AsContextMut<Data = StoreData>, func: FuncRef, a
     // itself. A recursive re-entry of the same export finds it absent and takes the dynamic
     // path below.
     let data = store.data_mut();
-    if data.table.get(func).is_some_and(|e| e.params.len() == args.len())
+    if data.table.funcs.get(func).is_some_and(|e| e.params.len() == args.len())
         && let Some(typed) = data.funcs[slot].typed.take()
     {
         let r = typed.call(&mut store, args);
@@ -230,7 +230,7 @@ pub(crate) fn call(mut cx: impl AsContextMut<Data = StoreData>, func: FuncRef, a
     let mut params = [Val::I32(0); MAX_VALUES];
     let mut results = [Val::I32(0); MAX_VALUES];
     let (n_params, n_results, result_ty) = {
-        let Some(export) = store.data().table.get(func) else {
+        let Some(export) = store.data().table.funcs.get(func) else {
             return Err(error::engine_msg(format!("unknown function reference {}", func.0)));
         };
         if args.len() != export.params.len() || args.len() > MAX_VALUES || export.results.len() > MAX_VALUES {

@@ -4,8 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use wasmux_abi::{
-    ExportDesc, ExternType, FuncRef, FuncType, HostState, ImportDesc, Limits, Result, ValType, WasmInstance, WasmModule,
+    ExportDesc, ExternType, FuncType, HostState, ImportDesc, Limits, Result, ValType, WasmInstance, WasmModule,
 };
+
+use wasmux_abi::export_table::FuncExport;
 
 use crate::imports::from_wasmtime;
 use crate::instance::{StoreData, WasmtimeInstance};
@@ -64,60 +66,24 @@ impl WasmtimeModule {
     }
 }
 
-/// A module's function exports, resolved once per module: their names (sorted, for
-/// [`ExportTable::find`]), wasmtime's index for each and its type. Every instance shares it; a
-/// [`FuncRef`] is an index into it, so it means the same export in every instance of the module.
+/// A module's exports, resolved once per module: its function exports
+/// ([`wasmux_abi::export_table`]), each with the index an instance keeps it at, and its `memory`.
 pub(crate) struct ExportTable {
-    funcs: Box<[FuncExport]>,
+    pub(crate) funcs: wasmux_abi::export_table::ExportTable<ValType, wasmtime::ModuleExport>,
     /// The `memory` export, if it is a memory.
     pub(crate) memory: Option<wasmtime::ModuleExport>,
 }
 
-/// A function export of a module.
-pub(crate) struct FuncExport {
-    pub(crate) name: Box<str>,
-    /// Where an instance of the module keeps it.
-    pub(crate) index: wasmtime::ModuleExport,
-    pub(crate) params: Box<[ValType]>,
-    pub(crate) results: Box<[ValType]>,
-}
-
 impl ExportTable {
     fn new(module: &wasmtime::Module, exports: &[ExportDesc]) -> Self {
-        let mut funcs: Vec<FuncExport> = exports
-            .iter()
-            .filter_map(|e| {
-                let ExternType::Func(ty) = &e.ty else { return None };
-                Some(FuncExport {
-                    name: e.name.as_str().into(),
-                    index: module.get_export_index(&e.name)?,
-                    params: ty.params.as_slice().into(),
-                    results: ty.results.as_slice().into(),
-                })
-            })
-            .collect();
-        funcs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let funcs = wasmux_abi::export_table::ExportTable::new(exports, |name, ty| {
+            Some(FuncExport::of(name, ty).with(module.get_export_index(name)?))
+        });
         let memory = exports
             .iter()
             .find(|e| e.name == "memory" && e.ty == ExternType::Memory)
             .and_then(|_| module.get_export_index("memory"));
-        Self { funcs: funcs.into(), memory }
-    }
-
-    /// The function export named `name`.
-    pub(crate) fn find(&self, name: &str) -> Option<FuncRef> {
-        let i = self.funcs.binary_search_by(|f| (*f.name).cmp(name)).ok()?;
-        u32::try_from(i).ok().map(FuncRef)
-    }
-
-    /// The export `func` refers to.
-    pub(crate) fn get(&self, func: FuncRef) -> Option<&FuncExport> {
-        self.funcs.get(func.0 as usize)
-    }
-
-    /// The number of function exports.
-    pub(crate) fn len(&self) -> usize {
-        self.funcs.len()
+        Self { funcs, memory }
     }
 }
 
