@@ -13,8 +13,9 @@
 //! - **Exports resolved once per module.** A compiled module keeps a table of its function
 //!   exports ([`wasmux_abi::export_table`]), sorted by name, with wasmtime's export index
 //!   (`ModuleExport`) and the type of each; [`FuncRef`](wasmux_abi::FuncRef) indexes it, so
-//!   `lookup` is a binary search and a reference means the same export in every instance. An instance makes its handle for an
-//!   export (by index, no name lookup) and the typed handle on the export's first call.
+//!   `lookup` is a binary search and a reference means the same export in every instance. An
+//!   instance makes its handle for an export (by index, no name lookup) and the typed handle on
+//!   the export's first call.
 //! - **Host state in the store.** Each instance has its own `Store` whose data holds the
 //!   [`HostState`](wasmux_abi::HostState), its export handles, the `memory` export and the
 //!   per-call limits. Host functions reach it through the `Caller`; there are no
