@@ -581,6 +581,17 @@ pub enum Event {
 }
 
 impl Event {
+    /// The bytes and the end-of-stream flag of a body or data event, to split it into chunks.
+    pub(crate) fn chunk_mut(&mut self) -> Option<(&mut Bytes, &mut bool)> {
+        match self {
+            Self::RequestBody { data, end_of_stream, .. }
+            | Self::ResponseBody { data, end_of_stream, .. }
+            | Self::DownstreamData { data, end_of_stream, .. }
+            | Self::UpstreamData { data, end_of_stream, .. } => Some((data, end_of_stream)),
+            _ => None,
+        }
+    }
+
     /// The event's name, as `"event"` spells it.
     pub fn name(&self) -> &'static str {
         match self {

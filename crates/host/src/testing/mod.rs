@@ -614,38 +614,19 @@ fn split(event: Event, chunks: Chunks, m: &MarkedMappingNode, what: &str) -> Res
     if matches!(chunks, Chunks::Whole) {
         return Ok(vec![event]);
     }
-    let (data, eos, make): (_, _, Box<dyn Fn(scenario::Bytes, bool) -> Event>) = match event {
-        Event::RequestBody { stream, data, end_of_stream } => (
-            data,
-            end_of_stream,
-            Box::new(move |data, end_of_stream| Event::RequestBody { stream: stream.clone(), data, end_of_stream }),
-        ),
-        Event::ResponseBody { stream, data, end_of_stream } => (
-            data,
-            end_of_stream,
-            Box::new(move |data, end_of_stream| Event::ResponseBody { stream: stream.clone(), data, end_of_stream }),
-        ),
-        Event::DownstreamData { stream, data, end_of_stream } => (
-            data,
-            end_of_stream,
-            Box::new(move |data, end_of_stream| Event::DownstreamData { stream: stream.clone(), data, end_of_stream }),
-        ),
-        Event::UpstreamData { stream, data, end_of_stream } => (
-            data,
-            end_of_stream,
-            Box::new(move |data, end_of_stream| Event::UpstreamData { stream: stream.clone(), data, end_of_stream }),
-        ),
-        _ => {
-            let key = m.keys().find(|k| k.as_str() == "chunk_size" || k.as_str() == "num_chunks");
-            let msg =
-                format!("{what}: only request_body, response_body, downstream_data and upstream_data can be chunked");
-            return Err(match key {
-                Some(k) => at_key(k, msg),
-                None => At { pos: Pos::of_span(m.span()), message: msg },
-            });
-        }
+    let mut template = event;
+    let Some((data, eos)) = template.chunk_mut() else {
+        let key = m.keys().find(|k| k.as_str() == "chunk_size" || k.as_str() == "num_chunks");
+        let msg = format!("{what}: only request_body, response_body, downstream_data and upstream_data can be chunked");
+        return Err(match key {
+            Some(k) => at_key(k, msg),
+            None => At { pos: Pos::of_span(m.span()), message: msg },
+        });
     };
-    let bytes = data.to_vec().map_err(|e| At { pos: Pos::of_span(m.span()), message: format!("{what}.data: {e}") })?;
+    let eos = *eos;
+    let bytes = std::mem::take(data)
+        .to_vec()
+        .map_err(|e| At { pos: Pos::of_span(m.span()), message: format!("{what}.data: {e}") })?;
     let size = match chunks {
         Chunks::Size(s) => s,
         Chunks::Count(c) => bytes.len().div_ceil(c).max(1),
@@ -653,7 +634,18 @@ fn split(event: Event, chunks: Chunks, m: &MarkedMappingNode, what: &str) -> Res
     };
     let pieces: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(size).collect() };
     let last = pieces.len() - 1;
-    Ok(pieces.into_iter().enumerate().map(|(i, p)| make(scenario::Bytes::from_slice(p), eos && i == last)).collect())
+    Ok(pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut piece = template.clone();
+            if let Some((data, end)) = piece.chunk_mut() {
+                *data = scenario::Bytes::from_slice(p);
+                *end = eos && i == last;
+            }
+            piece
+        })
+        .collect())
 }
 
 /// Test files under a directory: `*.yaml`, `*.yml` and `*.json` files (recursively, in name
