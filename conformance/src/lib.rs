@@ -50,9 +50,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wasmux::Runtime;
 use wasmux::abi::{AbiVersion, proxy_funcs};
 use wasmux::scenario::{self, Scenario};
+use wasmux::{Runtime, SnapshotPolicy};
 
 /// The suite's root directory (`conformance/` in the source tree).
 pub fn root_dir() -> PathBuf {
@@ -265,7 +265,7 @@ pub fn load_module_for(spec: &str, runtime: Runtime) -> Result<Vec<u8>, String> 
 
 /// Checks that two engines produced the same record for one trial, apart from the keys that
 /// name the engine or list the host functions it linked (`engine`, `coverage`: a native filter
-/// calls no WASI function).
+/// calls no WASI function), and the snapshot status a run with snapshots on adds (`snapshots`).
 ///
 /// # Errors
 /// The first difference.
@@ -275,6 +275,7 @@ pub fn same_record(a: &Value, b: &Value) -> Result<(), String> {
         if let Some(o) = v.as_object_mut() {
             o.remove("engine");
             o.remove("coverage");
+            o.remove("snapshots");
         }
         v
     };
@@ -308,6 +309,12 @@ pub struct Outcome {
 
 /// Runs one case with one module on one engine and compares.
 pub fn run_case(case: &Case, module: &str, runtime: Runtime) -> Outcome {
+    run_case_with(case, module, runtime, SnapshotPolicy::Off)
+}
+
+/// [`run_case`] with the plugins' instances started from snapshots under `snapshot`
+/// ([`wasmux::SnapshotPolicy`]).
+pub fn run_case_with(case: &Case, module: &str, runtime: Runtime, snapshot: SnapshotPolicy) -> Outcome {
     let start = Instant::now();
     let mut out =
         Outcome { result: Ok(()), record: None, coverage: Vec::new(), abi_version: None, elapsed: Duration::ZERO };
@@ -337,7 +344,9 @@ pub fn run_case(case: &Case, module: &str, runtime: Runtime) -> Outcome {
         Some(Value::Array(a)) => a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
         Some(other) => vec![other.to_string()],
     };
-    out.result = match scenario::run_with(runtime, &wasm, &case.scenario, None, Some(&load)) {
+    let mut options = scenario::RunOptions::default();
+    options.snapshot = snapshot;
+    out.result = match scenario::run_with_options(runtime, &wasm, &case.scenario, None, Some(&load), &options) {
         Err(e) => {
             let text = e.to_string();
             if load_error.is_none() {

@@ -5,12 +5,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use wasmux::Runtime;
+use wasmux::{Runtime, SnapshotPolicy};
 use wasmux_conformance::{
-    Case, Coverage, Outcome, TrialSpec, cases_dir, load_cases, plan, run_case, same_record, trial_label, verdict,
+    Case, Coverage, Outcome, TrialSpec, cases_dir, load_cases, plan, run_case, run_case_with, same_record, trial_label,
+    verdict,
 };
 
 type Cache = Arc<Mutex<HashMap<String, Outcome>>>;
+
+/// The engines whose instances can be snapshotted (they read globals: `WasmInstance::global`).
+const SNAPSHOTTING: &[&str] = &["wasmtime", "wasmer", "wasmer-singlepass", "wasmi", "wamr", "v8"];
 
 fn outcome(cache: &Cache, cases: &[Case], t: &TrialSpec) -> Outcome {
     if let Some(o) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&t.name) {
@@ -78,6 +82,51 @@ fn main() {
                 if diffs.is_empty() { Ok(()) } else { Err(Failed::from(diffs.join("\n"))) }
             }));
         }
+    }
+    // Snapshots change nothing a filter or embedder sees: every case, started from snapshots
+    // (policy freeze_clock_and_random: the scenarios' clock is fixed), gives the record it gives
+    // without, on every wasm engine. On the engines that take snapshots, most cases must take
+    // one, so that this checks snapshots rather than the fallback.
+    for rt in Runtime::available().iter().copied().filter(|r| r.runs_wasm()) {
+        let (cases, cache, specs) = (cases.clone(), cache.clone(), specs.clone());
+        trials.push(Trial::test(format!("snapshot/{rt}-records-equal-without"), move || {
+            let (mut diffs, mut taken, mut total) = (Vec::new(), 0, 0);
+            let mut fallbacks = std::collections::BTreeMap::<String, usize>::new();
+            for t in specs.iter().filter(|t| t.runtime == rt) {
+                let plain = outcome(&cache, &cases, t);
+                let snap = run_case_with(&cases[t.case], &t.module, rt, SnapshotPolicy::FreezeClockAndRandom);
+                total += 1;
+                match (&plain.record, &snap.record) {
+                    (Some(a), Some(b)) => {
+                        let statuses = b.get("snapshots").and_then(|s| s.as_array()).cloned().unwrap_or_default();
+                        match statuses.first().and_then(|s| s.as_str()) {
+                            Some(s) if s.starts_with("taken") => taken += 1,
+                            Some(s) => *fallbacks.entry(s.to_string()).or_insert(0) += 1,
+                            None => {}
+                        }
+                        if let Err(e) = same_record(a, b) {
+                            diffs.push(format!("{}: {e} (snapshots: {statuses:?})", t.name));
+                        }
+                    }
+                    (a, b) if a.is_some() != b.is_some() => {
+                        diffs.push(format!(
+                            "{}: a record only {} snapshots",
+                            t.name,
+                            if a.is_some() { "without" } else { "with" }
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            eprintln!("{rt}: {taken} of {total} trials started from a snapshot");
+            for (why, n) in &fallbacks {
+                eprintln!("  {n} x {why}");
+            }
+            if SNAPSHOTTING.contains(&rt.name()) && taken * 2 < total {
+                diffs.push(format!("only {taken} of {total} trials started from a snapshot"));
+            }
+            if diffs.is_empty() { Ok(()) } else { Err(Failed::from(diffs.join("\n"))) }
+        }));
     }
     libtest_mimic::run(&args, trials).exit();
 }

@@ -56,6 +56,34 @@ impl Vm {
     /// there (`proxy_log` and WASI); any other traps with
     /// [`TrapKind::Restricted`](crate::TrapKind::Restricted).
     pub fn new(module: &dyn WasmModule, abi: AbiVersion, env: Arc<VmEnv>, limits: &Limits) -> Result<Self> {
+        let mut vm = Self::instantiate(module, abi, env, limits)?;
+        vm.inst.state().restriction = Restriction::StartUp;
+        let r = vm.start_up();
+        vm.inst.state().restriction = Restriction::None;
+        r.map(|()| vm)
+    }
+
+    /// Instantiates a snapshot module ([`snapshot::Template::rewrite`](crate::snapshot)) and
+    /// gives the instance the template's root contexts: a VM in the state the template's start
+    /// left, without running guest code. The tick periods are registered with `env`'s timers
+    /// and the template's log lines emitted through its log sink, as the start would have.
+    ///
+    /// # Errors
+    /// Instantiation failures.
+    pub fn from_snapshot(
+        module: &dyn WasmModule,
+        abi: AbiVersion,
+        env: Arc<VmEnv>,
+        limits: &Limits,
+        started: &crate::snapshot::Started,
+    ) -> Result<Self> {
+        let mut vm = Self::instantiate(module, abi, env, limits)?;
+        started.restore(vm.inst.state());
+        Ok(vm)
+    }
+
+    /// A fresh instance with its exports resolved; no guest code run.
+    fn instantiate(module: &dyn WasmModule, abi: AbiVersion, env: Arc<VmEnv>, limits: &Limits) -> Result<Self> {
         let mut state = HostState::new(abi, env);
         state.quotas = limits.quotas.clone();
         let mut inst = module.instantiate(state, limits)?;
@@ -64,11 +92,7 @@ impl Vm {
         let state = inst.state();
         state.exports = exports;
         state.engine = engine;
-        state.restriction = Restriction::StartUp;
-        let mut vm = Self { inst, failed: None };
-        let r = vm.start_up();
-        vm.inst.state().restriction = Restriction::None;
-        r.map(|()| vm)
+        Ok(Self { inst, failed: None })
     }
 
     /// Runs the start-up exports: `_initialize` then `main` or `__main_void`, else `_start`.

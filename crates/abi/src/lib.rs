@@ -21,7 +21,10 @@
 //! - containment on the host side: [`Quotas`] bound everything a host function stores or keeps
 //!   for the guest ([`quota`]), host calls are restricted while the host runs the guest's
 //!   allocator or start-up exports (as in proxy-wasm-cpp-host), and shared-queue delivery runs
-//!   one round per event.
+//!   one round per event;
+//! - pre-initialized snapshots ([`snapshot`]): a plugin started once, its memory and globals
+//!   written into a module every further instance starts from, when that changes nothing a
+//!   filter or embedder can observe.
 //!
 //! It does not own engines (see the `wasmux-*` backend crates), module caching, failure
 //! policy or engine selection (the `wasmux` facade).
@@ -45,6 +48,7 @@ pub mod pairs;
 mod proto;
 pub mod quota;
 pub mod services;
+pub mod snapshot;
 mod state;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;

@@ -154,6 +154,7 @@ macro_rules! backend_suite {
             stack_overflow_on_a_small_thread_stack, table_growth_is_capped,
             initial_tables_over_limit_fail_instantiation, invalid_modules_are_refused_alike,
             deadline_counts_host_time, no_deadline_means_none, deadline_waits_for_its_time,
+            snapshots_carry_memory_and_globals,
         );
     };
     (@each $backend:expr; $gaps:expr; $($name:ident,)*) => {
@@ -261,6 +262,72 @@ pub fn reads_memory(b: &Backend) {
     assert!(vm.read(PAGE - 2, &mut buf).is_err());
     assert!(vm.read(u64::MAX, &mut buf).is_err());
     vm.read(PAGE, &mut []).unwrap();
+}
+
+/// A module whose start function and `_initialize` change memory (after growing it) and
+/// globals of every number type.
+const SNAPSHOT: &str = r#"(module
+  (memory (export "memory") 1 10)
+  (global $g (mut i32) (i32.const 1))
+  (global $h (mut i64) (i64.const 2))
+  (global $f (mut f64) (f64.const 0.5))
+  (global $s (mut f32) (f32.const 0.5))
+  (global $k i32 (i32.const 99))
+  (data (i32.const 16) "seed")
+  (start $start)
+  (func $start (global.set $h (i64.add (global.get $h) (i64.const -10))))
+  (func (export "_initialize")
+    (drop (memory.grow (i32.const 2)))
+    (i32.store (i32.const 140000) (i32.const 0x01020304))
+    (i32.store8 (i32.const 16) (i32.const 83))
+    (global.set $g (i32.const -42))
+    (global.set $f (f64.const -1.25))
+    (global.set $s (f32.const 3.5)))
+  (func (export "g") (result i32) (global.get $g))
+  (func (export "h") (result i64) (global.get $h))
+  (func (export "f") (result i64) (i64.reinterpret_f64 (global.get $f)))
+  (func (export "s") (result i32) (i32.reinterpret_f32 (global.get $s)))
+  (func (export "k") (result i32) (global.get $k))
+  (func (export "poke") (i32.store (i32.const 140000) (i32.const 7)))
+  (func (export "load") (param i32) (result i32) (i32.load (local.get 0))))"#;
+
+/// A snapshot ([`crate::snapshot`]) carries the template's memory (grown size included) and
+/// every mutable global, the start function does not run again, and instances made from it
+/// are independent: the engine reads exported globals of every number type
+/// ([`WasmInstance::global`]).
+pub fn snapshots_carry_memory_and_globals(b: &Backend) {
+    let engine = (b.engine)();
+    let template = crate::snapshot::Template::parse(&wat::parse_str(SNAPSHOT).unwrap()).unwrap();
+    let mut vm = engine
+        .compile(template.instrumented())
+        .unwrap()
+        .instantiate(HostState::for_tests(), &Limits::default())
+        .unwrap();
+    let init = vm.lookup("_initialize").unwrap();
+    vm.call(init, &[]).unwrap();
+    let image = template.capture(&mut *vm).unwrap();
+    let snapshot = engine.compile(&template.rewrite(&image)).unwrap();
+    let new = || snapshot.instantiate(HostState::for_tests(), &Limits::default()).unwrap();
+    let (mut a, mut z) = (new(), new());
+    let get = |vm: &mut Box<dyn WasmInstance>, name: &str, args: &[u64]| {
+        let f = vm.lookup(name).unwrap();
+        vm.call(f, args).unwrap().unwrap_or_default()
+    };
+    assert_eq!(a.memory_size(), 3 * PAGE);
+    assert_eq!(get(&mut a, "g", &[]), u64::from(-42i32 as u32));
+    // The start function ran once, in the template.
+    assert_eq!(get(&mut a, "h", &[]), -8i64 as u64);
+    assert_eq!(get(&mut a, "f", &[]), (-1.25f64).to_bits());
+    assert_eq!(get(&mut a, "s", &[]), u64::from(3.5f32.to_bits()));
+    assert_eq!(get(&mut a, "k", &[]), 99);
+    assert_eq!(get(&mut a, "load", &[140_000]), 0x0102_0304);
+    let mut seed = [0u8; 4];
+    a.read(16, &mut seed).unwrap();
+    assert_eq!(&seed, b"Seed");
+    assert!(a.lookup("_initialize").is_none(), "the snapshot has run its start-up export");
+    get(&mut a, "poke", &[]);
+    assert_eq!(get(&mut a, "load", &[140_000]), 7);
+    assert_eq!(get(&mut z, "load", &[140_000]), 0x0102_0304, "instances share no memory");
 }
 
 /// A module that does not export its memory has none, as far as the host can see.

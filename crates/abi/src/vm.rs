@@ -266,6 +266,13 @@ pub trait WasmInstance: Send {
     /// [`OutOfBounds`] when the range is not inside linear memory.
     fn read(&mut self, ptr: u64, out: &mut [u8]) -> Result<(), OutOfBounds>;
 
+    /// The raw bits of exported global `name`, of type `ty` (`i32` zero-extended, floats as
+    /// their bits), for [`snapshot`](crate::snapshot)s. `None` when there is no such global,
+    /// or the engine cannot read globals (its instances are then never snapshotted).
+    fn global(&mut self, _name: &str, _ty: ValType) -> Option<u64> {
+        None
+    }
+
     /// A handle that interrupts the running call from another thread; the call traps with
     /// [`TrapKind::Deadline`](crate::TrapKind::Deadline).
     fn interrupt_handle(&self) -> Arc<dyn Fn() + Send + Sync>;

@@ -403,8 +403,12 @@ impl ModuleCache {
         options: PluginOptions,
     ) -> Result<Arc<CompiledPlugin>> {
         check_size(&*engine, bytes, &options.limits)?;
-        let (module, _) = self.load_or(&*engine, bytes, || compile_within(&engine, bytes, &options.limits))?;
-        CompiledPlugin::from_module(engine, module, options)
+        let limits = options.limits.clone();
+        // A snapshot's modules (the instrumented original, the snapshot) go through the cache
+        // too: the same bytes give the same module.
+        let compile =
+            |b: &[u8]| self.load_or(&*engine, b, || compile_within(&engine, b, &limits)).map(|(module, _)| module);
+        CompiledPlugin::build(engine.clone(), bytes, options, &compile)
     }
 
     fn remember(&self, key: CacheKey, artifact: Artifact) {

@@ -49,9 +49,10 @@ pub mod scenario;
 pub mod testing;
 
 pub use cache::{CacheKey, CacheSource, CacheStats, ModuleCache};
-pub use plugin::{CompiledPlugin, FailurePolicy, Plugin, PluginOptions, PluginStats, RootOptions};
+pub use plugin::{CompiledPlugin, FailurePolicy, Plugin, PluginOptions, PluginStats, RootOptions, SnapshotStatus};
 pub use runtime::{Runtime, UnknownRuntime};
 pub use wasmux_abi as abi;
+pub use wasmux_abi::snapshot::SnapshotPolicy;
 pub use wasmux_abi::{
     AbiVersion, Action, Error, HeaderMap, HttpCallResponse, Limits, LogLevel, PeerType, Quota, QuotaCounts, Quotas,
     Result, Services, Trap, TrapKind,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use wasmux_abi::snapshot::{SnapshotPolicy, Started, Template, TemplateServices};
 use wasmux_abi::{
     Action, Error, HeaderMap, HttpCallResponse, Limits, LocalReply, LogLevel, ModuleInfo, PeerType, PluginConfig,
     QuotaCounts, Result, Services, Trap, Vm, VmEnv, WasmEngine, WasmModule, check_module,
@@ -56,6 +57,11 @@ pub struct PluginOptions {
     pub services: Services,
     /// Cap on every HTTP call and unary gRPC call timeout (see [`Plugin::poll`]).
     pub max_callout_timeout: Duration,
+    /// Whether instances start from a pre-initialized snapshot ([`wasmux_abi::snapshot`]):
+    /// the start runs once at load, on a template, and [`CompiledPlugin::instantiate`] then
+    /// starts each instance from its memory and globals. Off by default;
+    /// [`CompiledPlugin::snapshot_status`] says whether one was taken, or why not.
+    pub snapshot: SnapshotPolicy,
 }
 
 impl Default for PluginOptions {
@@ -72,6 +78,7 @@ impl Default for PluginOptions {
             failure_policy: FailurePolicy::default(),
             services: Services::default(),
             max_callout_timeout: VmEnv::DEFAULT_MAX_CALLOUT_TIMEOUT,
+            snapshot: SnapshotPolicy::Off,
         }
     }
 }
@@ -99,6 +106,48 @@ pub struct CompiledPlugin {
     env: Arc<VmEnv>,
     plugin: Arc<PluginConfig>,
     options: PluginOptions,
+    snapshot: Option<PluginSnapshot>,
+    snapshot_status: SnapshotStatus,
+}
+
+/// How a loader compiles bytes (directly, or through a module cache).
+pub(crate) type Compile<'a> = dyn Fn(&[u8]) -> Result<Arc<dyn WasmModule>> + 'a;
+
+/// A plugin's snapshot: the module that starts where the template stopped, and the host state
+/// its instances start with.
+#[derive(Debug)]
+struct PluginSnapshot {
+    module: Arc<dyn WasmModule>,
+    started: Started,
+}
+
+/// Whether a plugin's instances start from a snapshot ([`PluginOptions::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SnapshotStatus {
+    /// Snapshots are off for the plugin.
+    Off,
+    /// Instances start from a snapshot.
+    Taken {
+        /// The template's linear memory, in bytes (what every instance starts with).
+        memory_bytes: u64,
+        /// Log lines of the start that every instance emits again.
+        replayed_lines: usize,
+    },
+    /// No snapshot: instances start normally, for this reason.
+    FellBack(String),
+}
+
+impl std::fmt::Display for SnapshotStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::Taken { memory_bytes, replayed_lines } => {
+                write!(f, "taken ({} KiB of memory, {replayed_lines} log lines replayed)", memory_bytes / 1024)
+            }
+            Self::FellBack(why) => write!(f, "not taken: {why}"),
+        }
+    }
 }
 
 impl Runtime {
@@ -122,13 +171,84 @@ impl CompiledPlugin {
     /// The module must fit [`Limits::max_module_bytes`]; on an engine that compiles ahead of
     /// time, the host waits at most [`Limits::compile_deadline`] for the compiler (which cannot
     /// be stopped: it finishes in the background and its result is dropped).
+    ///
+    /// With [`PluginOptions::snapshot`] on, the plugin is also started once here, on a template
+    /// instance, and its snapshot compiled (see [`Self::snapshot_status`]).
     pub fn new(engine: Arc<dyn WasmEngine>, bytes: &[u8], options: PluginOptions) -> Result<Arc<Self>> {
         check_size(&*engine, bytes, &options.limits)?;
-        let module = compile_within(&engine, bytes, &options.limits)?;
-        Self::from_module(engine, module, options)
+        let limits = options.limits.clone();
+        Self::build(engine.clone(), bytes, options, &|b| compile_within(&engine, b, &limits))
     }
 
-    /// Wraps an already compiled module (for example one from a module cache).
+    /// Compiles `bytes` with `compile` and, when the options ask for it, takes a snapshot.
+    pub(crate) fn build(
+        engine: Arc<dyn WasmEngine>,
+        bytes: &[u8],
+        options: PluginOptions,
+        compile: &Compile<'_>,
+    ) -> Result<Arc<Self>> {
+        if options.snapshot == SnapshotPolicy::Off {
+            return Ok(Arc::new(Self::wrap(engine, compile(bytes)?, options)?));
+        }
+        let template = match Template::parse(bytes) {
+            Ok(t) => t,
+            Err(why) => {
+                let mut plugin = Self::wrap(engine, compile(bytes)?, options)?;
+                plugin.snapshot_status = SnapshotStatus::FellBack(format!("the module cannot be snapshotted: {why}"));
+                plugin.note_snapshot();
+                return Ok(Arc::new(plugin));
+            }
+        };
+        // The instrumented module (the original, its mutable globals exported) runs the
+        // template and every instance when no snapshot is taken.
+        let mut plugin = Self::wrap(engine, compile(template.instrumented())?, options)?;
+        match plugin.take_snapshot(&template, compile) {
+            Ok(snapshot) => {
+                plugin.snapshot_status = SnapshotStatus::Taken {
+                    memory_bytes: snapshot.1,
+                    replayed_lines: snapshot.0.started.replayed_lines(),
+                };
+                plugin.snapshot = Some(snapshot.0);
+            }
+            Err(why) => plugin.snapshot_status = SnapshotStatus::FellBack(why),
+        }
+        plugin.note_snapshot();
+        Ok(Arc::new(plugin))
+    }
+
+    /// Starts the plugin on a template instance with isolated services, checks that the start
+    /// can be snapshotted, and compiles the snapshot. Returns it with its memory size.
+    fn take_snapshot(&self, template: &Template, compile: &Compile<'_>) -> Result<(PluginSnapshot, u64), String> {
+        let services = TemplateServices::new(&self.options.services);
+        let env = Arc::new(VmEnv { services: services.services().clone(), ..(*self.env).clone() });
+        let mut vm = Vm::new(&*self.module, self.info.abi, env, &self.options.limits)
+            .map_err(|e| format!("the template's start-up failed: {e}"))?;
+        vm.start_plugin(self.plugin.clone()).map_err(|e| format!("the template's plugin start failed: {e}"))?;
+        wasmux_abi::snapshot::verdict(vm.state().coverage_bits(), self.options.snapshot)?;
+        let started = Started::capture(vm.state(), &services)?;
+        if started.roots().len() != 1 {
+            return Err(format!("the start left {} root contexts, not one", started.roots().len()));
+        }
+        let image = template.capture(vm.instance())?;
+        let memory_bytes = vm.instance().memory_size();
+        let module = compile(&template.rewrite(&image)).map_err(|e| format!("the snapshot does not compile: {e}"))?;
+        check_module(&*module).map_err(|e| format!("the snapshot does not check: {e}"))?;
+        Ok((PluginSnapshot { module, started }, memory_bytes))
+    }
+
+    /// Says in the host's log whether a snapshot was taken.
+    fn note_snapshot(&self) {
+        let plugin = &self.options.name;
+        match &self.snapshot_status {
+            SnapshotStatus::FellBack(why) => {
+                tracing::info!(target: "wasmux::snapshot", %plugin, "instances start without a snapshot: {why}");
+            }
+            status => tracing::debug!(target: "wasmux::snapshot", %plugin, "snapshot {status}"),
+        }
+    }
+
+    /// Wraps an already compiled module (for example one from a module cache). No snapshot
+    /// is taken: that needs the module's bytes ([`Self::new`]).
     ///
     /// # Errors
     /// [`Error::Incompatible`].
@@ -137,6 +257,10 @@ impl CompiledPlugin {
         module: Arc<dyn WasmModule>,
         options: PluginOptions,
     ) -> Result<Arc<Self>> {
+        Self::wrap(engine, module, options).map(Arc::new)
+    }
+
+    fn wrap(engine: Arc<dyn WasmEngine>, module: Arc<dyn WasmModule>, options: PluginOptions) -> Result<Self> {
         let info = check_module(&*module)?;
         let env = Arc::new(VmEnv {
             vm_id: options.vm_id.clone(),
@@ -151,7 +275,17 @@ impl CompiledPlugin {
             root_id: options.root_id.clone(),
             configuration: options.plugin_configuration.clone(),
         });
-        Ok(Arc::new(Self { engine, module, info, env, plugin, options }))
+        let snapshot_status = if options.snapshot == SnapshotPolicy::Off {
+            SnapshotStatus::Off
+        } else {
+            SnapshotStatus::FellBack("the plugin was loaded from a compiled module".into())
+        };
+        Ok(Self { engine, module, info, env, plugin, options, snapshot: None, snapshot_status })
+    }
+
+    /// Whether instances start from a snapshot, or why not.
+    pub fn snapshot_status(&self) -> &SnapshotStatus {
+        &self.snapshot_status
     }
 
     /// Another plugin on this plugin's VM: the same engine, module and VM-wide settings (VM id,
@@ -182,6 +316,12 @@ impl CompiledPlugin {
             env: self.env.clone(),
             plugin,
             options,
+            // The snapshot holds this plugin's root context, not the sibling's.
+            snapshot: None,
+            snapshot_status: match self.snapshot_status {
+                SnapshotStatus::Off => SnapshotStatus::Off,
+                _ => SnapshotStatus::FellBack("a sibling starts in its first plugin's VM".into()),
+            },
         })
     }
 
@@ -257,6 +397,10 @@ impl CompiledPlugin {
     }
 
     fn start(&self) -> Result<(Vm, u32)> {
+        if let Some(s) = &self.snapshot {
+            let vm = Vm::from_snapshot(&*s.module, self.info.abi, self.env.clone(), &self.options.limits, &s.started)?;
+            return Ok((vm, s.started.roots()[0]));
+        }
         let mut vm = self.new_vm()?;
         let root = vm.start_plugin(self.plugin.clone())?;
         Ok((vm, root))

@@ -824,6 +824,10 @@ pub struct RunOptions {
     /// first stream (every event of it but `finish`), and left in flight; `background` in the
     /// record then gives the guest memory and the host's resident set before and after.
     pub background_streams: usize,
+    /// Whether the scenario's plugins start from snapshots ([`PluginOptions::snapshot`]). The
+    /// record is the same either way (which the conformance suite checks), but for `snapshots`,
+    /// each VM's [`SnapshotStatus`](crate::SnapshotStatus) in words, present when this is on.
+    pub snapshot: crate::SnapshotPolicy,
 }
 
 impl RunOptions {
@@ -927,6 +931,7 @@ pub fn run_with_options(
                 .limits
                 .max_callout_timeout_ms
                 .map_or(wasmux_abi::VmEnv::DEFAULT_MAX_CALLOUT_TIMEOUT, Duration::from_millis),
+            snapshot: options.snapshot,
         };
         // Each VM compiles its module (from the module cache when there is one): the null
         // engine runs one live instance of a compiled library per thread.
@@ -953,6 +958,10 @@ pub fn run_with_options(
 
     let abi = groups[0].3[0].info().abi;
     let mut out = json!({ "engine": runtime.name(), "abi_version": abi.as_str() });
+    if options.snapshot != crate::SnapshotPolicy::Off {
+        let status: Vec<String> = groups.iter().map(|g| g.3[0].snapshot_status().to_string()).collect();
+        out["snapshots"] = json!(status);
+    }
     let multi = !scenario.plugins.is_empty();
     let mut vms = Vec::with_capacity(groups.len());
     let mut start_error = None;

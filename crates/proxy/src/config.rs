@@ -180,6 +180,11 @@ pub struct VmConfig {
     /// WASI environment variables.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
+    /// Whether each worker's instance starts from a snapshot of a VM started once at load
+    /// (`wasmux::SnapshotPolicy`): `off` (default), `when_safe`, or `freeze_clock_and_random`.
+    /// The first plugin of a shared VM decides.
+    #[serde(default)]
+    pub snapshot: wasmux::SnapshotPolicy,
 }
 
 fn line_of<T>(s: &Spanned<T>) -> usize {

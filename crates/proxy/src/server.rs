@@ -118,6 +118,7 @@ pub fn build(config: &Config, base: &Path) -> Result<Built, ServeError> {
                 .limits
                 .max_callout_timeout_ms
                 .map_or(wasmux::abi::VmEnv::DEFAULT_MAX_CALLOUT_TIMEOUT, Duration::from_millis),
+            snapshot: p.vm.snapshot,
         };
         // Each VM's callouts know which VM they answer to.
         let callouts = ClusterCallouts::new(

@@ -159,6 +159,13 @@ unsafe extern "C" {
         sink: SinkFn,
     ) -> i32;
     pub(crate) fn wasmux_v8_memory(instance: *mut RawInstance, base: *mut *mut u8, len: *mut usize) -> i32;
+    pub(crate) fn wasmux_v8_global(
+        instance: *mut RawInstance,
+        name: *const u8,
+        name_len: usize,
+        kind: u32,
+        out: *mut u64,
+    ) -> i32;
     pub(crate) fn wasmux_v8_terminate(isolate: *mut RawIsolate);
     pub(crate) fn wasmux_v8_cancel_terminate(isolate: *mut RawIsolate);
 }

@@ -273,6 +273,27 @@ impl WasmInstance for WamrInstance {
         read(self.state_mut(), ptr, out)
     }
 
+    fn global(&mut self, name: &str, _ty: wasmux_abi::ValType) -> Option<u64> {
+        let name = std::ffi::CString::new(name).ok()?;
+        let mut global = sys::wasm_global_inst_t { kind: 0, is_mutable: false, global_data: std::ptr::null_mut() };
+        // SAFETY: `module_inst` is live and no call is running (`&mut self`); WAMR fills
+        // `global` with the kind of the export and a pointer to its value inside the instance.
+        let found = unsafe { sys::wasm_runtime_get_export_global_inst(self.module_inst, name.as_ptr(), &mut global) };
+        if !found || global.global_data.is_null() {
+            return None;
+        }
+        let data = global.global_data.cast_const();
+        // SAFETY: `global_data` points at the global's value, of the type `kind` says, inside the
+        // live instance; WAMR does not align globals, hence the unaligned reads.
+        unsafe {
+            match u32::from(global.kind) {
+                sys::WASM_I32 | sys::WASM_F32 => Some(u64::from(data.cast::<u32>().read_unaligned())),
+                sys::WASM_I64 | sys::WASM_F64 => Some(data.cast::<u64>().read_unaligned()),
+                _ => None,
+            }
+        }
+    }
+
     /// The returned handle terminates the running call at once
     /// ([`TrapKind::Deadline`](wasmux_abi::TrapKind)): WAMR notices at the next branch or host
     /// call return. A request made while no call runs does nothing.

@@ -233,6 +233,16 @@ impl WasmInstance for WasmerInstance {
         read(self.env.as_ref(&self.store).memory.as_ref(), &self.store, ptr, out)
     }
 
+    fn global(&mut self, name: &str, _ty: wasmux_abi::ValType) -> Option<u64> {
+        match self.instance.exports.get_global(name).ok()?.get(&mut self.store) {
+            Value::I32(v) => Some(u64::from(v as u32)),
+            Value::I64(v) => Some(v as u64),
+            Value::F32(v) => Some(u64::from(v.to_bits())),
+            Value::F64(v) => Some(v.to_bits()),
+            _ => None,
+        }
+    }
+
     /// The returned handle sets a flag; the running call traps with
     /// [`TrapKind::Deadline`](wasmux_abi::TrapKind) at its next host call or at the end of its
     /// current metering slice ([`INTERRUPT_CHECK`]), whichever comes first. A request made

@@ -242,6 +242,17 @@ impl WasmInstance for WasmiInstance {
         read(&self.store, ptr, out)
     }
 
+    fn global(&mut self, name: &str, _ty: wasmux_abi::ValType) -> Option<u64> {
+        let instance = self.store.data().instance?;
+        match instance.get_global(&self.store, name)?.get(&self.store) {
+            Val::I32(v) => Some(u64::from(v as u32)),
+            Val::I64(v) => Some(v as u64),
+            Val::F32(v) => Some(u64::from(v.to_bits())),
+            Val::F64(v) => Some(v.to_bits()),
+            _ => None,
+        }
+    }
+
     /// The returned handle sets a flag; the running call traps with
     /// [`TrapKind::Deadline`](wasmux_abi::TrapKind) at its next host call or when its current
     /// fuel slice ([`WasmiConfig::fuel_slice`](crate::WasmiConfig::fuel_slice)) runs out,

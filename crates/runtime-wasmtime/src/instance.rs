@@ -174,6 +174,18 @@ impl WasmInstance for WasmtimeInstance {
         read(&self.store, ptr, out)
     }
 
+    fn global(&mut self, name: &str, _ty: wasmux_abi::ValType) -> Option<u64> {
+        let instance = self.store.data().instance?;
+        let value = instance.get_global(&mut self.store, name)?.get(&mut self.store);
+        match value {
+            Val::I32(v) => Some(u64::from(v as u32)),
+            Val::I64(v) => Some(v as u64),
+            Val::F32(bits) => Some(u64::from(bits)),
+            Val::F64(bits) => Some(bits),
+            _ => None,
+        }
+    }
+
     fn interrupt_handle(&self) -> Arc<dyn Fn() + Send + Sync> {
         // Seen at the next epoch tick: the handle wakes the clock if it parked.
         Arc::new(self.store.data().clock.interrupter())
