@@ -171,7 +171,7 @@ def markdown(report, engines, by_id, order, json_path, svg_name):
         for (eng, message), ids in errors.items():
             lines.append(f"- `{eng}`: " + ", ".join(f"`{i}`" for i in ids) + f": {message}")
         lines.append("")
-    lines.append("Measures (see `crates/cli/src/bench.rs`; the criterion benches in `crates/host/benches/` run the same work):")
+    lines.append("Measures (see `crates/cli/src/bench.rs`; the criterion benches in `benches/` run the same work):")
     lines.append("")
     lines.append("- `cold_start`: compile + load-time check + first instance (`_initialize`, `proxy_on_vm_start`, `proxy_on_configure` parsing a JSON configuration).")
     lines.append("- `cache_load_*`: `wasmux::ModuleCache::load` (SHA-256 of the module, artifact lookup or file read and CRC check, engine deserialization); `warm_start_*` adds the first instance.")

@@ -1,4 +1,4 @@
-//! `wasmux bench`: the engine comparison of `crates/host/benches` as one command, on the user's
+//! `wasmux bench`: the engine comparison of `benches/` as one command, on the user's
 //! own filter, with plain timing loops (no criterion) so that it runs anywhere in seconds.
 //!
 //! Every measure runs on every engine asked for. A fast operation is timed in batches
@@ -43,7 +43,7 @@ const BENCH_JSON_CONFIG: &str = r#"{"header":"x-json-summary","max_depth":16,"re
 
 /// A module whose guest loop calls `proxy_get_header_map_value` `n` times, and an empty export
 /// (the module of the criterion bench `hostcall`).
-const HOSTCALL_WAT: &str = include_str!("../../host/benches/hostcall.wat");
+const HOSTCALL_WAT: &str = include_str!("../../../benches/hostcall.wat");
 
 /// Target duration of one timed batch of a fast operation.
 const BATCH: Duration = Duration::from_millis(20);

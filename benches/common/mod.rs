@@ -35,7 +35,7 @@ pub(crate) fn options(config: &[u8]) -> PluginOptions {
 
 /// The fixture directory.
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../conformance/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../conformance/fixtures")
 }
 
 /// The bytes of the committed wasip1 build of a fixture.
@@ -75,6 +75,16 @@ pub(crate) fn load(engine: &Arc<dyn WasmEngine>, name: &str, config: &[u8]) -> O
     let bytes = module_bytes(&**engine, name)?;
     Some(CompiledPlugin::new(engine.clone(), &bytes, options(config)).expect("fixture loads"))
 }
+
+/// The Go filter (`conformance/fixtures/go/`): a 5 MB upstream-Go wasip1 reactor written
+/// against the ABI, whose `_initialize` starts the Go runtime.
+pub(crate) fn go_filter() -> Vec<u8> {
+    let path = fixtures().join("go/go-filter.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The plugin configuration the benches give the Go filter (JSON, parsed in `proxy_on_configure`).
+pub(crate) const GO_CONFIG: &[u8] = br#"{"greeting": "hello from go"}"#;
 
 /// The plugin configuration the benches give bench-json: parsed on every instantiation.
 pub(crate) const BENCH_JSON_CONFIG: &[u8] =

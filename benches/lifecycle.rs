@@ -8,7 +8,7 @@
 //!   that size through the `body` fixture in `chunked` mode (the guest reads the body, uppercases
 //!   it and writes it back), reported in bytes per second.
 //!
-//! `cargo bench -p wasmux --bench lifecycle`
+//! `cargo bench -p wasmux-benches --bench lifecycle`
 
 mod common;
 

@@ -10,7 +10,7 @@
 //! selects ids as criterion does. Each id is measured in a fresh process (this bench runs
 //! itself), so that no heap freed by an earlier measurement is reused by the instances counted.
 //!
-//! `cargo bench -p wasmux --bench rss`
+//! `cargo bench -p wasmux-benches --bench rss`
 
 mod common;
 

@@ -7,7 +7,7 @@
 //! `conformance/fixtures/wasm/headers.wasip1.wasm`; the null engine runs the same source built
 //! natively (`scripts/build-native-fixtures.sh`).
 //!
-//! `cargo bench -p wasmux --features null --bench request`
+//! `cargo bench -p wasmux-benches --features null --bench request`
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use wasmux::{Action, HeaderMap, Plugin, PluginOptions, Runtime};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../conformance/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../conformance/fixtures")
 }
 
 /// What the engine loads: the wasm module, or the path of the native library.
