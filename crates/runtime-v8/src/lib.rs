@@ -110,7 +110,13 @@
 //!   emits explicit bounds checks. Its handler would chain badly with wasmtime's and wasmer's
 //!   in the same process (it uninstalls itself on the first fault it does not own).
 //!
-//! Module serialization is not offered. Foreground tasks V8 posts are run every 1024
+//! Module serialization is not offered, because V8 10.2's public API cannot load what it
+//! saves: `CompiledWasmModule::Serialize` writes a module's code, but the only way back,
+//! `WasmModuleObject::FromCompiledModule`, takes a `CompiledWasmModule` of the same process,
+//! which nothing outside V8 can construct from bytes (the deserializer is internal to V8). And
+//! there is little to save: V8 compiles with its baseline compiler and optimizes in the
+//! background (a cold start of the 280 KB bench-json fixture, first instance included, took
+//! 4.3 ms in docs/BENCHMARKS.md). Foreground tasks V8 posts are run every 1024
 //! top-level calls of an instance.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]

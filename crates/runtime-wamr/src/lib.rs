@@ -10,8 +10,10 @@
 //! - **Fast interpreter only.** `wamrx-sys` builds WAMR's fast interpreter, no AOT and no JIT:
 //!   loading a module validates it and translates every function to WAMR's internal bytecode,
 //!   eagerly (about 3 ms for a proxy-wasm filter). Instances of a module share that code;
-//!   per-worker instances never reload. Module serialization is not offered: there is no
-//!   compiled artifact to save.
+//!   per-worker instances never reload. Module serialization is not offered: the fast
+//!   interpreter's translated bytecode lives in the loaded module and WAMR has no API to save or
+//!   load it; the only loadable artifacts are AOT files, which need WAMR's `wamrc` compiler (on
+//!   LLVM) and an AOT-enabled runtime, neither of which `wamrx-sys` builds.
 //! - **Why not the `wamrx` wrapper.** Its `Engine`, `Linker` and `Instance` are neither `Send`
 //!   nor `Sync` (they hold `Rc`s), while the `WasmVm` traits need `Send + Sync` engines and
 //!   modules and `Send` instances; it also has no termination, no memory limit and boxes every
