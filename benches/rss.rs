@@ -113,7 +113,11 @@ fn main() {
             let n = extra.len().max(1) as f64;
             let served = rss().unwrap_or(0).saturating_sub(base);
             let private = uss().unwrap_or(0).saturating_sub(base_uss);
-            line.push(format!("after a request each: {} (private {})", kib(served as f64 / n), kib(private as f64 / n)));
+            line.push(format!(
+                "after a request each: {} (private {})",
+                kib(served as f64 / n),
+                kib(private as f64 / n)
+            ));
             let guest = first.vm().instance().memory_size();
             let status = compiled.snapshot_status();
             println!(

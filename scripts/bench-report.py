@@ -32,7 +32,7 @@ TARGETS = {
 
 # Display groups, in order: (title, measure ids).
 GROUPS = [
-    ("Start-up", ["cold_start", "cache_load_memory", "cache_load_disk", "warm_start_memory", "warm_start_disk", "instantiate"]),
+    ("Start-up", ["cold_start", "cache_load_memory", "cache_load_disk", "warm_start_memory", "warm_start_disk", "instantiate", "instantiate_snapshot"]),
     ("Calls", ["empty_callback", "host_call", "request_lifecycle"]),
     ("Body throughput (higher is better)", ["body_1KiB", "body_64KiB", "body_1MiB"]),
     ("Memory per extra instance", ["rss_1", "rss_10", "rss_100"]),
@@ -176,6 +176,7 @@ def markdown(report, engines, by_id, order, json_path, svg_name):
     lines.append("- `cold_start`: compile + load-time check + first instance (`_initialize`, `proxy_on_vm_start`, `proxy_on_configure` parsing a JSON configuration).")
     lines.append("- `cache_load_*`: `wasmux::ModuleCache::load` (SHA-256 of the module, artifact lookup or file read and CRC check, engine deserialization); `warm_start_*` adds the first instance.")
     lines.append("- `instantiate`: `CompiledPlugin::instantiate()`, what each worker does: new instance, start-up exports, `on_vm_start`, `on_configure`.")
+    lines.append("- `instantiate_snapshot`: the same for a plugin loaded with `PluginOptions::snapshot` (`freeze_clock_and_random`): a new instance of the snapshot module, the root context restored, the start's log lines replayed; no guest code runs.")
     lines.append("- `empty_callback`: one host→wasm call of an empty export; `host_call`: one `proxy_get_header_map_value` round trip (guest → host, lookup, guest allocator, copy), looped inside the guest.")
     lines.append("- `request_lifecycle`: create the HTTP context, request headers (the headers fixture reads `:path`, adds, replaces and removes headers, reads all pairs, logs), response headers, done, log, delete.")
     lines.append("- `body_*`: one request whose body is one chunk of that size through the body fixture in `chunked` mode (read, uppercase, write back), in MB/s (10^6 bytes/s).")

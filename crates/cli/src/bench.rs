@@ -12,6 +12,7 @@
 //! | `cache_load_memory`, `cache_load_disk` | `ModuleCache::load` from each tier (no instance) | bench-json |
 //! | `warm_start_memory`, `warm_start_disk` | cache load + first instance | bench-json |
 //! | `instantiate` | a per-worker clone: `compiled.instantiate()` | bench-json |
+//! | `instantiate_snapshot` | the same from a snapshot (`PluginOptions::snapshot`, `freeze_clock_and_random`) | bench-json |
 //! | `empty_callback` | one host→wasm call of an empty export | built-in WAT |
 //! | `host_call` | one `proxy_get_header_map_value` round trip, small value | built-in WAT |
 //! | `request_lifecycle` | context, request headers, response headers, done/log/delete | headers |
@@ -31,7 +32,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use wasmux::abi::WasmEngine;
 use wasmux::abi::services::{LogLine, LogSink};
-use wasmux::{CompiledPlugin, HeaderMap, LogLevel, ModuleCache, Plugin, PluginOptions, Runtime, Services};
+use wasmux::{
+    CompiledPlugin, HeaderMap, LogLevel, ModuleCache, Plugin, PluginOptions, Runtime, Services, SnapshotPolicy,
+    SnapshotStatus,
+};
 
 /// The fixtures the defaults use, built into the binary so that `wasmux bench` works anywhere.
 const BENCH_JSON: &[u8] = include_bytes!("../../../conformance/fixtures/wasm/bench-json.wasip1.wasm");
@@ -337,6 +341,30 @@ fn run_engine(
         })
     });
     push("instantiate", "per-worker clone: new instance + on_vm_start + on_configure", "µs", start, clone, Value::Null);
+
+    let snapshot_options = PluginOptions { snapshot: SnapshotPolicy::FreezeClockAndRandom, ..start.options() };
+    let snapshotted = CompiledPlugin::new(engine.clone(), &start.bytes, snapshot_options).map_err(err);
+    let status = snapshotted.as_ref().map_or(Value::Null, |c| json!({ "snapshot": c.snapshot_status().to_string() }));
+    let clone = snapshotted.and_then(|compiled| {
+        match compiled.snapshot_status() {
+            SnapshotStatus::Taken { .. } => {}
+            other => return Err(format!("no snapshot: {other}")),
+        }
+        time_fast(runs, &mut |iters| timed(iters, || compiled.instantiate().map_err(err))).map(|s| Stats {
+            median: s.median / 1e3,
+            min: s.min / 1e3,
+            max: s.max / 1e3,
+            runs: s.runs,
+        })
+    });
+    push(
+        "instantiate_snapshot",
+        "per-worker clone from a snapshot (freeze_clock_and_random)",
+        "µs",
+        start,
+        clone,
+        status,
+    );
 
     // Calls.
     let micro = Filter { name: "built-in WAT".into(), bytes: Arc::from([]), config: Vec::new(), fixture: None };
