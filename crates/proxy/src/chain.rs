@@ -232,6 +232,15 @@ impl FilterChains {
         })
     }
 
+    /// Whether the VM of `plugin` starts each worker's instance from a snapshot (its first
+    /// plugin's [`CompiledPlugin::snapshot_status`]).
+    pub fn starts_from_snapshot(&self, plugin: &PluginEntry) -> bool {
+        self.groups
+            .get(plugin.group)
+            .and_then(|g| g.first())
+            .is_some_and(|p| matches!(p.snapshot_status(), wasmux::SnapshotStatus::Taken { .. }))
+    }
+
     /// The plugins.
     pub fn plugins(&self) -> &[PluginEntry] {
         &self.plugins

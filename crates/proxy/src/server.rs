@@ -212,6 +212,14 @@ impl AdminApp {
         }
         let _ = writeln!(
             out,
+            "# HELP wasmux_plugin_snapshot 1 when the plugin's VM starts each worker's instance from a snapshot\n# TYPE wasmux_plugin_snapshot gauge"
+        );
+        for p in plugins {
+            let taken = u8::from(self.chains.starts_from_snapshot(p));
+            let _ = writeln!(out, "wasmux_plugin_snapshot{{plugin=\"{}\"}} {taken}", label(&p.name));
+        }
+        let _ = writeln!(
+            out,
             "# HELP wasmux_live_stream_contexts stream contexts not yet deleted, over every worker\n# TYPE wasmux_live_stream_contexts gauge\nwasmux_live_stream_contexts {}",
             self.chains.live_streams()
         );

@@ -771,6 +771,7 @@ fn a_tick_resumes_a_paused_response() {
     let up = upstream();
     let yaml = r#"
 workers: 1
+admin: { address: "{admin}" }
 listeners:
   - name: main
     address: "{listener}"
@@ -785,15 +786,23 @@ clusters:
     endpoints: ["{upstream}"]
 plugins:
   - name: lifecycle
-    vm: { runtime: {engine}, code: lifecycle.wasip1.wasm }
+    vm: { runtime: {engine}, code: lifecycle.wasip1.wasm, snapshot: {snapshot} }
 "#;
     for engine in engines() {
-        let proxy = start(yaml, engine, up.addr);
-        // The request waits for a callout to `slow` (300 ms), the response for the next tick.
-        let r = proxy.send("GET", "/page", &[], "");
-        assert_eq!(r.status, 200, "{engine}: {r:?}");
-        assert!(r.upstream_saw("x-slow-status: 200"), "{engine}: {}", r.body);
-        assert_eq!(r.header("x-resumed-by"), Some("tick"), "{engine}: {r:?}");
+        // With a snapshot, the tick period the root context set while the template started
+        // is registered for every worker's instance.
+        for snapshot in ["off", "when_safe"] {
+            let proxy = start(&yaml.replace("{snapshot}", snapshot), engine, up.addr);
+            // The request waits for a callout to `slow` (300 ms), the response for the next tick.
+            let r = proxy.send("GET", "/page", &[], "");
+            assert_eq!(r.status, 200, "{engine}, snapshot {snapshot}: {r:?}");
+            assert!(r.upstream_saw("x-slow-status: 200"), "{engine}: {}", r.body);
+            assert_eq!(r.header("x-resumed-by"), Some("tick"), "{engine}, snapshot {snapshot}: {r:?}");
+            let taken = engine.runs_wasm() && snapshot != "off";
+            let gauge = format!("wasmux_plugin_snapshot{{plugin=\"lifecycle\"}} {}", u8::from(taken));
+            let metrics = proxy.rt.block_on(send(proxy.admin, "GET", "/metrics", &[], "")).body;
+            assert!(metrics.contains(&gauge), "{engine}, snapshot {snapshot}: {metrics}");
+        }
     }
 }
 
