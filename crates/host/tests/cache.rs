@@ -328,6 +328,35 @@ fn runtime_load_cached_runs_the_filter() {
     assert_eq!(cache.stats(), stats(1, 0, 1, 0));
 }
 
+/// A plugin loaded with a snapshot through a cache caches both of its modules (the instrumented
+/// original and the snapshot); a `when_safe` snapshot of the same plugin is the same bytes from
+/// one load to the next, so a second load compiles nothing, and its instances run the filter.
+#[test]
+fn snapshot_modules_come_from_the_cache() {
+    let cache = ModuleCache::in_memory();
+    let options = PluginOptions {
+        plugin_configuration: b"{}".to_vec(),
+        services: Services { log: Arc::new(MemoryLog::default()), ..Services::default() },
+        snapshot: wasmux::SnapshotPolicy::WhenSafe,
+        ..PluginOptions::default()
+    };
+    for round in 0..2 {
+        let compiled = wasmux::Runtime::default().load_cached(bench_json(), options.clone(), &cache).unwrap();
+        assert!(
+            matches!(compiled.snapshot_status(), wasmux::SnapshotStatus::Taken { .. }),
+            "round {round}: {}",
+            compiled.snapshot_status()
+        );
+        let mut plugin = compiled.instantiate().unwrap();
+        let id = plugin.http_stream().unwrap();
+        plugin.request_headers(id, HeaderMap::from_pairs([(":path", "/")]), false).unwrap();
+        plugin.request_body(id, b"[1, [2, [3]]]", true).unwrap();
+        let state = plugin.vm().http(id).unwrap();
+        assert_eq!(state.request_headers.get(b"x-json-summary"), Some(&b"keys=0 depth=3 redacted=0 bytes=11"[..]));
+    }
+    assert_eq!(cache.stats(), stats(2, 0, 2, 0));
+}
+
 /// `keep_compiled` hands out the same compiled module again, also on engines that cannot
 /// serialize, without compiling or deserializing.
 #[test]
