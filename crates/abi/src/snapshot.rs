@@ -276,6 +276,9 @@ impl Template {
     /// # Errors
     /// Why the module cannot be snapshotted (see the [module docs](self)), or a parse error.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err("it is not a wasm module (a native filter runs no wasm to snapshot)".into());
+        }
         let err = |e: wasmparser::BinaryReaderError| format!("cannot read the module: {e}");
         let mut sections = Vec::new();
         let mut globals = Vec::new();

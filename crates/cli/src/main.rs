@@ -120,6 +120,11 @@ enum Command {
         /// Time each passing test: the median of N runs (default 20) per engine.
         #[arg(long, num_args = 0..=1, default_missing_value = "20", value_name = "N")]
         bench: Option<usize>,
+        /// Start the plugins from snapshots (`when_safe` or `freeze_clock_and_random`; see the
+        /// README, "Start-up snapshots"): the same expectations must hold, and the output says
+        /// whether each VM started from one, or why not.
+        #[arg(long, default_value = "off", value_parser = parse_snapshot)]
+        snapshot: wasmux::SnapshotPolicy,
     },
     /// Run the conformance suite: prints the engine x case matrix and the host-function
     /// coverage table; exits 1 on any failure.
@@ -134,6 +139,15 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+/// A snapshot policy by its configuration name.
+fn parse_snapshot(s: &str) -> Result<wasmux::SnapshotPolicy, String> {
+    use wasmux::SnapshotPolicy as P;
+    [P::Off, P::WhenSafe, P::FreezeClockAndRandom]
+        .into_iter()
+        .find(|p| p.to_string() == s)
+        .ok_or_else(|| format!("`{s}` is not one of off, when_safe, freeze_clock_and_random"))
 }
 
 fn main() -> ExitCode {
@@ -232,8 +246,8 @@ fn run(cmd: Command) -> Result<ExitCode, AnyError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Conformance { engines, cases, json } => conformance::run(&engines, cases, json),
-        Command::Test { paths, engines, all_engines: _, module, native, filter, junit, trace, bench } => {
-            test::run(test::Args { paths, engines, module, native, filter, junit, trace, bench })
+        Command::Test { paths, engines, all_engines: _, module, native, filter, junit, trace, bench, snapshot } => {
+            test::run(test::Args { paths, engines, module, native, filter, junit, trace, bench, snapshot })
         }
         Command::Bench { engines, filter, config, json, runs, rss_child } => {
             let command = std::iter::once("wasmux".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>();

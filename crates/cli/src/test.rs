@@ -17,6 +17,7 @@ pub(crate) struct Args {
     pub(crate) junit: Option<PathBuf>,
     pub(crate) trace: bool,
     pub(crate) bench: Option<usize>,
+    pub(crate) snapshot: wasmux::SnapshotPolicy,
 }
 
 /// Runs the tests; exits 1 when one fails or cannot run, 2 when a file is invalid.
@@ -53,6 +54,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if let Some(runs) = args.bench {
         settings = settings.bench(runs.max(1));
     }
+    settings = settings.snapshot(args.snapshot);
     let mut report = Report::default();
     for file in &loaded {
         report.extend(file.run(&runtimes, &settings));
@@ -71,6 +73,10 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             "background streams in flight (guest memory of every VM of the test; host resident set growth):",
         );
         crate::print_out(&memory);
+    }
+    if args.snapshot != wasmux::SnapshotPolicy::Off {
+        crate::print_out(&format!("snapshots ({}):", args.snapshot));
+        crate::print_out(report.snapshot_summary().trim_end());
     }
     let failures = report.failures(false);
     if !failures.is_empty() {

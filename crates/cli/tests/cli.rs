@@ -109,6 +109,28 @@ fn test_kit_files_pass_on_every_engine() {
     assert!(!xml.contains("<failure"), "{xml}");
 }
 
+/// With `--snapshot`, the same expectations hold on every engine and the output says, per engine,
+/// that the headers fixture's VMs started from a snapshot (the null engine runs native code: no
+/// snapshot, it says why).
+#[test]
+fn test_kit_runs_with_snapshots() {
+    let out = wasmux()
+        .arg("test")
+        .arg(repo().join("examples/tests/headers.yaml"))
+        .args(["--snapshot", "when_safe"])
+        .output()
+        .expect("wasmux runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("snapshots (when_safe):"), "{stdout}");
+    for e in engines().iter().filter(|e| *e != "null") {
+        assert!(stdout.contains(&format!("{e}: snapshot taken (")), "{e}: {stdout}");
+    }
+    let bad = wasmux().arg("test").arg(repo().join("examples/tests")).args(["--snapshot", "always"]).output();
+    let bad = bad.expect("wasmux runs");
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
 /// Expectations a filter does not meet fail the run (exit 1), each shown expected against
 /// actual with the log lines of its stream, on every engine; an unexpected trap fails a test,
 /// an expected one does not. JUnit carries the failures.

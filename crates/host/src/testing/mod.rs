@@ -219,7 +219,7 @@ impl TestFile {
                         report.push(TestResult::new(self, test, runtime, missing.clone()));
                         continue;
                     }
-                    Ok(bytes) => test.run_once(runtime, bytes, self, settings.cache.as_deref()),
+                    Ok(bytes) => test.run_once(runtime, bytes, self, settings),
                 };
                 let mut result = TestResult::new(self, test, runtime, outcome.0);
                 result.record = outcome.1;
@@ -274,6 +274,9 @@ pub struct RunSettings {
     pub cache: Option<std::sync::Arc<ModuleCache>>,
     /// Timed runs per passing test for [`TestResult::bench`] (0: no timing).
     pub bench_runs: usize,
+    /// Start the plugins from snapshots ([`crate::PluginOptions::snapshot`]): the same
+    /// expectations must hold; each record's `snapshots` says whether one was taken.
+    pub snapshot: crate::SnapshotPolicy,
 }
 
 impl RunSettings {
@@ -295,6 +298,13 @@ impl RunSettings {
     #[must_use]
     pub fn bench(mut self, runs: usize) -> Self {
         self.bench_runs = runs;
+        self
+    }
+
+    /// Start the plugins from snapshots under `policy`.
+    #[must_use]
+    pub fn snapshot(mut self, policy: crate::SnapshotPolicy) -> Self {
+        self.snapshot = policy;
         self
     }
 
@@ -352,12 +362,13 @@ impl Test {
         runtime: Runtime,
         module: &[u8],
         file: &TestFile,
-        cache: Option<&ModuleCache>,
+        settings: &RunSettings,
     ) -> (Outcome, Option<Value>, Duration) {
         let start = Instant::now();
         let mut options = RunOptions::traced();
         options.background_streams = self.background_streams;
-        let record = self.run_with(runtime, module, file, cache, &options);
+        options.snapshot = settings.snapshot;
+        let record = self.run_with(runtime, module, file, settings.cache.as_deref(), &options);
         let time = start.elapsed();
         match record {
             Err(e) => (Outcome::Error(e), None, time),
@@ -374,8 +385,9 @@ impl Test {
         let mut events = Vec::with_capacity(settings.bench_runs);
         for _ in 0..settings.bench_runs {
             let start = Instant::now();
-            let Ok(record) = self.run_with(runtime, module, file, settings.cache.as_deref(), &RunOptions::timed())
-            else {
+            let mut options = RunOptions::timed();
+            options.snapshot = settings.snapshot;
+            let Ok(record) = self.run_with(runtime, module, file, settings.cache.as_deref(), &options) else {
                 break;
             };
             whole.push(start.elapsed());

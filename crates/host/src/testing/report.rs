@@ -176,6 +176,22 @@ pub struct Report {
 }
 
 impl Report {
+    /// For runs with snapshots ([`RunSettings::snapshot`](super::RunSettings)): per engine, each
+    /// snapshot status the VMs of its tests had, with how many tests had it, one line each.
+    pub fn snapshot_summary(&self) -> String {
+        let mut seen: Vec<(&str, String, usize)> = Vec::new();
+        for r in &self.results {
+            let statuses = r.record.as_ref().and_then(|v| v.get("snapshots")).and_then(|v| v.as_array());
+            for status in statuses.into_iter().flatten().filter_map(|v| v.as_str()) {
+                match seen.iter_mut().find(|(e, s, _)| *e == r.engine && s == status) {
+                    Some(entry) => entry.2 += 1,
+                    None => seen.push((&r.engine, status.to_string(), 1)),
+                }
+            }
+        }
+        seen.iter().map(|(engine, status, n)| format!("{engine}: snapshot {status} ({n} VMs)\n")).collect()
+    }
+
     pub(crate) fn engines_push(&mut self, engine: &str) {
         if !self.engines.iter().any(|e| e == engine) {
             self.engines.push(engine.to_string());
