@@ -308,6 +308,16 @@ fn invalid_modules_are_compile_errors_and_not_cached() {
     assert_eq!(probe.compiles(), 2);
 }
 
+/// One request through an instance of bench-json: it summarizes the JSON body in a header.
+fn summarizes_a_body(compiled: &Arc<wasmux::CompiledPlugin>) {
+    let mut plugin = compiled.instantiate().unwrap();
+    let id = plugin.http_stream().unwrap();
+    plugin.request_headers(id, HeaderMap::from_pairs([(":path", "/")]), false).unwrap();
+    plugin.request_body(id, b"[1, [2, [3]]]", true).unwrap();
+    let state = plugin.vm().http(id).unwrap();
+    assert_eq!(state.request_headers.get(b"x-json-summary"), Some(&b"keys=0 depth=3 redacted=0 bytes=11"[..]));
+}
+
 #[test]
 fn runtime_load_cached_runs_the_filter() {
     let cache = ModuleCache::in_memory();
@@ -318,12 +328,7 @@ fn runtime_load_cached_runs_the_filter() {
     };
     for _ in 0..2 {
         let compiled = wasmux::Runtime::default().load_cached(bench_json(), options.clone(), &cache).unwrap();
-        let mut plugin = compiled.instantiate().unwrap();
-        let id = plugin.http_stream().unwrap();
-        plugin.request_headers(id, HeaderMap::from_pairs([(":path", "/")]), false).unwrap();
-        plugin.request_body(id, b"[1, [2, [3]]]", true).unwrap();
-        let state = plugin.vm().http(id).unwrap();
-        assert_eq!(state.request_headers.get(b"x-json-summary"), Some(&b"keys=0 depth=3 redacted=0 bytes=11"[..]));
+        summarizes_a_body(&compiled);
     }
     assert_eq!(cache.stats(), stats(1, 0, 1, 0));
 }
@@ -347,12 +352,7 @@ fn snapshot_modules_come_from_the_cache() {
             "round {round}: {}",
             compiled.snapshot_status()
         );
-        let mut plugin = compiled.instantiate().unwrap();
-        let id = plugin.http_stream().unwrap();
-        plugin.request_headers(id, HeaderMap::from_pairs([(":path", "/")]), false).unwrap();
-        plugin.request_body(id, b"[1, [2, [3]]]", true).unwrap();
-        let state = plugin.vm().http(id).unwrap();
-        assert_eq!(state.request_headers.get(b"x-json-summary"), Some(&b"keys=0 depth=3 redacted=0 bytes=11"[..]));
+        summarizes_a_body(&compiled);
     }
     assert_eq!(cache.stats(), stats(2, 0, 2, 0));
 }
