@@ -7,7 +7,7 @@
 //! - every host function of ABI 0.1.0, 0.2.0 and 0.2.1, plus the WASI preview1 functions SDKs
 //!   import, in one data table ([`HOST_FUNCS`]); backends register it in one loop and never
 //!   implement an ABI function themselves;
-//! - one validation verdict for every engine ([`validate`]): the wasm feature set and the
+//! - one validation verdict for every engine ([`validate()`]): the wasm feature set and the
 //!   structural bounds every sandboxed backend applies to the original bytes before its engine
 //!   sees them;
 //! - load-time checks ([`check_module`]): ABI version detection from the export markers and

@@ -144,7 +144,7 @@ pub struct Limits {
     /// Largest module accepted, in bytes.
     pub max_module_bytes: usize,
     /// Longest the host waits for a module to compile (`None`: no bound). See
-    /// [`crate::validate`] for what each engine can honour.
+    /// [`crate::validate`](mod@crate::validate) for what each engine can honour.
     pub compile_deadline: Option<Duration>,
     /// Host-side quotas: what the plugin may make the host hold.
     pub quotas: Quotas,

@@ -1,7 +1,7 @@
 //! The test kit for filter authors: test files with expectations, run on every engine.
 //!
 //! A test file (YAML, or JSON) names the filter and lists tests. Each test is a
-//! [scenario](crate::scenario) (configuration, properties, time, events) with expectations:
+//! [scenario] (configuration, properties, time, events) with expectations:
 //! on what an event did (`expect` on the event: the action, the stream's headers and bodies
 //! right after it, the logs and callouts it caused) and on the whole run (`expect` on the test:
 //! final stream states, local replies, logs, callouts, metrics, shared data, the tick period).
