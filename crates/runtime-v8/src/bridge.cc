@@ -914,15 +914,15 @@ int32_t wasmux_v8_memory(Handle* handle, uint8_t** base, size_t* length) noexcep
   }
 }
 
-// Reads exported global `name` (a WebAssembly.Global) as raw bits of type `kind` (0 i32,
-// 1 i64, 2 f32, 3 f64): an i32 zero-extended, an i64 from its BigInt, floats as their bits.
-int32_t wasmux_v8_global(Handle* handle, const uint8_t* name, size_t name_len, uint32_t kind,
+// Reads exported global `name` (a WebAssembly.Global) as raw bits of type `ty` (kI32 ...
+// kF64), converted as function results are (FromJs); a value of another JS type fails.
+int32_t wasmux_v8_global(Handle* handle, const uint8_t* name, size_t name_len, uint8_t ty,
                          uint64_t* out) noexcept {
   try {
     Entry entry;
     if (!entry.Enter(*handle)) return kFailed;
     Instance* in = handle->get();
-    if (in->exports.IsEmpty()) return kFailed;
+    if (in->exports.IsEmpty() || ty > kF64) return kFailed;
     v8::Isolate* isolate = in->isolate;
     v8::HandleScope hs(isolate);
     v8::Local<v8::Context> context = in->context.Get(isolate);
@@ -930,35 +930,12 @@ int32_t wasmux_v8_global(Handle* handle, const uint8_t* name, size_t name_len, u
     v8::Local<v8::Value> global, value;
     if (!in->exports.Get(isolate)->Get(context, Str(isolate, name, name_len)).ToLocal(&global) ||
         !global->IsObject() ||
-        !global.As<v8::Object>()->Get(context, Str(isolate, "value")).ToLocal(&value)) {
+        !global.As<v8::Object>()->Get(context, Str(isolate, "value")).ToLocal(&value) ||
+        !(ty == kI64 ? value->IsBigInt() : value->IsNumber())) {
       return kFailed;
     }
-    switch (kind) {
-      case 0:
-        if (!value->IsInt32()) return kFailed;
-        *out = static_cast<uint32_t>(value.As<v8::Int32>()->Value());
-        return kOk;
-      case 1:
-        if (!value->IsBigInt()) return kFailed;
-        *out = static_cast<uint64_t>(value.As<v8::BigInt>()->Int64Value());
-        return kOk;
-      case 2: {
-        if (!value->IsNumber()) return kFailed;
-        float f = static_cast<float>(value.As<v8::Number>()->Value());
-        uint32_t bits;
-        std::memcpy(&bits, &f, sizeof bits);
-        *out = bits;
-        return kOk;
-      }
-      case 3: {
-        if (!value->IsNumber()) return kFailed;
-        double d = value.As<v8::Number>()->Value();
-        std::memcpy(out, &d, sizeof d);
-        return kOk;
-      }
-      default:
-        return kFailed;
-    }
+    *out = FromJs(value, ty);
+    return kOk;
   } catch (...) {
     return kFailed;
   }

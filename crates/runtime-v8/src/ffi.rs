@@ -163,7 +163,7 @@ unsafe extern "C" {
         instance: *mut RawInstance,
         name: *const u8,
         name_len: usize,
-        kind: u32,
+        ty: u8,
         out: *mut u64,
     ) -> i32;
     pub(crate) fn wasmux_v8_terminate(isolate: *mut RawIsolate);

@@ -285,18 +285,14 @@ impl WasmInstance for V8Instance {
     }
 
     fn global(&mut self, name: &str, ty: wasmux_abi::ValType) -> Option<u64> {
-        let kind = match ty {
-            wasmux_abi::ValType::I32 => 0,
-            wasmux_abi::ValType::I64 => 1,
-            wasmux_abi::ValType::F32 => 2,
-            wasmux_abi::ValType::F64 => 3,
-            wasmux_abi::ValType::Other => return None,
-        };
+        let ty = ffi::type_code(ty);
+        if ty == ffi::OTHER {
+            return None;
+        }
         let mut bits = 0u64;
         // SAFETY: as in `call`; reading a global runs no guest code. `name` is valid for
         // `name.len()` bytes and `bits` is writable.
-        let ok =
-            unsafe { ffi::wasmux_v8_global((*self.state.as_ptr()).raw, name.as_ptr(), name.len(), kind, &mut bits) };
+        let ok = unsafe { ffi::wasmux_v8_global((*self.state.as_ptr()).raw, name.as_ptr(), name.len(), ty, &mut bits) };
         (ok == OK).then_some(bits)
     }
 
