@@ -148,6 +148,11 @@ struct Stats {
 }
 
 impl Stats {
+    /// The same runs in a unit `1/factor` times as large (nanoseconds to microseconds: 1e-3).
+    fn scaled(self, factor: f64) -> Self {
+        Self { median: self.median * factor, min: self.min * factor, max: self.max * factor, runs: self.runs }
+    }
+
     fn of(mut values: Vec<f64>) -> Self {
         values.sort_by(f64::total_cmp);
         let n = values.len();
@@ -332,30 +337,19 @@ fn run_engine(
     }
     let _ = std::fs::remove_dir_all(&disk_dir);
 
-    let clone = start.load(engine).and_then(|compiled| {
-        time_fast(runs, &mut |iters| timed(iters, || compiled.instantiate().map_err(err))).map(|s| Stats {
-            median: s.median / 1e3,
-            min: s.min / 1e3,
-            max: s.max / 1e3,
-            runs: s.runs,
-        })
-    });
+    // A per-worker instance, without and from a snapshot, in microseconds.
+    let per_worker = |compiled: Arc<CompiledPlugin>| {
+        time_fast(runs, &mut |iters| timed(iters, || compiled.instantiate().map_err(err))).map(|s| s.scaled(1e-3))
+    };
+    let clone = start.load(engine).and_then(per_worker);
     push("instantiate", "per-worker clone: new instance + on_vm_start + on_configure", "µs", start, clone, Value::Null);
 
     let snapshot_options = PluginOptions { snapshot: SnapshotPolicy::FreezeClockAndRandom, ..start.options() };
     let snapshotted = CompiledPlugin::new(engine.clone(), &start.bytes, snapshot_options).map_err(err);
     let status = snapshotted.as_ref().map_or(Value::Null, |c| json!({ "snapshot": c.snapshot_status().to_string() }));
-    let clone = snapshotted.and_then(|compiled| {
-        match compiled.snapshot_status() {
-            SnapshotStatus::Taken { .. } => {}
-            other => return Err(format!("no snapshot: {other}")),
-        }
-        time_fast(runs, &mut |iters| timed(iters, || compiled.instantiate().map_err(err))).map(|s| Stats {
-            median: s.median / 1e3,
-            min: s.min / 1e3,
-            max: s.max / 1e3,
-            runs: s.runs,
-        })
+    let clone = snapshotted.and_then(|compiled| match compiled.snapshot_status() {
+        SnapshotStatus::Taken { .. } => per_worker(compiled),
+        other => Err(format!("no snapshot: {other}")),
     });
     push(
         "instantiate_snapshot",
@@ -386,7 +380,7 @@ fn run_engine(
             Ok(start.elapsed())
         })
     });
-    let life = life.map(|s| Stats { median: s.median / 1e3, min: s.min / 1e3, max: s.max / 1e3, runs: s.runs });
+    let life = life.map(|s| s.scaled(1e-3));
     push("request_lifecycle", "full HTTP request lifecycle", "µs", &filters.lifecycle, life, Value::Null);
 
     let body_compiled = filters.body.load(engine);
