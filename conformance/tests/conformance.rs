@@ -13,9 +13,6 @@ use wasmux_conformance::{
 
 type Cache = Arc<Mutex<HashMap<String, Outcome>>>;
 
-/// The engines whose instances can be snapshotted (they read globals: `WasmInstance::global`).
-const SNAPSHOTTING: &[&str] = &["wasmtime", "wasmer", "wasmer-singlepass", "wasmi", "wamr", "v8"];
-
 fn outcome(cache: &Cache, cases: &[Case], t: &TrialSpec) -> Outcome {
     if let Some(o) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&t.name) {
         return o.clone();
@@ -85,8 +82,9 @@ fn main() {
     }
     // Snapshots change nothing a filter or embedder sees: every case, started from snapshots
     // (policy freeze_clock_and_random: the scenarios' clock is fixed), gives the record it gives
-    // without, on every wasm engine. On the engines that take snapshots, most cases must take
-    // one, so that this checks snapshots rather than the fallback.
+    // without, on every wasm engine. Every wasm engine takes snapshots (it reads globals:
+    // `WasmInstance::global`), and most cases must take one, so that this checks snapshots
+    // rather than the fallback.
     for rt in Runtime::available().iter().copied().filter(|r| r.runs_wasm()) {
         let (cases, cache, specs) = (cases.clone(), cache.clone(), specs.clone());
         trials.push(Trial::test(format!("snapshot/{rt}-records-equal-without"), move || {
@@ -122,7 +120,7 @@ fn main() {
             for (why, n) in &fallbacks {
                 eprintln!("  {n} x {why}");
             }
-            if SNAPSHOTTING.contains(&rt.name()) && taken * 2 < total {
+            if taken * 2 < total {
                 diffs.push(format!("only {taken} of {total} trials started from a snapshot"));
             }
             if diffs.is_empty() { Ok(()) } else { Err(Failed::from(diffs.join("\n"))) }

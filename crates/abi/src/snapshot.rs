@@ -88,12 +88,33 @@ pub enum SnapshotPolicy {
     FreezeClockAndRandom,
 }
 
-impl fmt::Display for SnapshotPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl SnapshotPolicy {
+    /// Every policy.
+    pub const ALL: [Self; 3] = [Self::Off, Self::WhenSafe, Self::FreezeClockAndRandom];
+
+    /// The policy's name in configuration files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
             Self::Off => "off",
             Self::WhenSafe => "when_safe",
             Self::FreezeClockAndRandom => "freeze_clock_and_random",
+        }
+    }
+}
+
+impl fmt::Display for SnapshotPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for SnapshotPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
+            format!("`{s}` is not a snapshot policy (one of {})", names.join(", "))
         })
     }
 }
@@ -156,17 +177,15 @@ pub fn host_call_class(name: &str) -> HostCallClass {
     if wasi { HostCallClass::Pure } else { HostCallClass::Effect }
 }
 
-/// Whether a start that called the host functions in `coverage` (bit i for
-/// [`HOST_FUNCS`]`[i]`, as [`HostState::coverage`] lists them) may be snapshotted under
-/// `policy`.
+/// Whether a start that called the host functions named in `called` (as
+/// [`HostState::coverage`] lists them) may be snapshotted under `policy`.
 ///
 /// # Errors
 /// Why not, naming the host functions at fault.
-pub fn verdict(coverage: u128, policy: SnapshotPolicy) -> Result<(), String> {
+pub fn verdict<'a>(called: impl IntoIterator<Item = &'a str>, policy: SnapshotPolicy) -> Result<(), String> {
     if policy == SnapshotPolicy::Off {
         return Err("snapshots are off".into());
     }
-    let called = HOST_FUNCS.iter().enumerate().filter(|(i, _)| coverage & (1u128 << i) != 0).map(|(_, f)| f.name);
     let (mut effects, mut frozen) = (Vec::new(), Vec::new());
     for name in called {
         match host_call_class(name) {
@@ -231,6 +250,8 @@ enum Section {
 #[derive(Debug, Clone)]
 struct GlobalDef {
     ty: wasm_encoder::ValType,
+    /// The same type as [`WasmInstance::global`] takes it.
+    kind: ValType,
     mutable: bool,
     /// The initializer without its `end`.
     init: Vec<u8>,
@@ -239,7 +260,7 @@ struct GlobalDef {
 /// What the host learned about a module it can snapshot, and the module to run the template
 /// on.
 pub struct Template {
-    original: Arc<[u8]>,
+    original: Box<[u8]>,
     sections: Vec<Section>,
     globals: Vec<GlobalDef>,
     memory: wasmparser::MemoryType,
@@ -399,14 +420,8 @@ impl Template {
                 continue;
             }
             let name = global_export(i as u32);
-            let ty = match g.ty {
-                wasm_encoder::ValType::I64 => ValType::I64,
-                wasm_encoder::ValType::F32 => ValType::F32,
-                wasm_encoder::ValType::F64 => ValType::F64,
-                _ => ValType::I32,
-            };
             let value = instance
-                .global(&name, ty)
+                .global(&name, g.kind)
                 .ok_or_else(|| format!("the {} engine cannot read global `{name}`", instance.engine()))?;
             globals.push(value);
         }
@@ -422,21 +437,25 @@ impl Template {
     /// Encodes the instrumented module (`None`) or the snapshot of `image`.
     fn encode(&self, image: Option<&Image>) -> Vec<u8> {
         let bytes = &*self.original;
-        let segments = image.map(|i| segments(&i.memory));
         let mut out = wasm_encoder::Module::new();
-        let mut data_written = false;
+        let copy = |out: &mut wasm_encoder::Module, id: SectionId, range: &Range<usize>| {
+            out.section(&RawSection { id: id as u8, data: &bytes[range.clone()] });
+        };
+        // A snapshot's data section: the memory's non-zero runs, after the code section (where
+        // the original's data section stands, or would).
+        let snapshot_data = image.map(|i| (i, segments(&i.memory)));
+        let has_data = self.sections.iter().any(|s| matches!(s, Section::Data(_)));
         for section in &self.sections {
             match section {
                 Section::Raw(id, range) => {
                     out.section(&RawSection { id: *id, data: &bytes[range.clone()] });
                 }
                 Section::Code(range) => {
-                    out.section(&RawSection { id: SectionId::Code as u8, data: &bytes[range.clone()] });
-                    if let (Some(image), Some(segs)) = (image, &segments)
-                        && !self.sections.iter().any(|s| matches!(s, Section::Data(_)))
+                    copy(&mut out, SectionId::Code, range);
+                    if let Some((image, segs)) = &snapshot_data
+                        && !has_data
                     {
                         out.section(&data_section(&image.memory, segs));
-                        data_written = true;
                     }
                 }
                 Section::Memory => {
@@ -457,7 +476,7 @@ impl Template {
                     for g in &self.globals {
                         let ty = wasm_encoder::GlobalType { val_type: g.ty, mutable: g.mutable, shared: false };
                         let init = match values.as_mut().filter(|_| g.mutable).and_then(Iterator::next) {
-                            Some(&bits) => const_of(g.ty, bits),
+                            Some(&bits) => const_of(g.kind, bits),
                             None => ConstExpr::raw(g.init.iter().copied()),
                         };
                         s.global(ty, &init);
@@ -484,24 +503,20 @@ impl Template {
                 }
                 Section::Start(range) => {
                     if image.is_none() {
-                        out.section(&RawSection { id: SectionId::Start as u8, data: &bytes[range.clone()] });
+                        copy(&mut out, SectionId::Start, range);
                     }
                 }
-                Section::DataCount(range) => match &segments {
-                    Some(segs) => {
+                Section::DataCount(range) => match &snapshot_data {
+                    Some((_, segs)) => {
                         out.section(&wasm_encoder::DataCountSection { count: segs.len() as u32 });
                     }
-                    None => {
-                        out.section(&RawSection { id: SectionId::DataCount as u8, data: &bytes[range.clone()] });
-                    }
+                    None => copy(&mut out, SectionId::DataCount, range),
                 },
-                Section::Data(range) => match (image, &segments) {
-                    (Some(image), Some(segs)) if !data_written => {
+                Section::Data(range) => match &snapshot_data {
+                    Some((image, segs)) => {
                         out.section(&data_section(&image.memory, segs));
                     }
-                    _ => {
-                        out.section(&RawSection { id: SectionId::Data as u8, data: &bytes[range.clone()] });
-                    }
+                    None => copy(&mut out, SectionId::Data, range),
                 },
             }
         }
@@ -511,13 +526,13 @@ impl Template {
 
 /// A defined global as the rewrite needs it.
 fn global_def(bytes: &[u8], g: &wasmparser::Global<'_>) -> Result<GlobalDef, String> {
-    let ty = match g.ty.content_type {
-        wasmparser::ValType::I32 => wasm_encoder::ValType::I32,
-        wasmparser::ValType::I64 => wasm_encoder::ValType::I64,
-        wasmparser::ValType::F32 => wasm_encoder::ValType::F32,
-        wasmparser::ValType::F64 => wasm_encoder::ValType::F64,
+    let (ty, kind) = match g.ty.content_type {
+        wasmparser::ValType::I32 => (wasm_encoder::ValType::I32, ValType::I32),
+        wasmparser::ValType::I64 => (wasm_encoder::ValType::I64, ValType::I64),
+        wasmparser::ValType::F32 => (wasm_encoder::ValType::F32, ValType::F32),
+        wasmparser::ValType::F64 => (wasm_encoder::ValType::F64, ValType::F64),
         _ if g.ty.mutable => return Err("it has a mutable global of reference or vector type".into()),
-        other => encoder_val_type(other)?,
+        other => (encoder_val_type(other)?, ValType::Other),
     };
     if g.ty.shared {
         return Err("it has a shared global".into());
@@ -525,7 +540,7 @@ fn global_def(bytes: &[u8], g: &wasmparser::Global<'_>) -> Result<GlobalDef, Str
     let range = g.init_expr.get_binary_reader().range();
     // The reader covers the expression and its `end`, which the encoder writes itself.
     let init = bytes.get(range.start..range.end.saturating_sub(1)).unwrap_or_default().to_vec();
-    Ok(GlobalDef { ty, mutable: g.ty.mutable, init })
+    Ok(GlobalDef { ty, kind, mutable: g.ty.mutable, init })
 }
 
 /// An immutable global's reference type, for the rewrite.
@@ -563,11 +578,11 @@ fn export_kind(kind: ExternalKind) -> ExportKind {
 }
 
 /// The constant a global of type `ty` holding raw bits `bits` starts at.
-fn const_of(ty: wasm_encoder::ValType, bits: u64) -> ConstExpr {
+fn const_of(ty: ValType, bits: u64) -> ConstExpr {
     match ty {
-        wasm_encoder::ValType::I64 => ConstExpr::i64_const(bits as i64),
-        wasm_encoder::ValType::F32 => ConstExpr::f32_const(wasm_encoder::Ieee32::new(bits as u32)),
-        wasm_encoder::ValType::F64 => ConstExpr::f64_const(wasm_encoder::Ieee64::new(bits)),
+        ValType::I64 => ConstExpr::i64_const(bits as i64),
+        ValType::F32 => ConstExpr::f32_const(wasm_encoder::Ieee32::new(bits as u32)),
+        ValType::F64 => ConstExpr::f64_const(wasm_encoder::Ieee64::new(bits)),
         _ => ConstExpr::i32_const(bits as u32 as i32),
     }
 }
@@ -770,6 +785,14 @@ mod tests {
     }
 
     #[test]
+    fn policies_parse_from_their_names() {
+        for p in SnapshotPolicy::ALL {
+            assert_eq!(p.name().parse::<SnapshotPolicy>(), Ok(p));
+        }
+        assert!("always".parse::<SnapshotPolicy>().unwrap_err().contains("when_safe"));
+    }
+
+    #[test]
     fn segments_split_on_long_zero_runs_only() {
         let mut memory = vec![0u8; 10_000];
         memory[10] = 1;
@@ -781,15 +804,14 @@ mod tests {
 
     #[test]
     fn verdict_names_what_stops_a_snapshot() {
-        let bit = |name: &str| 1u128 << HOST_FUNCS.iter().position(|f| f.name == name).unwrap();
-        let log = bit("proxy_log") | bit("proxy_get_buffer_bytes") | bit("proxy_set_tick_period_milliseconds");
+        let log = ["proxy_log", "proxy_get_buffer_bytes", "proxy_set_tick_period_milliseconds"];
         assert_eq!(verdict(log, SnapshotPolicy::WhenSafe), Ok(()));
-        let random = log | bit("random_get");
-        assert!(verdict(random, SnapshotPolicy::WhenSafe).unwrap_err().contains("random_get"));
-        assert_eq!(verdict(random, SnapshotPolicy::FreezeClockAndRandom), Ok(()));
-        let shared = random | bit("proxy_set_shared_data");
+        let random = [&log[..], &["random_get"]].concat();
+        assert!(verdict(random.clone(), SnapshotPolicy::WhenSafe).unwrap_err().contains("random_get"));
+        assert_eq!(verdict(random.clone(), SnapshotPolicy::FreezeClockAndRandom), Ok(()));
+        let shared = [&random[..], &["proxy_set_shared_data"]].concat();
         let why = verdict(shared, SnapshotPolicy::FreezeClockAndRandom).unwrap_err();
         assert!(why.contains("proxy_set_shared_data"), "{why}");
-        assert!(verdict(0, SnapshotPolicy::Off).is_err());
+        assert!(verdict([], SnapshotPolicy::Off).is_err());
     }
 }

@@ -785,11 +785,6 @@ impl HostState {
         crate::HOST_FUNCS.iter().enumerate().filter(|(i, _)| self.coverage & (1u128 << i) != 0).map(|(_, f)| f.name)
     }
 
-    /// [`Self::coverage`] as a bit set: bit i for [`HOST_FUNCS`](crate::HOST_FUNCS)`[i]`.
-    pub fn coverage_bits(&self) -> u128 {
-        self.coverage
-    }
-
     /// Most spare stream states kept.
     const SPARE_STREAMS: usize = 16;
 

@@ -123,7 +123,7 @@ enum Command {
         /// Start the plugins from snapshots (`when_safe` or `freeze_clock_and_random`; see the
         /// README, "Start-up snapshots"): the same expectations must hold, and the output says
         /// whether each VM started from one, or why not.
-        #[arg(long, default_value = "off", value_parser = parse_snapshot)]
+        #[arg(long, default_value = "off")]
         snapshot: wasmux::SnapshotPolicy,
     },
     /// Run the conformance suite: prints the engine x case matrix and the host-function
@@ -139,15 +139,6 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-}
-
-/// A snapshot policy by its configuration name.
-fn parse_snapshot(s: &str) -> Result<wasmux::SnapshotPolicy, String> {
-    use wasmux::SnapshotPolicy as P;
-    [P::Off, P::WhenSafe, P::FreezeClockAndRandom]
-        .into_iter()
-        .find(|p| p.to_string() == s)
-        .ok_or_else(|| format!("`{s}` is not one of off, when_safe, freeze_clock_and_random"))
 }
 
 fn main() -> ExitCode {

@@ -106,8 +106,16 @@ pub struct CompiledPlugin {
     env: Arc<VmEnv>,
     plugin: Arc<PluginConfig>,
     options: PluginOptions,
-    snapshot: Option<PluginSnapshot>,
-    snapshot_status: SnapshotStatus,
+    snapshot: Snapshot,
+}
+
+/// Whether a plugin's instances start from a snapshot ([`CompiledPlugin::snapshot_status`] in
+/// public words).
+#[derive(Debug)]
+enum Snapshot {
+    Off,
+    Taken(Box<PluginSnapshot>),
+    FellBack(String),
 }
 
 /// How a loader compiles bytes (directly, or through a module cache).
@@ -119,6 +127,10 @@ pub(crate) type Compile<'a> = dyn Fn(&[u8]) -> Result<Arc<dyn WasmModule>> + 'a;
 struct PluginSnapshot {
     module: Arc<dyn WasmModule>,
     started: Started,
+    /// The root context every instance starts with.
+    root: u32,
+    /// The template's linear memory, in bytes.
+    memory_bytes: u64,
 }
 
 /// Whether a plugin's instances start from a snapshot ([`PluginOptions::snapshot`]).
@@ -190,61 +202,52 @@ impl CompiledPlugin {
         if options.snapshot == SnapshotPolicy::Off {
             return Ok(Arc::new(Self::wrap(engine, compile(bytes)?, options)?));
         }
-        let template = match Template::parse(bytes) {
-            Ok(t) => t,
+        let plugin = match Template::parse(bytes) {
             Err(why) => {
                 let mut plugin = Self::wrap(engine, compile(bytes)?, options)?;
-                plugin.snapshot_status = SnapshotStatus::FellBack(format!("the module cannot be snapshotted: {why}"));
-                plugin.note_snapshot();
-                return Ok(Arc::new(plugin));
+                plugin.snapshot = Snapshot::FellBack(format!("the module cannot be snapshotted: {why}"));
+                plugin
+            }
+            Ok(template) => {
+                // The instrumented module (the original, its mutable globals exported) runs
+                // the template, and every instance when no snapshot is taken.
+                let mut plugin = Self::wrap(engine, compile(template.instrumented())?, options)?;
+                plugin.snapshot = match plugin.take_snapshot(&template, compile) {
+                    Ok(taken) => Snapshot::Taken(Box::new(taken)),
+                    Err(why) => Snapshot::FellBack(why),
+                };
+                plugin
             }
         };
-        // The instrumented module (the original, its mutable globals exported) runs the
-        // template and every instance when no snapshot is taken.
-        let mut plugin = Self::wrap(engine, compile(template.instrumented())?, options)?;
-        match plugin.take_snapshot(&template, compile) {
-            Ok(snapshot) => {
-                plugin.snapshot_status = SnapshotStatus::Taken {
-                    memory_bytes: snapshot.1,
-                    replayed_lines: snapshot.0.started.replayed_lines(),
-                };
-                plugin.snapshot = Some(snapshot.0);
+        let name = &plugin.options.name;
+        match &plugin.snapshot {
+            Snapshot::FellBack(why) => {
+                tracing::info!(target: "wasmux::snapshot", plugin = %name, "instances start without a snapshot: {why}");
             }
-            Err(why) => plugin.snapshot_status = SnapshotStatus::FellBack(why),
+            _ => tracing::debug!(target: "wasmux::snapshot", plugin = %name, "snapshot {}", plugin.snapshot_status()),
         }
-        plugin.note_snapshot();
         Ok(Arc::new(plugin))
     }
 
     /// Starts the plugin on a template instance with isolated services, checks that the start
-    /// can be snapshotted, and compiles the snapshot. Returns it with its memory size.
-    fn take_snapshot(&self, template: &Template, compile: &Compile<'_>) -> Result<(PluginSnapshot, u64), String> {
+    /// can be snapshotted, and compiles the snapshot.
+    fn take_snapshot(&self, template: &Template, compile: &Compile<'_>) -> Result<PluginSnapshot, String> {
         let services = TemplateServices::new(&self.options.services);
         let env = Arc::new(VmEnv { services: services.services().clone(), ..(*self.env).clone() });
         let mut vm = Vm::new(&*self.module, self.info.abi, env, &self.options.limits)
             .map_err(|e| format!("the template's start-up failed: {e}"))?;
         vm.start_plugin(self.plugin.clone()).map_err(|e| format!("the template's plugin start failed: {e}"))?;
-        wasmux_abi::snapshot::verdict(vm.state().coverage_bits(), self.options.snapshot)?;
+        wasmux_abi::snapshot::verdict(vm.coverage(), self.options.snapshot)?;
         let started = Started::capture(vm.state(), &services)?;
-        if started.roots().len() != 1 {
+        let &[root] = started.roots() else {
             return Err(format!("the start left {} root contexts, not one", started.roots().len()));
-        }
+        };
         let image = template.capture(vm.instance())?;
         let memory_bytes = vm.instance().memory_size();
-        let module = compile(&template.rewrite(&image)).map_err(|e| format!("the snapshot does not compile: {e}"))?;
+        let bytes = template.rewrite(&image);
+        let module = compile(&bytes).map_err(|e| format!("the snapshot does not compile: {e}"))?;
         check_module(&*module).map_err(|e| format!("the snapshot does not check: {e}"))?;
-        Ok((PluginSnapshot { module, started }, memory_bytes))
-    }
-
-    /// Says in the host's log whether a snapshot was taken.
-    fn note_snapshot(&self) {
-        let plugin = &self.options.name;
-        match &self.snapshot_status {
-            SnapshotStatus::FellBack(why) => {
-                tracing::info!(target: "wasmux::snapshot", %plugin, "instances start without a snapshot: {why}");
-            }
-            status => tracing::debug!(target: "wasmux::snapshot", %plugin, "snapshot {status}"),
-        }
+        Ok(PluginSnapshot { module, started, root, memory_bytes })
     }
 
     /// Wraps an already compiled module (for example one from a module cache). No snapshot
@@ -275,17 +278,23 @@ impl CompiledPlugin {
             root_id: options.root_id.clone(),
             configuration: options.plugin_configuration.clone(),
         });
-        let snapshot_status = if options.snapshot == SnapshotPolicy::Off {
-            SnapshotStatus::Off
+        let snapshot = if options.snapshot == SnapshotPolicy::Off {
+            Snapshot::Off
         } else {
-            SnapshotStatus::FellBack("the plugin was loaded from a compiled module".into())
+            Snapshot::FellBack("the plugin was loaded from a compiled module".into())
         };
-        Ok(Self { engine, module, info, env, plugin, options, snapshot: None, snapshot_status })
+        Ok(Self { engine, module, info, env, plugin, options, snapshot })
     }
 
     /// Whether instances start from a snapshot, or why not.
-    pub fn snapshot_status(&self) -> &SnapshotStatus {
-        &self.snapshot_status
+    pub fn snapshot_status(&self) -> SnapshotStatus {
+        match &self.snapshot {
+            Snapshot::Off => SnapshotStatus::Off,
+            Snapshot::Taken(s) => {
+                SnapshotStatus::Taken { memory_bytes: s.memory_bytes, replayed_lines: s.started.replayed_lines() }
+            }
+            Snapshot::FellBack(why) => SnapshotStatus::FellBack(why.clone()),
+        }
     }
 
     /// Another plugin on this plugin's VM: the same engine, module and VM-wide settings (VM id,
@@ -317,10 +326,9 @@ impl CompiledPlugin {
             plugin,
             options,
             // The snapshot holds this plugin's root context, not the sibling's.
-            snapshot: None,
-            snapshot_status: match self.snapshot_status {
-                SnapshotStatus::Off => SnapshotStatus::Off,
-                _ => SnapshotStatus::FellBack("a sibling starts in its first plugin's VM".into()),
+            snapshot: match self.snapshot {
+                Snapshot::Off => Snapshot::Off,
+                _ => Snapshot::FellBack("a sibling starts in its first plugin's VM".into()),
             },
         })
     }
@@ -397,9 +405,9 @@ impl CompiledPlugin {
     }
 
     fn start(&self) -> Result<(Vm, u32)> {
-        if let Some(s) = &self.snapshot {
+        if let Snapshot::Taken(s) = &self.snapshot {
             let vm = Vm::from_snapshot(&*s.module, self.info.abi, self.env.clone(), &self.options.limits, &s.started)?;
-            return Ok((vm, s.started.roots()[0]));
+            return Ok((vm, s.root));
         }
         let mut vm = self.new_vm()?;
         let root = vm.start_plugin(self.plugin.clone())?;

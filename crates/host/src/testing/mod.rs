@@ -308,6 +308,12 @@ impl RunSettings {
         self
     }
 
+    /// `base` with these settings' snapshot policy.
+    fn options(&self, mut base: RunOptions) -> RunOptions {
+        base.snapshot = self.snapshot;
+        base
+    }
+
     fn selects(&self, name: &str) -> bool {
         self.filter.as_deref().is_none_or(|f| name.contains(f))
     }
@@ -365,9 +371,8 @@ impl Test {
         settings: &RunSettings,
     ) -> (Outcome, Option<Value>, Duration) {
         let start = Instant::now();
-        let mut options = RunOptions::traced();
+        let mut options = settings.options(RunOptions::traced());
         options.background_streams = self.background_streams;
-        options.snapshot = settings.snapshot;
         let record = self.run_with(runtime, module, file, settings.cache.as_deref(), &options);
         let time = start.elapsed();
         match record {
@@ -385,8 +390,7 @@ impl Test {
         let mut events = Vec::with_capacity(settings.bench_runs);
         for _ in 0..settings.bench_runs {
             let start = Instant::now();
-            let mut options = RunOptions::timed();
-            options.snapshot = settings.snapshot;
+            let options = settings.options(RunOptions::timed());
             let Ok(record) = self.run_with(runtime, module, file, settings.cache.as_deref(), &options) else {
                 break;
             };
