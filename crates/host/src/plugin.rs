@@ -230,7 +230,8 @@ impl CompiledPlugin {
     }
 
     /// Starts the plugin on a template instance with isolated services, checks that the start
-    /// can be snapshotted, and compiles the snapshot.
+    /// can be snapshotted, and compiles the snapshot, which like any module must fit
+    /// [`Limits::max_module_bytes`].
     fn take_snapshot(&self, template: &Template, compile: &Compile<'_>) -> Result<PluginSnapshot, String> {
         let services = TemplateServices::new(&self.options.services);
         let env = Arc::new(VmEnv { services: services.services().clone(), ..(*self.env).clone() });
@@ -245,6 +246,8 @@ impl CompiledPlugin {
         let image = template.capture(vm.instance())?;
         let memory_bytes = vm.instance().memory_size();
         let bytes = template.rewrite(&image);
+        check_size(&*self.engine, &bytes, &self.options.limits)
+            .map_err(|e| format!("the snapshot is too large: {e}"))?;
         let module = compile(&bytes).map_err(|e| format!("the snapshot does not compile: {e}"))?;
         check_module(&*module).map_err(|e| format!("the snapshot does not check: {e}"))?;
         Ok(PluginSnapshot { module, started, root, memory_bytes })

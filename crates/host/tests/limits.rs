@@ -9,7 +9,8 @@
 //! - the failure policies: fail closed (503), fail open (continue), reload (a fresh VM after
 //!   the backoff, counted in the stats);
 //! - plugins sharing one VM (root contexts of one instance): each stream gets its own plugin's
-//!   policy, and a reload restarts every root context.
+//!   policy, and a reload restarts every root context;
+//! - a snapshot the guest's memory would make larger than `max_module_bytes` is not taken.
 
 use std::time::{Duration, Instant};
 
@@ -264,5 +265,35 @@ fn a_trap_in_an_unwrapped_root_callback_is_counted_and_reloads() {
         assert_eq!(p.stats().failures, 1, "{rt}");
         p.http_stream().expect("stream on the reloaded VM");
         assert_eq!(p.stats().reloads, 1, "{rt}");
+    }
+}
+
+/// A snapshot is a module the host writes from the guest's memory, so it is bounded like any
+/// module: a start that fills more memory than `max_module_bytes` allows gets no snapshot (the
+/// status says why) and its instances start normally.
+#[test]
+fn a_snapshot_over_the_module_size_limit_is_not_taken() {
+    // `_initialize` fills 2 MiB with non-zero bytes: a snapshot of at least that size.
+    let wat = r#"(module
+      (memory (export "memory") 40)
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "_initialize") (memory.fill (i32.const 65536) (i32.const 7) (i32.const 2097152)))
+      (func (export "proxy_on_context_create") (param i32 i32)))"#;
+    let bytes = wat::parse_str(wat).expect("wat");
+    for rt in sandboxed() {
+        let fits = |max_module_bytes: usize| {
+            let options = PluginOptions {
+                limits: Limits { max_module_bytes, ..Limits::default() },
+                snapshot: wasmux::SnapshotPolicy::WhenSafe,
+                ..PluginOptions::default()
+            };
+            let compiled = rt.load(&bytes, options).expect("loads");
+            compiled.instantiate().expect("instances start");
+            compiled.snapshot_status()
+        };
+        assert!(matches!(fits(Limits::DEFAULT_MAX_MODULE), wasmux::SnapshotStatus::Taken { .. }), "{rt}");
+        let status = fits(1 << 20).to_string();
+        assert!(status.contains("the snapshot is too large"), "{rt}: {status}");
     }
 }
