@@ -1,39 +1,72 @@
 #!/usr/bin/env bash
-# Load benchmark of `wasmux serve` against nginx, with wrk, on loopback.
+# Load benchmark of `wasmux serve` against nginx and Pingora, with wrk and h2load, on loopback.
 #
 # Starts, one at a time, on free 127.0.0.1 ports in a temporary directory:
 #   upstream                  nginx (1 worker) answering every path with 200 "ok\n"; /check,
 #                             the callout's, with 200 "bench" (the fixture copies that body
 #                             into a request header, where a newline is not allowed)
 #   nginx                     nginx as a plain reverse proxy in front of it (keepalive upstream)
+#   pingora                   Pingora's own Server and a ProxyHttp with only `upstream_peer`
+#                             (crates/proxy/examples/pingora_baseline.rs, `threads` = WORKERS,
+#                             the rest of ServerConf at its defaults): the cost of Pingora
+#                             itself, without anything of wasmux
 #   wasmux                    `wasmux serve`, a route with no filter
 #   wasmux-headers-ENGINE     `wasmux serve` with the headers fixture, one run per engine
 #   wasmux-callout-wasmtime   `wasmux serve` with the callout fixture (an HTTP callout to the
 #                             upstream's /check for every request), on wasmtime
-# Each proxy gets a bounded wait until it answers, a sanity request, 2 s of warm-up, then
-#   wrk -t2 -cCONNS -dSECONDSs --latency http://127.0.0.1:PORT/
-# while its peak RSS (VmRSS, nginx: master + workers) is sampled every 0.5 s; then it is stopped.
+# Each target gets a bounded wait until it answers, a sanity request, 2 s of warm-up, then two
+# phases while it runs:
+#   1. saturation (closed loop): wrk -t2 -cCONNS -dSECONDSs --latency http://127.0.0.1:PORT/
+#      while its peak RSS (VmRSS, nginx: master + workers) is sampled every 0.5 s: req/s;
+#   2. fixed rate (open loop; proxies only, not the upstream), the same rate for every target:
+#      h2load --h1 -t1 -cRATE_CONNS --rps=RATE/RATE_CONNS -r1 --rate-period=1ms
+#             -nRATE*(1+RATE_SECONDS) --log-file=FILE http://127.0.0.1:PORT/
+#      Each of the RATE_CONNS connections sends RATE/RATE_CONNS requests per second (h2load's
+#      --rps is per client); -r1 --rate-period=1ms opens them 1 ms apart, so that their request
+#      timers do not all tick together (-D, the other way to bound a run, cannot be combined
+#      with -r: all clients then start at once and send in bursts of RATE/100 every 10 ms, the
+#      period of h2load's timer). The log has one line per request: start (µs since the epoch),
+#      status (-1: failed), µs from sending the request to the end of the response. The
+#      requests that started in the RATE_SECONDS after the first second are kept: the achieved
+#      rate (kept ÷ RATE_SECONDS) and p50/p90/p99/p99.9 (nearest rank, 2xx responses) are
+#      computed from them.
+# then it is stopped. At saturation, latency is about connections ÷ throughput, so a p99
+# difference there mostly mirrors a req/s difference; the added latency of a filter is the p99
+# difference at the fixed rate.
 # Writes docs/load.json, then runs scripts/load-report.py (docs/LOAD.md, docs/load.svg), and
 # prints a summary. Everything it started is stopped on exit, by PID; the directory is removed.
 #
-# Installs what it needs with scripts/install-deps.sh (cmake, wrk, nginx, curl, python3; as root or
-# through sudo; `apt-get update` only when the package lists are missing or an install
-# fails). On a machine with systemd, Debian's nginx package also starts its own service (port
-# 80); this script neither uses nor stops it. With v8 in the features, runs scripts/fetch-v8.sh.
-# Builds the CLI, and runs a copy of target/release/wasmux (another build may replace it):
+# Installs what it needs with scripts/install-deps.sh (cmake, wrk, nginx, nghttp2-client for
+# h2load, curl, python3; as root or through sudo; `apt-get update` only when the package lists
+# are missing or an install fails). On a machine with systemd, Debian's nginx package also
+# starts its own service (port 80); this script neither uses nor stops it. With v8 in the
+# features, runs scripts/fetch-v8.sh. Builds the CLI and the Pingora baseline, and runs copies
+# of target/release/wasmux and target/release/examples/pingora_baseline (another build may
+# replace them):
 #   cargo build --release -p wasmux-cli --features FEATURES
+#   cargo build --release -p wasmux-proxy --example pingora_baseline
 #
 # Environment:
 #   WASMUX_BENCH_FEATURES  cargo features of wasmux-cli (default: wasmtime,wasmer,wasmi,wamr,v8)
 #   WASMUX_BENCH_ENGINES   engines for the headers runs, space separated (default: every engine
 #                          in the features: wasmtime wasmer wasmer-singlepass wasmi wamr v8)
 #   WASMUX_BENCH_SECONDS   length of each wrk run, in seconds (default: 10)
-#   WASMUX_BENCH_WORKERS   wasmux worker threads = nginx proxy worker processes (default: 2)
+#   WASMUX_BENCH_WORKERS   wasmux worker threads = nginx proxy worker processes = Pingora
+#                          baseline threads (default: 2)
 #   WASMUX_BENCH_CONNS     wrk connections (default: $CONNS, else 64)
+#   WASMUX_BENCH_RATE      fixed rate of the h2load runs, requests per second in all (default:
+#                          5000; keep it well below the slowest target's saturation req/s)
+#   WASMUX_BENCH_RATE_CONNS  h2load connections (default: 16, or RATE/100 rounded up when that
+#                          is more: h2load's timer ticks every 10 ms at the least, so above 100
+#                          requests per second per connection it sends them in back-to-back
+#                          bursts, each waiting for the previous response)
+#   WASMUX_BENCH_RATE_SECONDS  measured length of each h2load run, after its first second
+#                          (default: WASMUX_BENCH_SECONDS)
 #   WASMUX_BENCH_LOG       WASMUX_LOG of the wasmux processes (default: warn,wasmux::filter=error:
 #                          the headers fixture logs a warning for every request, and nginx's
 #                          access log is off; set `warn` to pay for those lines too)
-#   WASMUX_BENCH_KEEP      1: keep the temporary directory (configurations, logs, wrk outputs)
+#   WASMUX_BENCH_KEEP      1: keep the temporary directory (configurations, logs, wrk and h2load
+#                          outputs, h2load's per-request logs)
 #
 # Usage: scripts/load-bench.sh [--help]
 set -euo pipefail
@@ -60,10 +93,13 @@ features="${WASMUX_BENCH_FEATURES:-wasmtime,wasmer,wasmi,wamr,v8}"
 seconds="${WASMUX_BENCH_SECONDS:-10}"
 workers="${WASMUX_BENCH_WORKERS:-2}"
 conns="${WASMUX_BENCH_CONNS:-${CONNS:-64}}"
+rate="${WASMUX_BENCH_RATE:-5000}"
+rate_seconds="${WASMUX_BENCH_RATE_SECONDS:-$seconds}"
 wasmux_log="${WASMUX_BENCH_LOG:-warn,wasmux::filter=error}"
 warmup=2
 threads=2
-for v in seconds workers conns; do
+rate_settle=1
+for v in seconds workers conns rate rate_seconds; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || {
         echo "load-bench.sh: $v must be a positive integer, not \`${!v}\`" >&2
         exit 2
@@ -73,6 +109,22 @@ done
     echo "load-bench.sh: wrk needs at least $threads connections" >&2
     exit 2
 }
+rate_conns="${WASMUX_BENCH_RATE_CONNS:-$(((rate + 99) / 100 > 16 ? (rate + 99) / 100 : 16))}"
+[[ "$rate_conns" =~ ^[1-9][0-9]*$ ]] || {
+    echo "load-bench.sh: rate_conns must be a positive integer, not \`$rate_conns\`" >&2
+    exit 2
+}
+((rate_conns <= rate)) || {
+    echo "load-bench.sh: WASMUX_BENCH_RATE_CONNS ($rate_conns) is more than WASMUX_BENCH_RATE ($rate)" >&2
+    exit 2
+}
+# h2load's --rps is per connection; it takes a decimal number.
+rate_per_conn="$(awk -v r="$rate" -v c="$rate_conns" 'BEGIN { printf "%.4f", r / c }' | sed -E 's/0+$//; s/\.$//')"
+if ((rate > rate_conns * 100)); then
+    echo "load-bench.sh: warning: $rate_per_conn requests per second per h2load connection, more than 100:" \
+        "h2load sends them in bursts every 10 ms (set WASMUX_BENCH_RATE_CONNS to $(((rate + 99) / 100)) or more)" >&2
+fi
+rate_requests=$((rate * (rate_settle + rate_seconds)))
 
 # Engines: wasmtime is always compiled in (a default feature of wasmux-cli), then every engine
 # the features add.
@@ -94,8 +146,12 @@ fi
 
 # --- system packages ---------------------------------------------------------------------
 
-echo "== system packages: scripts/install-deps.sh wrk nginx curl python3"
-scripts/install-deps.sh wrk nginx curl python3
+echo "== system packages: scripts/install-deps.sh wrk nginx nghttp2-client curl python3"
+scripts/install-deps.sh wrk nginx nghttp2-client curl python3
+command -v h2load >/dev/null || {
+    echo "load-bench.sh: no h2load in PATH (Debian package nghttp2-client)" >&2
+    exit 1
+}
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 [[ -x "$nginx_bin" ]] || {
     echo "load-bench.sh: no nginx binary (looked in PATH and /usr/sbin)" >&2
@@ -112,9 +168,14 @@ build_cmd="cargo build --release -p wasmux-cli --features \"$features\""
 echo "== $build_cmd"
 cargo build --release -p wasmux-cli --features "$features"
 built="${CARGO_TARGET_DIR:-$root/target}/release/wasmux"
+build_pingora_cmd="cargo build --release -p wasmux-proxy --example pingora_baseline"
+echo "== $build_pingora_cmd"
+cargo build --release -p wasmux-proxy --example pingora_baseline
+built_pingora="${CARGO_TARGET_DIR:-$root/target}/release/examples/pingora_baseline"
 
 tmp="$(mktemp -d -t wasmux-load.XXXXXX)"
-declare -A running=() # pid -> what, for every process still to stop
+declare -A running=()     # pid -> what, for every process still to stop
+declare -A stop_signal=() # pid -> the signal that stops it, when not TERM
 cleanup() {
     local rc=$? pid
     trap - EXIT INT TERM
@@ -132,9 +193,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A copy of the binary: another build may replace target/release/wasmux during the runs.
+# Copies of the binaries: another build may replace them in target/ during the runs.
 wasmux="$tmp/wasmux"
 cp "$built" "$wasmux"
+pingora_baseline="$tmp/pingora_baseline"
+cp "$built_pingora" "$pingora_baseline"
 available="$("$wasmux" engines)"
 for e in "${engines[@]}"; do
     grep -qx -- "$e" <<<"$available" || {
@@ -159,19 +222,19 @@ alive() {
     [[ "$state" != Z ]]
 }
 
-# Stops one process this script started: SIGTERM, up to 10 s, then SIGKILL; its children
-# (nginx workers) too if they outlive it.
+# Stops one process this script started: SIGTERM (or its stop_signal), up to 10 s, then
+# SIGKILL; its children (nginx workers) too if they outlive it.
 stop_pid() {
-    local pid=$1 what=${running[$1]:-} kids k i
-    unset 'running[$pid]'
+    local pid=$1 what=${running[$1]:-} sig=${stop_signal[$1]:-TERM} kids k i
+    unset 'running[$pid]' 'stop_signal[$pid]'
     kids="$(pgrep -P "$pid" 2>/dev/null || true)"
-    kill -TERM "$pid" 2>/dev/null || true
+    kill -"$sig" "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do
         alive "$pid" || break
         sleep 0.1
     done
     if alive "$pid"; then
-        echo "   pid $pid ($what) ignored SIGTERM for 10 s: SIGKILL" >&2
+        echo "   pid $pid ($what) ignored SIG$sig for 10 s: SIGKILL" >&2
         kill -KILL "$pid" 2>/dev/null || true
     fi
     for k in $kids; do
@@ -306,8 +369,8 @@ wasmux_conf() { # file port kind [engine]
     } >"$file"
 }
 
-# Starts target $1 (upstream, nginx, wasmux-*) on a free port, up to 3 ports; sets $port,
-# $pid and $start_cmd. Returns 1 when it never answers.
+# Starts target $1 (upstream, nginx, pingora, wasmux-*) on a free port, up to 3 ports; sets
+# $port, $pid, $start_cmd and $config_file. Returns 1 when it never answers.
 start_target() {
     local id=$1 kind=$2 engine=${3:-} attempt conf
     for attempt in 1 2 3; do
@@ -323,6 +386,15 @@ start_target() {
                 start_cmd="$nginx_bin -p $tmp/ -e $tmp/$id.error.log -c $conf"
                 "$nginx_bin" -p "$tmp/" -e "$tmp/$id.error.log" -c "$conf" >>"$tmp/$id.log" 2>&1 &
                 pid=$!
+                ;;
+            pingora)
+                conf=""
+                start_cmd="${built_pingora#"$root"/} 127.0.0.1:$port 127.0.0.1:$upstream_port $workers"
+                "$pingora_baseline" "127.0.0.1:$port" "127.0.0.1:$upstream_port" "$workers" >>"$tmp/$id.log" 2>&1 &
+                pid=$!
+                # SIGTERM is Pingora's graceful terminate, with a grace period of 5 minutes by
+                # default; SIGINT its fast shutdown.
+                stop_signal[$pid]=INT
                 ;;
             *)
                 conf="$tmp/$id.yaml"
@@ -363,10 +435,12 @@ manifest="$tmp/manifest.tsv"
 : >"$manifest"
 failures=0
 
-# Runs one target: start, sanity request, warm-up, wrk with RSS sampling, stop (not the
-# upstream, which serves every run). Appends a line to the manifest.
+# Runs one target: start, sanity request, warm-up, wrk with RSS sampling, then (not for the
+# upstream) h2load at the fixed rate, stop (not the upstream, which serves every run).
+# Appends a line to the manifest.
 run_target() {
     local id=$1 name=$2 kind=$3 engine=${4:-} error="" sampler rss_file="" wrk_cmd url log_lines f
+    local rate_cmd="" rate_error="" rate_out="" rate_log=""
     echo "== $name"
     port="" pid="" start_cmd="" config_file=""
     if ! start_target "$id" "$kind" "$engine"; then
@@ -397,6 +471,26 @@ run_target() {
     if [[ -n "$error" ]]; then
         echo "   FAILED: $error" >&2
         failures=$((failures + 1))
+    elif [[ "$id" != upstream ]]; then
+        # The fixed-rate phase. h2load appends to an existing log file: start from none.
+        rate_out="$tmp/$id.h2load"
+        rate_log="$tmp/$id.h2load.log"
+        rm -f "$rate_log"
+        rate_cmd="h2load --h1 -t1 -c$rate_conns --rps=$rate_per_conn -r1 --rate-period=1ms -n$rate_requests --log-file=$id.h2load.log $url"
+        echo "   $rate_cmd"
+        if ! timeout -k 5 $((2 * (rate_settle + rate_seconds) + 30)) h2load --h1 -t1 -c"$rate_conns" --rps="$rate_per_conn" \
+            -r1 --rate-period=1ms -n"$rate_requests" --log-file="$rate_log" "$url" >"$rate_out" 2>&1; then
+            rate_error="h2load failed: $(grep -v '^progress' "$rate_out" | tail -n 3 | tr '\n\t' '  ')"
+        elif [[ ! -s "$rate_log" ]]; then
+            rate_error="h2load wrote no per-request log"
+        fi
+        if ! alive "$pid"; then
+            rate_error="${rate_error:+$rate_error; }the process exited during the run (log: $(tail -n 3 "$tmp/$id.log" 2>/dev/null | tr '\n\t' '  '))"
+        fi
+        if [[ -n "$rate_error" ]]; then
+            echo "   FAILED at the fixed rate: $rate_error" >&2
+            failures=$((failures + 1))
+        fi
     fi
     if [[ "$id" != upstream && -n "$pid" ]]; then
         stop_pid "$pid"
@@ -406,8 +500,9 @@ run_target() {
     for f in "$tmp/$id.log" "$tmp/$id.error.log"; do
         [[ ! -f "$f" ]] || log_lines=$((log_lines + $(wc -l <"$f")))
     done
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$name" "$kind" "$engine" "$error" \
-        "$tmp/$id.wrk" "$rss_file" "$start_cmd" "$config_file" "$wrk_cmd" "$log_lines" >>"$manifest"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$name" "$kind" "$engine" "$error" \
+        "$tmp/$id.wrk" "$rss_file" "$start_cmd" "$config_file" "$wrk_cmd" "$log_lines" \
+        "$rate_cmd" "$rate_out" "$rate_log" "$rate_error" >>"$manifest"
 }
 
 # --- runs --------------------------------------------------------------------------------
@@ -424,6 +519,7 @@ if ! alive "${upstream_pid:-0}" || [[ -n "$(tail -n 1 "$manifest" | cut -f5)" ]]
     exit 1
 fi
 run_target nginx "nginx (reverse proxy)" nginx
+run_target pingora "pingora (no wasmux)" pingora
 run_target wasmux "wasmux, no filter" plain
 for e in "${engines[@]}"; do
     run_target "wasmux-headers-$e" "wasmux + headers ($e)" headers "$e"
@@ -435,16 +531,20 @@ load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
 # --- results -----------------------------------------------------------------------------
 
 script_cmd="WASMUX_BENCH_FEATURES=$features WASMUX_BENCH_ENGINES=\"${engines[*]}\" WASMUX_BENCH_SECONDS=$seconds"
-script_cmd+=" WASMUX_BENCH_WORKERS=$workers WASMUX_BENCH_CONNS=$conns WASMUX_BENCH_LOG=$wasmux_log scripts/load-bench.sh"
+script_cmd+=" WASMUX_BENCH_WORKERS=$workers WASMUX_BENCH_CONNS=$conns WASMUX_BENCH_RATE=$rate WASMUX_BENCH_RATE_CONNS=$rate_conns"
+script_cmd+=" WASMUX_BENCH_RATE_SECONDS=$rate_seconds WASMUX_BENCH_LOG=$wasmux_log scripts/load-bench.sh"
 
 mkdir -p docs
 MANIFEST="$manifest" OUT="docs/load.json" DATE_UTC="$date_utc" LOAD_START="$load_start" LOAD_END="$load_end" \
-    SCRIPT_CMD="$script_cmd" BUILD_CMD="$build_cmd" FEATURES="$features" SECONDS_RUN="$seconds" CONNS="$conns" \
-    THREADS="$threads" NPROC="$(nproc)" WORKERS="$workers" WARMUP="$warmup" WASMUX_LOG_SETTING="$wasmux_log" \
+    SCRIPT_CMD="$script_cmd" BUILD_CMD="$build_cmd" BUILD_PINGORA_CMD="$build_pingora_cmd" FEATURES="$features" \
+    SECONDS_RUN="$seconds" CONNS="$conns" THREADS="$threads" NPROC="$(nproc)" WORKERS="$workers" WARMUP="$warmup" \
+    RATE="$rate" RATE_CONNS="$rate_conns" RATE_PER_CONN="$rate_per_conn" RATE_SECONDS="$rate_seconds" \
+    RATE_SETTLE="$rate_settle" RATE_REQUESTS="$rate_requests" WASMUX_LOG_SETTING="$wasmux_log" \
     NGINX_VERSION="$("$nginx_bin" -v 2>&1 | head -n 1)" WRK_VERSION="$(wrk -v 2>&1 | head -n 1 || true)" \
+    H2LOAD_VERSION="$(h2load --version 2>&1 | head -n 1 || true)" \
     GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')" \
     python3 - <<'EOF'
-import json, os, platform, re
+import json, math, os, platform, re
 
 UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
 
@@ -472,6 +572,56 @@ def parse_wrk(path):
     out["non_2xx"] = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     out["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups()))) if m else None
+    return out
+
+def percentile(values, p):
+    """Nearest rank: the smallest of the sorted values with at least p % of them at or below it."""
+    if not values:
+        return None
+    return values[max(1, math.ceil(p / 100 * len(values))) - 1]
+
+def parse_h2load(out_path, log_path, settle_s, window_s):
+    """h2load's summary, and from its per-request log (start µs since the epoch, status or -1,
+    µs until the end of the response) the achieved rate and the latency percentiles of the
+    requests that started in the window_s seconds after the first settle_s (the connections
+    open 1 ms apart, so the last ones end a little after the window: left out too)."""
+    out = {}
+    try:
+        text = open(out_path, encoding="utf-8", errors="replace").read()
+    except OSError:
+        text = ""
+    m = re.search(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", text, re.M)
+    if m:
+        out.update(zip(("total", "started", "done", "succeeded", "failed", "errored", "timeout"), map(int, m.groups())))
+    m = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text, re.M)
+    if m:
+        out["status"] = dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, m.groups())))
+    m = re.search(r"^finished in ([\d.]+\w+), ([\d.]+) req/s", text, re.M)
+    if m:
+        # h2load's own figure: requests ÷ the whole run, the connection ramp included.
+        out["h2load_req_s"] = float(m.group(2))
+    rows = []
+    try:
+        with open(log_path, encoding="utf-8") as f:
+            for line in f:
+                cols = line.split("\t")
+                if len(cols) >= 3:
+                    rows.append((int(cols[0]), int(cols[1]), int(cols[2])))
+    except (OSError, ValueError) as e:
+        out["log_error"] = str(e)
+    out["log_rows"] = len(rows)
+    if rows:
+        cut = min(r[0] for r in rows) + settle_s * 1_000_000
+        kept = [r for r in rows if cut <= r[0] < cut + window_s * 1_000_000]
+        out["measured_requests"] = len(kept)
+        out["measured_seconds"] = window_s
+        out["achieved_rps"] = round(len(kept) / window_s, 1)
+        ok = sorted(r[2] for r in kept if 200 <= r[1] < 300)
+        out["measured_non_2xx"] = len(kept) - len(ok)
+        for p, key in ((50, "p50_us"), (90, "p90_us"), (99, "p99_us"), (99.9, "p999_us"), (100, "max_us")):
+            out[key] = percentile(ok, p)
+        out["mean_us"] = round(sum(ok) / len(ok), 1) if ok else None
     return out
 
 def cpu_model():
@@ -505,7 +655,8 @@ env = os.environ
 targets = []
 with open(env["MANIFEST"], encoding="utf-8") as f:
     for line in f:
-        id_, name, kind, engine, error, wrk, rss, start, config, wrk_cmd, log_lines = line.rstrip("\n").split("\t")
+        (id_, name, kind, engine, error, wrk, rss, start, config, wrk_cmd, log_lines,
+         rate_cmd, rate_out, rate_log, rate_error) = line.rstrip("\n").split("\t")
         t = {"id": id_, "name": name, "kind": kind, "engine": engine or None}
         t.update(parse_wrk(wrk) if not error else {"req_s": None, "p50_us": None, "p99_us": None})
         rss_kib = None
@@ -526,6 +677,23 @@ with open(env["MANIFEST"], encoding="utf-8") as f:
             t["config"] = open(config, encoding="utf-8").read() if config else None
         except OSError:
             t["config"] = None
+        if rate_cmd:
+            fr = {"command": rate_cmd, "target_rps": int(env["RATE"]), "clients": int(env["RATE_CONNS"]),
+                  "per_client_rps": float(env["RATE_PER_CONN"]), "requested": int(env["RATE_REQUESTS"]),
+                  "settle_seconds": int(env["RATE_SETTLE"])}
+            fr.update(parse_h2load(rate_out, rate_log, fr["settle_seconds"], int(env["RATE_SECONDS"])))
+            # Every request asked for that did not end in a 2xx response: failed, errored,
+            # timed out, other statuses, or never sent.
+            if "status" in fr:
+                fr["errors"] = fr["requested"] - fr["status"]["2xx"]
+            if rate_error:
+                fr["error"] = rate_error
+            elif fr.get("p99_us") is None:
+                fr["error"] = (f"no successful request in h2load's log after the first {fr['settle_seconds']} s"
+                               if fr.get("log_rows") else "no h2load log")
+            t["fixed_rate"] = fr
+        else:
+            t["fixed_rate"] = None
         targets.append(t)
 
 report = {
@@ -545,14 +713,24 @@ report = {
         "wrk_threads": int(env["THREADS"]),
         "workers": int(env["WORKERS"]),
         "warmup_seconds": int(env["WARMUP"]),
+        "fixed_rate": {
+            "target_rps": int(env["RATE"]),
+            "clients": int(env["RATE_CONNS"]),
+            "per_client_rps": float(env["RATE_PER_CONN"]),
+            "seconds": int(env["RATE_SECONDS"]),
+            "settle_seconds": int(env["RATE_SETTLE"]),
+            "requests": int(env["RATE_REQUESTS"]),
+        },
         "upstream_workers": 1,
         "wasmux_log": env["WASMUX_LOG_SETTING"],
         "features": env["FEATURES"],
     },
-    "versions": {"wasmux_commit": env["GIT_COMMIT"], "nginx": env["NGINX_VERSION"], "wrk": env["WRK_VERSION"]},
+    "versions": {"wasmux_commit": env["GIT_COMMIT"], "nginx": env["NGINX_VERSION"], "wrk": env["WRK_VERSION"],
+                 "h2load": env["H2LOAD_VERSION"]},
     "commands": {
         "bench": env["SCRIPT_CMD"],
         "build": env["BUILD_CMD"],
+        "build_pingora": env["BUILD_PINGORA_CMD"],
         "report": "python3 scripts/load-report.py docs/load.json",
     },
     "targets": targets,
@@ -575,6 +753,19 @@ for t in targets:
     rss = t["rss_kib"] / 1024 if t["rss_kib"] else None
     print(f"{t['name']:<32} {cell(t['req_s'], '{:,.0f}'):>10} {cell(t['p50_us'], '{:,.0f}'):>9} "
           f"{cell(t['p99_us'], '{:,.0f}'):>9} {cell(rss, '{:.1f}'):>8}  {notes}")
+print()
+print(f"at a fixed rate of {int(env['RATE']):,} req/s ({env['RATE_CONNS']} h2load connections):")
+print(f"{'target':<32} {'req/s':>10} {'p50 µs':>9} {'p90 µs':>9} {'p99 µs':>9} {'p99.9 µs':>9} {'errors':>7}  notes")
+for t in targets:
+    fr = t["fixed_rate"]
+    if fr is None:
+        continue
+    notes = fr.get("error", "")
+    if not notes and fr.get("achieved_rps") and fr["achieved_rps"] < 0.95 * fr["target_rps"]:
+        notes = "below the rate asked for"
+    print(f"{t['name']:<32} {cell(fr.get('achieved_rps'), '{:,.0f}'):>10} {cell(fr.get('p50_us'), '{:,}'):>9} "
+          f"{cell(fr.get('p90_us'), '{:,}'):>9} {cell(fr.get('p99_us'), '{:,}'):>9} {cell(fr.get('p999_us'), '{:,}'):>9} "
+          f"{cell(fr.get('errors'), '{:,}'):>7}  {notes}")
 print(f"(load average {env['LOAD_START']} at the start, {env['LOAD_END']} at the end; nproc {env['NPROC']})")
 print()
 print(f"wrote {env['OUT']}")
