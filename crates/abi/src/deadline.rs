@@ -32,13 +32,19 @@ struct ClockShared {
     parked: AtomicBool,
     start: Instant,
     tick: Duration,
+    /// The tick in nanoseconds, at least 100,000.
+    tick_nanos: u64,
     thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl ClockShared {
     /// Ticks since the start, read from the wall clock.
     fn elapsed(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos() / self.tick.as_nanos()).unwrap_or(u64::MAX)
+        // In u64 nanoseconds (enough for 584 years): every call start reads it, and a u128
+        // division costs more than the clock read.
+        let d = self.start.elapsed();
+        let nanos = d.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(d.subsec_nanos()));
+        nanos / self.tick_nanos
     }
 
     /// Publishes the wall clock's tick count (never backwards); returns it.
@@ -68,6 +74,7 @@ impl CoarseClock {
             parked: AtomicBool::new(false),
             start: Instant::now(),
             tick,
+            tick_nanos: u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX),
             thread: std::sync::OnceLock::new(),
         });
         let weak: Weak<ClockShared> = Arc::downgrade(&shared);

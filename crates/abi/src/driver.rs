@@ -171,6 +171,11 @@ impl Vm {
         self.inst.state().quota_counts.clone()
     }
 
+    /// Quota hits over every quota: [`Self::quota_counts`]'s total, without the copy.
+    pub fn quota_hits(&mut self) -> u64 {
+        self.inst.state().quota_counts.total()
+    }
+
     /// Tells the host that the embedder has taken `messages` messages the filter sent on gRPC
     /// stream `token` (written to the connection, or dropped with the stream), so that they
     /// no longer count against [`Quotas::max_grpc_pending_sends`](crate::Quotas). An embedder

@@ -583,7 +583,7 @@ impl Plugin {
 
     /// Failure, reload and quota counters.
     pub fn stats(&mut self) -> PluginStats {
-        PluginStats { quota_hits: self.quota_counts().total(), ..self.stats }
+        PluginStats { quota_hits: self.quota_base.total() + self.vm.quota_hits(), ..self.stats }
     }
 
     /// How often each host-side quota was hit (refused or truncated), over every VM of this

@@ -360,12 +360,19 @@ impl FilterChains {
             // The callouts of the VM that was replaced answer to nobody now.
             crate::callout::abort_calls(self.uid, Some(entry.group));
         }
+        // The counters are shared by every worker: only what changed is written.
         let c = &entry.counters;
         if trapped {
             c.traps.fetch_add(1, Ordering::Relaxed);
         }
-        c.failed_streams.fetch_add(now.failed_streams.saturating_sub(inst.seen.failed_streams), Ordering::Relaxed);
-        c.reloads.fetch_add(now.reloads.saturating_sub(inst.seen.reloads), Ordering::Relaxed);
+        for (counter, now, seen) in [
+            (&c.failed_streams, now.failed_streams, inst.seen.failed_streams),
+            (&c.reloads, now.reloads, inst.seen.reloads),
+        ] {
+            if now > seen {
+                counter.fetch_add(now - seen, Ordering::Relaxed);
+            }
+        }
         inst.seen = now;
     }
 
@@ -558,7 +565,8 @@ impl FilterChains {
         dir: StreamType,
         from: usize,
     ) -> Verdict {
-        for (at, slot) in ordered(&state.slots, dir).enumerate().skip(from).collect::<Vec<_>>() {
+        for at in from..state.slots.len() {
+            let slot = nth(&state.slots, dir, at);
             let Some(id) = slot.id else {
                 // The filter's VM did not start on this worker: its failure policy answers the
                 // request (a response has no second chance).
@@ -628,8 +636,7 @@ impl FilterChains {
         range: std::ops::Range<usize>,
     ) -> (Vec<u8>, Verdict) {
         let dir = StreamType::HttpRequest;
-        let slots: Vec<Slot> = ordered(&state.slots, dir).take(range.end).skip(range.start).collect();
-        for slot in slots {
+        for slot in ordered(&state.slots, dir).take(range.end).skip(range.start) {
             let Some(id) = slot.id else { continue };
             let mut step = self.call(slot, id, dir, |vm| vm.request_body(id, &data, end_of_stream));
             if matches!(step, Step::Paused) {
@@ -754,7 +761,8 @@ impl FilterChains {
         }
         state.response_ended = end_of_stream;
         let dir = StreamType::HttpResponse;
-        let mut data = chunk.to_vec();
+        // The chunk is copied into each filter's VM: no copy of it before the first.
+        let mut data = std::borrow::Cow::Borrowed(chunk);
         for slot in ordered(&state.slots, dir) {
             let Some(id) = slot.id else { continue };
             let mut step = self.call(slot, id, dir, |vm| vm.response_body(id, &data, end_of_stream));
@@ -769,11 +777,11 @@ impl FilterChains {
                 step = Step::Continue;
             }
             match self.verdict(slot, step) {
-                Verdict::Continue => data = self.released(slot, id, dir),
+                Verdict::Continue => data = self.released(slot, id, dir).into(),
                 other => return (Vec::new(), other),
             }
         }
-        (data, Verdict::Continue)
+        (data.into_owned(), Verdict::Continue)
     }
 
     /// Takes the bytes a filter let through (its buffered body, released), leaving nothing in
@@ -846,6 +854,11 @@ fn ordered(slots: &[Slot], dir: StreamType) -> impl Iterator<Item = Slot> + '_ {
     let forward = dir == StreamType::HttpRequest;
     let (ahead, back) = if forward { (Some(slots.iter()), None) } else { (None, Some(slots.iter().rev())) };
     ahead.into_iter().flatten().chain(back.into_iter().flatten()).copied()
+}
+
+/// The slot at position `at` of the order a direction visits them.
+fn nth(slots: &[Slot], dir: StreamType, at: usize) -> Slot {
+    if dir == StreamType::HttpRequest { slots[at] } else { slots[slots.len() - 1 - at] }
 }
 
 /// A worker's background task: delivers its inbox and fires its VMs' ticks, on the worker's

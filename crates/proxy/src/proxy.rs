@@ -157,27 +157,30 @@ fn authority(req: &RequestHeader) -> &[u8] {
 /// The request as proxy-wasm filters see it: pseudo-headers first, then the headers (`host`
 /// becomes `:authority`, as Envoy does).
 pub fn request_map(req: &RequestHeader) -> HeaderMap {
-    let mut m = HeaderMap::new();
-    m.add(b":authority", authority(req));
-    m.add(b":path", req.raw_path());
-    m.add(b":method", req.method.as_str().as_bytes());
-    m.add(b":scheme", req.uri.scheme_str().unwrap_or("http").as_bytes());
-    for (k, v) in &req.headers {
-        if k != http::header::HOST {
-            m.add(k.as_str().as_bytes(), v.as_bytes());
-        }
-    }
-    m
+    let pseudo: [(&[u8], &[u8]); 4] = [
+        (b":authority", authority(req)),
+        (b":path", req.raw_path()),
+        (b":method", req.method.as_str().as_bytes()),
+        (b":scheme", req.uri.scheme_str().unwrap_or("http").as_bytes()),
+    ];
+    let mut pairs = Vec::with_capacity(pseudo.len() + req.headers.len());
+    pairs.extend(pseudo);
+    pairs.extend(
+        req.headers
+            .iter()
+            .filter(|(k, _)| *k != http::header::HOST)
+            .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())),
+    );
+    // Built in one pass: the pairs are counted before the map is laid out.
+    HeaderMap::from_pairs(pairs)
 }
 
 /// The response as filters see it: `:status`, then the headers.
 pub fn response_map(resp: &ResponseHeader) -> HeaderMap {
-    let mut m = HeaderMap::new();
-    m.add(b":status", resp.status.as_str().as_bytes());
-    for (k, v) in &resp.headers {
-        m.add(k.as_str().as_bytes(), v.as_bytes());
-    }
-    m
+    let status: (&[u8], &[u8]) = (b":status", resp.status.as_str().as_bytes());
+    let headers = resp.headers.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()));
+    // `http::HeaderMap`'s iterator knows its length: the map is laid out in one pass.
+    HeaderMap::from_pairs(std::iter::once(status).chain(headers))
 }
 
 /// The regular headers of a filter's map, for Pingora: pseudo-headers left out, and a name
@@ -239,26 +242,26 @@ fn sync_headers(h: &mut impl EditHeaders, want: &[(&[u8], &[u8])]) -> pingora::R
         return Ok(());
     }
     let rewrite_all = want.len() > EDIT_IN_PLACE_MAX || have.keys_len() > EDIT_IN_PLACE_MAX;
-    // Names present now that the filters dropped, or whose values they changed.
+    // Names present now whose values the filters left as they were (kept as they are), and the
+    // ones they dropped or changed (removed, then written again if the filters still have them).
+    let mut kept: Vec<&[u8]> = Vec::new();
     let mut drop: Vec<http::HeaderName> = Vec::new();
     for name in have.keys() {
         let key = name.as_str().as_bytes();
         let ours = want.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v);
-        if rewrite_all || !have.get_all(name).iter().map(http::HeaderValue::as_bytes).eq(ours) {
+        if !rewrite_all && have.get_all(name).iter().map(http::HeaderValue::as_bytes).eq(ours) {
+            kept.push(key);
+        } else {
             drop.push(name.clone());
         }
     }
-    // Names to write: changed ones, and ones not there yet.
-    let write = |k: &[u8]| {
-        rewrite_all
-            || std::str::from_utf8(k).map_or(true, |k| !have.contains_key(k))
-            || drop.iter().any(|d| d.as_str().as_bytes() == k)
-    };
-    let writes: Vec<bool> = want.iter().map(|(k, _)| write(k)).collect();
+    // Byte comparisons: the lists are short (at most EDIT_IN_PLACE_MAX names, else everything is
+    // rewritten and `kept` is empty).
+    let writes: Vec<(&[u8], &[u8])> = want.iter().filter(|(k, _)| !kept.contains(k)).copied().collect();
     for name in &drop {
         h.remove(name);
     }
-    for (&(k, v), _) in want.iter().zip(&writes).filter(|(_, w)| **w) {
+    for (k, v) in writes {
         match http::HeaderName::from_bytes(k) {
             Ok(name) => h.append(name, v)?,
             Err(_) => tracing::warn!(target: "wasmux::proxy", "dropped a header with an invalid name from a filter"),
