@@ -600,7 +600,7 @@ const ABORT_CLIENTS: usize = 4;
 /// context is ever made). Returns the bytes sent, and whether the request reached the filters.
 fn abort_kind(i: usize) -> (&'static [u8], bool) {
     match i % 4 {
-        _ if i % 100 == 0 => (b"GET /slow HTTP/1.1\r\nhost: example.com\r\n\r\n", true),
+        _ if i.is_multiple_of(100) => (b"GET /slow HTTP/1.1\r\nhost: example.com\r\n\r\n", true),
         0 | 1 => (b"GET /hello HTTP/1.1\r\nhost: example.com\r\n\r\n", true),
         2 => (b"POST /upload HTTP/1.1\r\nhost: example.com\r\ncontent-length: 1000\r\n\r\n0123456789", true),
         _ => (b"GET /hello HTTP/1.1\r\nhost: exam", false),
