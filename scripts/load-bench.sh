@@ -30,7 +30,8 @@
 #      requests that started in the RATE_SECONDS after the first second are kept: the achieved
 #      rate (kept ÷ RATE_SECONDS) and p50/p90/p99/p99.9 (nearest rank, 2xx responses) are
 #      computed from them.
-# then it is stopped. At saturation, latency is about connections ÷ throughput, so a p99
+# then it is stopped. The proxies take turns, WASMUX_BENCH_ROUNDS times; the report gives each
+# figure's median over the rounds and their spread. At saturation, latency is about connections ÷ throughput, so a p99
 # difference there mostly mirrors a req/s difference; the added latency of a filter is the p99
 # difference at the fixed rate.
 # Writes docs/load.json, then runs scripts/load-report.py (docs/LOAD.md, docs/load.svg), and
@@ -62,6 +63,10 @@
 #                          bursts, each waiting for the previous response)
 #   WASMUX_BENCH_RATE_SECONDS  measured length of each h2load run, after its first second
 #                          (default: WASMUX_BENCH_SECONDS)
+#   WASMUX_BENCH_ROUNDS    rounds (default: 3): every proxy target is started and measured once per
+#                          round, the targets taking turns, and the report gives the median of
+#                          the rounds (and their spread): one run of each on a shared 2-core
+#                          machine swings by 10-30 %. The upstream is measured in the first round.
 #   WASMUX_BENCH_LOG       WASMUX_LOG of the wasmux processes (default: warn,wasmux::filter=error:
 #                          the headers fixture logs a warning for every request, and nginx's
 #                          access log is off; set `warn` to pay for those lines too)
@@ -95,11 +100,12 @@ workers="${WASMUX_BENCH_WORKERS:-2}"
 conns="${WASMUX_BENCH_CONNS:-${CONNS:-64}}"
 rate="${WASMUX_BENCH_RATE:-5000}"
 rate_seconds="${WASMUX_BENCH_RATE_SECONDS:-$seconds}"
+rounds="${WASMUX_BENCH_ROUNDS:-3}"
 wasmux_log="${WASMUX_BENCH_LOG:-warn,wasmux::filter=error}"
 warmup=2
 threads=2
 rate_settle=1
-for v in seconds workers conns rate rate_seconds; do
+for v in seconds workers conns rate rate_seconds rounds; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || {
         echo "load-bench.sh: $v must be a positive integer, not \`${!v}\`" >&2
         exit 2
@@ -440,8 +446,8 @@ failures=0
 # Appends a line to the manifest.
 run_target() {
     local id=$1 name=$2 kind=$3 engine=${4:-} error="" sampler rss_file="" wrk_cmd url log_lines f
-    local rate_cmd="" rate_error="" rate_out="" rate_log=""
-    echo "== $name"
+    local rate_cmd="" rate_error="" rate_out="" rate_log="" out="$tmp/$1.r$round"
+    echo "== $name (round $round of $rounds)"
     port="" pid="" start_cmd="" config_file=""
     if ! start_target "$id" "$kind" "$engine"; then
         error="did not start or answer (log: $(tail -n 3 "$tmp/$id.log" 2>/dev/null | tr '\n\t' '  '))"
@@ -452,16 +458,16 @@ run_target() {
         error="$(sanity "$port" "$kind")"
     fi
     if [[ -z "$error" ]]; then
-        timeout -k 5 $((warmup + 30)) wrk -t$threads -c"$conns" -d${warmup}s "$url" >"$tmp/$id.warmup" 2>&1 || true
+        timeout -k 5 $((warmup + 30)) wrk -t$threads -c"$conns" -d${warmup}s "$url" >"$out.warmup" 2>&1 || true
         if [[ "$id" != upstream ]]; then
-            rss_file="$tmp/$id.rss"
+            rss_file="$out.rss"
             rss_sampler "$rss_file" "$pid" &
             sampler=$!
             running[$sampler]="rss sampler"
         fi
         echo "   $wrk_cmd"
-        if ! timeout -k 5 $((seconds + 30)) wrk -t$threads -c"$conns" -d"${seconds}s" --latency "$url" >"$tmp/$id.wrk" 2>&1; then
-            error="wrk failed: $(tail -n 3 "$tmp/$id.wrk" | tr '\n\t' '  ')"
+        if ! timeout -k 5 $((seconds + 30)) wrk -t$threads -c"$conns" -d"${seconds}s" --latency "$url" >"$out.wrk" 2>&1; then
+            error="wrk failed: $(tail -n 3 "$out.wrk" | tr '\n\t' '  ')"
         fi
         [[ -z "$rss_file" ]] || stop_pid "$sampler"
         if ! alive "$pid"; then
@@ -473,10 +479,10 @@ run_target() {
         failures=$((failures + 1))
     elif [[ "$id" != upstream ]]; then
         # The fixed-rate phase. h2load appends to an existing log file: start from none.
-        rate_out="$tmp/$id.h2load"
-        rate_log="$tmp/$id.h2load.log"
+        rate_out="$out.h2load"
+        rate_log="$out.h2load.log"
         rm -f "$rate_log"
-        rate_cmd="h2load --h1 -t1 -c$rate_conns --rps=$rate_per_conn -r1 --rate-period=1ms -n$rate_requests --log-file=$id.h2load.log $url"
+        rate_cmd="h2load --h1 -t1 -c$rate_conns --rps=$rate_per_conn -r1 --rate-period=1ms -n$rate_requests --log-file=$id.r$round.h2load.log $url"
         echo "   $rate_cmd"
         if ! timeout -k 5 $((2 * (rate_settle + rate_seconds) + 30)) h2load --h1 -t1 -c"$rate_conns" --rps="$rate_per_conn" \
             -r1 --rate-period=1ms -n"$rate_requests" --log-file="$rate_log" "$url" >"$rate_out" 2>&1; then
@@ -500,9 +506,9 @@ run_target() {
     for f in "$tmp/$id.log" "$tmp/$id.error.log"; do
         [[ ! -f "$f" ]] || log_lines=$((log_lines + $(wc -l <"$f")))
     done
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$name" "$kind" "$engine" "$error" \
-        "$tmp/$id.wrk" "$rss_file" "$start_cmd" "$config_file" "$wrk_cmd" "$log_lines" \
-        "$rate_cmd" "$rate_out" "$rate_log" "$rate_error" >>"$manifest"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$name" "$kind" "$engine" "$error" \
+        "$out.wrk" "$rss_file" "$start_cmd" "$config_file" "$wrk_cmd" "$log_lines" \
+        "$rate_cmd" "$rate_out" "$rate_log" "$rate_error" "$round" >>"$manifest"
 }
 
 # --- runs --------------------------------------------------------------------------------
@@ -511,6 +517,7 @@ load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
 date_utc="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 upstream_port=""
+round=1
 run_target upstream "upstream (nginx, direct)" upstream
 upstream_port="$port"
 upstream_pid="$pid"
@@ -518,13 +525,15 @@ if ! alive "${upstream_pid:-0}" || [[ -n "$(tail -n 1 "$manifest" | cut -f5)" ]]
     echo "load-bench.sh: the upstream does not work; stopping" >&2
     exit 1
 fi
-run_target nginx "nginx (reverse proxy)" nginx
-run_target pingora "pingora (no wasmux)" pingora
-run_target wasmux "wasmux, no filter" plain
-for e in "${engines[@]}"; do
-    run_target "wasmux-headers-$e" "wasmux + headers ($e)" headers "$e"
+for ((round = 1; round <= rounds; round++)); do
+    run_target nginx "nginx (reverse proxy)" nginx
+    run_target pingora "pingora (no wasmux)" pingora
+    run_target wasmux "wasmux, no filter" plain
+    for e in "${engines[@]}"; do
+        run_target "wasmux-headers-$e" "wasmux + headers ($e)" headers "$e"
+    done
+    run_target wasmux-callout-wasmtime "wasmux + callout (wasmtime)" callout wasmtime
 done
-run_target wasmux-callout-wasmtime "wasmux + callout (wasmtime)" callout wasmtime
 stop_pid "$upstream_pid"
 load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -532,14 +541,14 @@ load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 script_cmd="WASMUX_BENCH_FEATURES=$features WASMUX_BENCH_ENGINES=\"${engines[*]}\" WASMUX_BENCH_SECONDS=$seconds"
 script_cmd+=" WASMUX_BENCH_WORKERS=$workers WASMUX_BENCH_CONNS=$conns WASMUX_BENCH_RATE=$rate WASMUX_BENCH_RATE_CONNS=$rate_conns"
-script_cmd+=" WASMUX_BENCH_RATE_SECONDS=$rate_seconds WASMUX_BENCH_LOG=$wasmux_log scripts/load-bench.sh"
+script_cmd+=" WASMUX_BENCH_RATE_SECONDS=$rate_seconds WASMUX_BENCH_ROUNDS=$rounds WASMUX_BENCH_LOG=$wasmux_log scripts/load-bench.sh"
 
 mkdir -p docs
 MANIFEST="$manifest" OUT="docs/load.json" DATE_UTC="$date_utc" LOAD_START="$load_start" LOAD_END="$load_end" \
     SCRIPT_CMD="$script_cmd" BUILD_CMD="$build_cmd" BUILD_PINGORA_CMD="$build_pingora_cmd" FEATURES="$features" \
     SECONDS_RUN="$seconds" CONNS="$conns" THREADS="$threads" NPROC="$(nproc)" WORKERS="$workers" WARMUP="$warmup" \
     RATE="$rate" RATE_CONNS="$rate_conns" RATE_PER_CONN="$rate_per_conn" RATE_SECONDS="$rate_seconds" \
-    RATE_SETTLE="$rate_settle" RATE_REQUESTS="$rate_requests" WASMUX_LOG_SETTING="$wasmux_log" \
+    RATE_SETTLE="$rate_settle" RATE_REQUESTS="$rate_requests" ROUNDS="$rounds" WASMUX_LOG_SETTING="$wasmux_log" \
     NGINX_VERSION="$("$nginx_bin" -v 2>&1 | head -n 1)" WRK_VERSION="$(wrk -v 2>&1 | head -n 1 || true)" \
     H2LOAD_VERSION="$(h2load --version 2>&1 | head -n 1 || true)" \
     GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')" \
@@ -652,12 +661,12 @@ def os_name():
     return platform.system()
 
 env = os.environ
-targets = []
+runs, targets = [], []
 with open(env["MANIFEST"], encoding="utf-8") as f:
     for line in f:
         (id_, name, kind, engine, error, wrk, rss, start, config, wrk_cmd, log_lines,
-         rate_cmd, rate_out, rate_log, rate_error) = line.rstrip("\n").split("\t")
-        t = {"id": id_, "name": name, "kind": kind, "engine": engine or None}
+         rate_cmd, rate_out, rate_log, rate_error, round_) = line.rstrip("\n").split("\t")
+        t = {"id": id_, "name": name, "kind": kind, "engine": engine or None, "round": int(round_)}
         t.update(parse_wrk(wrk) if not error else {"req_s": None, "p50_us": None, "p99_us": None})
         rss_kib = None
         if rss:
@@ -694,7 +703,53 @@ with open(env["MANIFEST"], encoding="utf-8") as f:
             t["fixed_rate"] = fr
         else:
             t["fixed_rate"] = None
-        targets.append(t)
+        runs.append(t)
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+# One target per id, in the order of the first round: each figure is the median of its rounds
+# (the highest RSS), every round is kept under "rounds", and a round's error is the target's.
+for id_ in dict.fromkeys(r["id"] for r in runs):
+    rs = [r for r in runs if r["id"] == id_]
+    t = {k: rs[0][k] for k in ("id", "name", "kind", "engine", "command", "wrk", "config")}
+    for key in ("req_s", "p50_us", "p99_us"):
+        t[key] = median(r.get(key) for r in rs)
+    t["req_s_min"] = min((r["req_s"] for r in rs if r.get("req_s") is not None), default=None)
+    t["req_s_max"] = max((r["req_s"] for r in rs if r.get("req_s") is not None), default=None)
+    t["requests"] = sum(r.get("requests") or 0 for r in rs)
+    t["non_2xx"] = sum(r.get("non_2xx") or 0 for r in rs)
+    errs = [r.get("socket_errors") for r in rs if r.get("socket_errors")]
+    t["socket_errors"] = {k: sum(e[k] for e in errs) for k in errs[0]} if errs else None
+    t["rss_kib"] = max((r["rss_kib"] for r in rs if r.get("rss_kib")), default=None)
+    t["log_lines"] = sum(r["log_lines"] for r in rs)
+    errors = [r["error"] for r in rs if r.get("error")]
+    if errors:
+        t["error"] = f"round {next(r['round'] for r in rs if r.get('error'))}: {errors[0]}"
+    frs = [r["fixed_rate"] for r in rs if r.get("fixed_rate")]
+    if frs:
+        fr = {k: frs[0][k] for k in ("command", "target_rps", "clients", "per_client_rps", "requested",
+                                     "settle_seconds") if k in frs[0]}
+        for key in ("achieved_rps", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us"):
+            fr[key] = median(f.get(key) for f in frs)
+        fr["p99_us_min"] = min((f["p99_us"] for f in frs if f.get("p99_us") is not None), default=None)
+        fr["p99_us_max"] = max((f["p99_us"] for f in frs if f.get("p99_us") is not None), default=None)
+        if all("errors" in f for f in frs):
+            fr["errors"] = sum(f["errors"] for f in frs)
+        fr["measured_requests"] = sum(f.get("measured_requests") or 0 for f in frs)
+        rate_errors = [f["error"] for f in frs if f.get("error")]
+        if rate_errors:
+            fr["error"] = rate_errors[0]
+        t["fixed_rate"] = fr
+    else:
+        t["fixed_rate"] = None
+    t["rounds"] = [{k: v for k, v in r.items() if k not in ("id", "name", "kind", "engine", "command", "wrk", "config")}
+                   for r in rs]
+    targets.append(t)
 
 report = {
     "date": env["DATE_UTC"],
@@ -713,6 +768,7 @@ report = {
         "wrk_threads": int(env["THREADS"]),
         "workers": int(env["WORKERS"]),
         "warmup_seconds": int(env["WARMUP"]),
+        "rounds": int(env["ROUNDS"]),
         "fixed_rate": {
             "target_rps": int(env["RATE"]),
             "clients": int(env["RATE_CONNS"]),

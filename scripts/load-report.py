@@ -18,7 +18,8 @@ against nginx and against wasmux with no filter, which splits the gap to nginx i
 share and wasmux's; per-engine headers ratios; the callout ratio. The fixed-rate table has
 the achieved rate, p50/p90/p99/p99.9 and errors of every proxy. A measure is not checked when
 one of its runs failed or had errors or non-2xx responses, or, at the fixed rate, did not reach
-95 % of the rate asked for. Standard library only; the SVG is written by hand (no plotting
+95 % of the rate asked for. With several rounds (WASMUX_BENCH_ROUNDS), every figure is the
+median of its rounds, and the notes give the spread. Standard library only; the SVG is written by hand (no plotting
 library).
 """
 
@@ -182,6 +183,9 @@ def notes(t):
     errs = t.get("socket_errors") or {}
     if any(errs.values()):
         parts.append("socket errors: " + ", ".join(f"{k} {v}" for k, v in errs.items() if v))
+    rounds = len(t.get("rounds") or [])
+    if rounds > 1 and t.get("req_s_min") is not None:
+        parts.append(f"median of {rounds} rounds ({num(t['req_s_min'])}–{num(t['req_s_max'])} req/s)")
     if t.get("requests") is not None:
         parts.append(f"{t['requests']:,} requests")
     if t.get("log_lines"):
@@ -200,8 +204,11 @@ def rate_notes(fr):
         status = fr.get("status") or {}
         other = ", ".join(f"{v:,} {k}" for k, v in status.items() if k != "2xx" and v)
         parts.append("; ".join(x for x in (counts, other) if x) or "requests not done")
+    if fr.get("p99_us_min") is not None and fr.get("p99_us_max") != fr.get("p99_us_min"):
+        parts.append(f"p99 over the rounds {num(fr['p99_us_min'])}–{num(fr['p99_us_max'])} µs")
     if fr.get("measured_requests") is not None:
-        parts.append(f"{fr['measured_requests']:,} requests in {num(fr.get('measured_seconds'), 2)} s")
+        seconds = f" in {num(fr['measured_seconds'], 2)} s" if fr.get("measured_seconds") else ""
+        parts.append(f"{fr['measured_requests']:,} requests{seconds}")
     return "; ".join(parts)
 
 
@@ -244,6 +251,9 @@ def markdown(report, json_path, svg_name):
         f"{s.get('workers', '?')}`, Pingora baseline `threads: {s.get('workers', '?')}`, the upstream nginx "
         f"`worker_processes {s.get('upstream_workers', 1)}`. The client, the proxy and the upstream share "
         "the machine's cores."
+        + (f" The proxies take turns for {s['rounds']} rounds (the upstream is measured in the first); every "
+           "figure is the median of its rounds (RSS: the highest), with the spread in the notes."
+           if s.get("rounds", 1) > 1 else "")
     )
     fr = s.get("fixed_rate") or {}
     if fr:
