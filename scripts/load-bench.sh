@@ -42,16 +42,19 @@
 # are missing or an install fails). On a machine with systemd, Debian's nginx package also
 # starts its own service (port 80); this script neither uses nor stops it. With v8 in the
 # features, runs scripts/fetch-v8.sh. Builds the CLI and the Pingora baseline, and runs copies
-# of target/release/wasmux and target/release/examples/pingora_baseline (another build may
+# of target/PROFILE/wasmux and target/PROFILE/examples/pingora_baseline (another build may
 # replace them):
-#   cargo build --release -p wasmux-cli --features FEATURES
-#   cargo build --release -p wasmux-proxy --example pingora_baseline
+#   cargo build --profile PROFILE -p wasmux-cli --features FEATURES
+#   cargo build --profile PROFILE -p wasmux-proxy --example pingora_baseline
 #
 # Environment:
 #   WASMUX_BENCH_FEATURES  cargo features of wasmux-cli (default: wasmtime,wasmer,wasmi,wamr,v8)
 #   WASMUX_BENCH_ENGINES   engines for the headers runs, space separated (default: every engine
 #                          in the features: wasmtime wasmer wasmer-singlepass wasmi wamr v8)
 #   WASMUX_BENCH_SECONDS   length of each wrk run, in seconds (default: 10)
+#   WASMUX_BENCH_PROFILE   cargo profile of both builds (default: release-lto, the workspace's
+#                          release with fat LTO and one codegen unit: what to run in production;
+#                          `release` builds faster)
 #   WASMUX_BENCH_WORKERS   wasmux worker threads = nginx proxy worker processes = Pingora
 #                          baseline threads (default: 2)
 #   WASMUX_BENCH_CONNS     wrk connections (default: $CONNS, else 64)
@@ -96,6 +99,11 @@ root="$PWD"
 
 features="${WASMUX_BENCH_FEATURES:-wasmtime,wasmer,wasmi,wamr,v8}"
 seconds="${WASMUX_BENCH_SECONDS:-10}"
+profile="${WASMUX_BENCH_PROFILE:-release-lto}"
+[[ "$profile" =~ ^[A-Za-z0-9_-]+$ ]] || {
+    echo "load-bench.sh: WASMUX_BENCH_PROFILE must be a cargo profile name, not \`$profile\`" >&2
+    exit 2
+}
 workers="${WASMUX_BENCH_WORKERS:-2}"
 conns="${WASMUX_BENCH_CONNS:-${CONNS:-64}}"
 rate="${WASMUX_BENCH_RATE:-5000}"
@@ -170,14 +178,14 @@ if [[ "$feature_list" == *" v8 "* || "$feature_list" == *" all-engines "* ]]; th
     echo "== V8 for the v8 engine: scripts/fetch-v8.sh"
     scripts/fetch-v8.sh
 fi
-build_cmd="cargo build --release -p wasmux-cli --features \"$features\""
+build_cmd="cargo build --profile $profile -p wasmux-cli --features \"$features\""
 echo "== $build_cmd"
-cargo build --release -p wasmux-cli --features "$features"
-built="${CARGO_TARGET_DIR:-$root/target}/release/wasmux"
-build_pingora_cmd="cargo build --release -p wasmux-proxy --example pingora_baseline"
+cargo build --profile "$profile" -p wasmux-cli --features "$features"
+built="${CARGO_TARGET_DIR:-$root/target}/$profile/wasmux"
+build_pingora_cmd="cargo build --profile $profile -p wasmux-proxy --example pingora_baseline"
 echo "== $build_pingora_cmd"
-cargo build --release -p wasmux-proxy --example pingora_baseline
-built_pingora="${CARGO_TARGET_DIR:-$root/target}/release/examples/pingora_baseline"
+cargo build --profile "$profile" -p wasmux-proxy --example pingora_baseline
+built_pingora="${CARGO_TARGET_DIR:-$root/target}/$profile/examples/pingora_baseline"
 
 tmp="$(mktemp -d -t wasmux-load.XXXXXX)"
 declare -A running=()     # pid -> what, for every process still to stop
@@ -539,7 +547,7 @@ load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- results -----------------------------------------------------------------------------
 
-script_cmd="WASMUX_BENCH_FEATURES=$features WASMUX_BENCH_ENGINES=\"${engines[*]}\" WASMUX_BENCH_SECONDS=$seconds"
+script_cmd="WASMUX_BENCH_PROFILE=$profile WASMUX_BENCH_FEATURES=$features WASMUX_BENCH_ENGINES=\"${engines[*]}\" WASMUX_BENCH_SECONDS=$seconds"
 script_cmd+=" WASMUX_BENCH_WORKERS=$workers WASMUX_BENCH_CONNS=$conns WASMUX_BENCH_RATE=$rate WASMUX_BENCH_RATE_CONNS=$rate_conns"
 script_cmd+=" WASMUX_BENCH_RATE_SECONDS=$rate_seconds WASMUX_BENCH_ROUNDS=$rounds WASMUX_BENCH_LOG=$wasmux_log scripts/load-bench.sh"
 
