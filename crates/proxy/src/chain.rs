@@ -566,7 +566,7 @@ impl FilterChains {
         from: usize,
     ) -> Verdict {
         for at in from..state.slots.len() {
-            let slot = nth(&state.slots, dir, at);
+            let Some(slot) = nth(&state.slots, dir, at) else { break };
             let Some(id) = slot.id else {
                 // The filter's VM did not start on this worker: its failure policy answers the
                 // request (a response has no second chance).
@@ -673,7 +673,7 @@ impl FilterChains {
     ) -> (Vec<u8>, Verdict) {
         let Some(at) = state.held else { return (chunk.unwrap_or_default().to_vec(), Verdict::Continue) };
         let dir = StreamType::HttpRequest;
-        let Some(holder) = ordered(&state.slots, dir).nth(at) else { return (Vec::new(), Verdict::Continue) };
+        let Some(holder) = nth(&state.slots, dir, at) else { return (Vec::new(), Verdict::Continue) };
         let id = holder.id.unwrap_or_default();
         let mut data = match chunk {
             Some(chunk) => {
@@ -737,7 +737,7 @@ impl FilterChains {
     /// call [`Self::held_request_body`] with no chunk); `false` when the route's time ran out
     /// first. Pending forever when nothing is held.
     pub async fn held_signal(&self, state: &StreamFilters) -> bool {
-        let holder = state.held.and_then(|at| ordered(&state.slots, StreamType::HttpRequest).nth(at));
+        let holder = state.held.and_then(|at| nth(&state.slots, StreamType::HttpRequest, at));
         let notify = holder.and_then(|h| {
             let id = h.id?;
             self.with_instance(h.group, |inst| inst.waiters.entry(id).or_default().clone())
@@ -857,8 +857,9 @@ fn ordered(slots: &[Slot], dir: StreamType) -> impl Iterator<Item = Slot> + '_ {
 }
 
 /// The slot at position `at` of the order a direction visits them.
-fn nth(slots: &[Slot], dir: StreamType, at: usize) -> Slot {
-    if dir == StreamType::HttpRequest { slots[at] } else { slots[slots.len() - 1 - at] }
+fn nth(slots: &[Slot], dir: StreamType, at: usize) -> Option<Slot> {
+    let index = if dir == StreamType::HttpRequest { at } else { slots.len().checked_sub(at + 1)? };
+    slots.get(index).copied()
 }
 
 /// A worker's background task: delivers its inbox and fires its VMs' ticks, on the worker's
