@@ -582,6 +582,7 @@ pub enum Event {
 
 impl Event {
     /// The bytes and the end-of-stream flag of a body or data event, to split it into chunks.
+    #[cfg(feature = "testing")]
     pub(crate) fn chunk_mut(&mut self) -> Option<(&mut Bytes, &mut bool)> {
         match self {
             Self::RequestBody { data, end_of_stream, .. }
