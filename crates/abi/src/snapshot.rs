@@ -250,8 +250,6 @@ enum Section {
 #[derive(Debug, Clone)]
 struct GlobalDef {
     ty: wasm_encoder::ValType,
-    /// The same type as [`WasmInstance::global`] takes it.
-    kind: ValType,
     mutable: bool,
     /// The initializer without its `end`.
     init: Vec<u8>,
@@ -421,7 +419,7 @@ impl Template {
             }
             let name = global_export(i as u32);
             let value = instance
-                .global(&name, g.kind)
+                .global(&name, g.kind())
                 .ok_or_else(|| format!("the {} engine cannot read global `{name}`", instance.engine()))?;
             globals.push(value);
         }
@@ -438,8 +436,8 @@ impl Template {
     fn encode(&self, image: Option<&Image>) -> Vec<u8> {
         let bytes = &*self.original;
         let mut out = wasm_encoder::Module::new();
-        let copy = |out: &mut wasm_encoder::Module, id: SectionId, range: &Range<usize>| {
-            out.section(&RawSection { id: id as u8, data: &bytes[range.clone()] });
+        let copy = |out: &mut wasm_encoder::Module, id: u8, range: &Range<usize>| {
+            out.section(&RawSection { id, data: &bytes[range.clone()] });
         };
         // A snapshot's data section: the memory's non-zero runs, after the code section (where
         // the original's data section stands, or would).
@@ -447,11 +445,9 @@ impl Template {
         let has_data = self.sections.iter().any(|s| matches!(s, Section::Data(_)));
         for section in &self.sections {
             match section {
-                Section::Raw(id, range) => {
-                    out.section(&RawSection { id: *id, data: &bytes[range.clone()] });
-                }
+                Section::Raw(id, range) => copy(&mut out, *id, range),
                 Section::Code(range) => {
-                    copy(&mut out, SectionId::Code, range);
+                    copy(&mut out, SectionId::Code as u8, range);
                     if let Some((image, segs)) = &snapshot_data
                         && !has_data
                     {
@@ -476,7 +472,7 @@ impl Template {
                     for g in &self.globals {
                         let ty = wasm_encoder::GlobalType { val_type: g.ty, mutable: g.mutable, shared: false };
                         let init = match values.as_mut().filter(|_| g.mutable).and_then(Iterator::next) {
-                            Some(&bits) => const_of(g.kind, bits),
+                            Some(&bits) => const_of(g.kind(), bits),
                             None => ConstExpr::raw(g.init.iter().copied()),
                         };
                         s.global(ty, &init);
@@ -503,20 +499,20 @@ impl Template {
                 }
                 Section::Start(range) => {
                     if image.is_none() {
-                        copy(&mut out, SectionId::Start, range);
+                        copy(&mut out, SectionId::Start as u8, range);
                     }
                 }
                 Section::DataCount(range) => match &snapshot_data {
                     Some((_, segs)) => {
                         out.section(&wasm_encoder::DataCountSection { count: segs.len() as u32 });
                     }
-                    None => copy(&mut out, SectionId::DataCount, range),
+                    None => copy(&mut out, SectionId::DataCount as u8, range),
                 },
                 Section::Data(range) => match &snapshot_data {
                     Some((image, segs)) => {
                         out.section(&data_section(&image.memory, segs));
                     }
-                    None => copy(&mut out, SectionId::Data, range),
+                    None => copy(&mut out, SectionId::Data as u8, range),
                 },
             }
         }
@@ -526,13 +522,13 @@ impl Template {
 
 /// A defined global as the rewrite needs it.
 fn global_def(bytes: &[u8], g: &wasmparser::Global<'_>) -> Result<GlobalDef, String> {
-    let (ty, kind) = match g.ty.content_type {
-        wasmparser::ValType::I32 => (wasm_encoder::ValType::I32, ValType::I32),
-        wasmparser::ValType::I64 => (wasm_encoder::ValType::I64, ValType::I64),
-        wasmparser::ValType::F32 => (wasm_encoder::ValType::F32, ValType::F32),
-        wasmparser::ValType::F64 => (wasm_encoder::ValType::F64, ValType::F64),
+    let ty = match g.ty.content_type {
+        wasmparser::ValType::I32 => wasm_encoder::ValType::I32,
+        wasmparser::ValType::I64 => wasm_encoder::ValType::I64,
+        wasmparser::ValType::F32 => wasm_encoder::ValType::F32,
+        wasmparser::ValType::F64 => wasm_encoder::ValType::F64,
         _ if g.ty.mutable => return Err("it has a mutable global of reference or vector type".into()),
-        other => (encoder_val_type(other)?, ValType::Other),
+        other => encoder_val_type(other)?,
     };
     if g.ty.shared {
         return Err("it has a shared global".into());
@@ -540,7 +536,20 @@ fn global_def(bytes: &[u8], g: &wasmparser::Global<'_>) -> Result<GlobalDef, Str
     let range = g.init_expr.get_binary_reader().range();
     // The reader covers the expression and its `end`, which the encoder writes itself.
     let init = bytes.get(range.start..range.end.saturating_sub(1)).unwrap_or_default().to_vec();
-    Ok(GlobalDef { ty, kind, mutable: g.ty.mutable, init })
+    Ok(GlobalDef { ty, mutable: g.ty.mutable, init })
+}
+
+impl GlobalDef {
+    /// Its type as [`WasmInstance::global`] takes it.
+    fn kind(&self) -> ValType {
+        match self.ty {
+            wasm_encoder::ValType::I32 => ValType::I32,
+            wasm_encoder::ValType::I64 => ValType::I64,
+            wasm_encoder::ValType::F32 => ValType::F32,
+            wasm_encoder::ValType::F64 => ValType::F64,
+            _ => ValType::Other,
+        }
+    }
 }
 
 /// An immutable global's reference type, for the rewrite.
