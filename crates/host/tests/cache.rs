@@ -318,18 +318,27 @@ fn summarizes_a_body(compiled: &Arc<wasmux::CompiledPlugin>) {
     assert_eq!(state.request_headers.get(b"x-json-summary"), Some(&b"keys=0 depth=3 redacted=0 bytes=11"[..]));
 }
 
-#[test]
-fn runtime_load_cached_runs_the_filter() {
+/// Loads bench-json twice through one in-memory cache, with snapshots under `snapshot`; each
+/// load is checked by `check`, and its instances must run the filter. Returns the cache.
+fn load_twice(snapshot: wasmux::SnapshotPolicy, check: impl Fn(usize, &wasmux::CompiledPlugin)) -> ModuleCache {
     let cache = ModuleCache::in_memory();
     let options = PluginOptions {
         plugin_configuration: b"{}".to_vec(),
         services: Services { log: Arc::new(MemoryLog::default()), ..Services::default() },
+        snapshot,
         ..PluginOptions::default()
     };
-    for _ in 0..2 {
+    for round in 0..2 {
         let compiled = wasmux::Runtime::default().load_cached(bench_json(), options.clone(), &cache).unwrap();
+        check(round, &compiled);
         summarizes_a_body(&compiled);
     }
+    cache
+}
+
+#[test]
+fn runtime_load_cached_runs_the_filter() {
+    let cache = load_twice(wasmux::SnapshotPolicy::Off, |_, _| {});
     assert_eq!(cache.stats(), stats(1, 0, 1, 0));
 }
 
@@ -338,22 +347,13 @@ fn runtime_load_cached_runs_the_filter() {
 /// one load to the next, so a second load compiles nothing, and its instances run the filter.
 #[test]
 fn snapshot_modules_come_from_the_cache() {
-    let cache = ModuleCache::in_memory();
-    let options = PluginOptions {
-        plugin_configuration: b"{}".to_vec(),
-        services: Services { log: Arc::new(MemoryLog::default()), ..Services::default() },
-        snapshot: wasmux::SnapshotPolicy::WhenSafe,
-        ..PluginOptions::default()
-    };
-    for round in 0..2 {
-        let compiled = wasmux::Runtime::default().load_cached(bench_json(), options.clone(), &cache).unwrap();
+    let cache = load_twice(wasmux::SnapshotPolicy::WhenSafe, |round, compiled| {
         assert!(
             matches!(compiled.snapshot_status(), wasmux::SnapshotStatus::Taken { .. }),
             "round {round}: {}",
             compiled.snapshot_status()
         );
-        summarizes_a_body(&compiled);
-    }
+    });
     assert_eq!(cache.stats(), stats(2, 0, 2, 0));
 }
 
