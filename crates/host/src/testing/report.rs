@@ -177,7 +177,7 @@ pub struct Report {
 
 impl Report {
     /// For runs with snapshots ([`RunSettings::snapshot`](super::RunSettings)): per engine, each
-    /// snapshot status the VMs of its tests had, with how many tests had it, one line each.
+    /// snapshot status the VMs of its tests had, with how many VMs had it, one line each.
     pub fn snapshot_summary(&self) -> String {
         let mut seen: Vec<(&str, String, usize)> = Vec::new();
         for r in &self.results {
