@@ -19,8 +19,8 @@ share and wasmux's; per-engine headers ratios; the callout ratio. The fixed-rate
 the achieved rate, p50/p90/p99/p99.9 and errors of every proxy. A measure is not checked when
 one of its runs failed or had errors or non-2xx responses, or, at the fixed rate, did not reach
 95 % of the rate asked for. With several rounds (WASMUX_BENCH_ROUNDS), every figure is the
-median of its rounds, and the notes give the spread. Standard library only; the SVG is written by hand (no plotting
-library).
+median of its rounds, and the notes give the spread. Standard library only; the SVG is written
+by hand (no plotting library).
 """
 
 import argparse
@@ -77,6 +77,11 @@ def trouble(*ts):
     return None
 
 
+def rate_missed(fr):
+    """Whether a fixed-rate run stayed below RATE_REACHED of the rate asked for."""
+    return fr.get("achieved_rps") is not None and fr["achieved_rps"] < RATE_REACHED * fr.get("target_rps", 0)
+
+
 def rate_trouble(*ts):
     """Why the fixed-rate runs of these targets cannot be compared, or None."""
     for t in ts:
@@ -91,7 +96,7 @@ def rate_trouble(*ts):
             return f"`{t['id']}` has no fixed-rate result"
         if fr.get("errors"):
             return f"`{t['id']}` had {fr['errors']:,} errors at the fixed rate"
-        if fr["achieved_rps"] < RATE_REACHED * fr.get("target_rps", 0):
+        if rate_missed(fr):
             return f"`{t['id']}` reached {fr['achieved_rps']:,.0f} of {fr['target_rps']:,} req/s"
     return None
 
@@ -197,7 +202,7 @@ def rate_notes(fr):
     if fr.get("error"):
         return "failed: " + fr["error"]
     parts = []
-    if fr.get("achieved_rps") is not None and fr["achieved_rps"] < RATE_REACHED * fr.get("target_rps", 0):
+    if rate_missed(fr):
         parts.append(f"below {RATE_REACHED:.0%} of the {fr['target_rps']:,} req/s asked for")
     if fr.get("errors"):
         counts = ", ".join(f"{k} {fr[k]:,}" for k in ("failed", "errored", "timeout") if fr.get(k))
