@@ -31,7 +31,6 @@ struct ClockShared {
     /// The thread is parked (or about to): `now` may be stale.
     parked: AtomicBool,
     start: Instant,
-    tick: Duration,
     /// The tick in nanoseconds, at least 100,000.
     tick_nanos: u64,
     thread: std::sync::OnceLock<std::thread::Thread>,
@@ -73,7 +72,6 @@ impl CoarseClock {
             busy_until: AtomicU64::new(0),
             parked: AtomicBool::new(false),
             start: Instant::now(),
-            tick,
             tick_nanos: u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX),
             thread: std::sync::OnceLock::new(),
         });
@@ -119,12 +117,12 @@ impl CoarseClock {
 
     /// The tick.
     pub fn tick(&self) -> Duration {
-        self.shared.tick
+        Duration::from_nanos(self.shared.tick_nanos)
     }
 
     /// `d` in ticks, rounded up, at least one.
     pub fn ticks(&self, d: Duration) -> u64 {
-        u64::try_from(d.as_nanos().div_ceil(self.shared.tick.as_nanos())).unwrap_or(u64::MAX).max(1)
+        u64::try_from(d.as_nanos().div_ceil(u128::from(self.shared.tick_nanos))).unwrap_or(u64::MAX).max(1)
     }
 
     /// Keeps the clock ticking for at least `span` ticks from now (waking its thread if it
