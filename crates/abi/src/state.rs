@@ -149,7 +149,13 @@ impl HeaderMap {
     /// Builds a map from pairs, lower-casing names.
     pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
         let pairs = pairs.into_iter();
-        let hint = pairs.size_hint().0.min(crate::pairs::MAX_PAIRS_COUNT);
+        let (low, high) = pairs.size_hint();
+        if high != Some(low) {
+            // Counted first (the pairs, not their bytes): each pair past the table laid out
+            // would move every byte after the table.
+            return Self::from_pairs(pairs.collect::<Vec<_>>());
+        }
+        let hint = low.min(crate::pairs::MAX_PAIRS_COUNT);
         // A length table for the pairs announced, then their bytes appended in order; pairs
         // beyond the announced number are added one by one.
         let mut m = Self { buf: Vec::with_capacity(data_at(hint) + 24 * hint + Self::HEADROOM) };

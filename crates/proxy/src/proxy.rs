@@ -163,23 +163,18 @@ pub fn request_map(req: &RequestHeader) -> HeaderMap {
         (b":method", req.method.as_str().as_bytes()),
         (b":scheme", req.uri.scheme_str().unwrap_or("http").as_bytes()),
     ];
-    let mut pairs = Vec::with_capacity(pseudo.len() + req.headers.len());
-    pairs.extend(pseudo);
-    pairs.extend(
-        req.headers
-            .iter()
-            .filter(|(k, _)| *k != http::header::HOST)
-            .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())),
-    );
-    // Built in one pass: the pairs are counted before the map is laid out.
-    HeaderMap::from_pairs(pairs)
+    let headers = req
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != http::header::HOST)
+        .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()));
+    HeaderMap::from_pairs(pseudo.into_iter().chain(headers))
 }
 
 /// The response as filters see it: `:status`, then the headers.
 pub fn response_map(resp: &ResponseHeader) -> HeaderMap {
     let status: (&[u8], &[u8]) = (b":status", resp.status.as_str().as_bytes());
     let headers = resp.headers.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()));
-    // `http::HeaderMap`'s iterator knows its length: the map is laid out in one pass.
     HeaderMap::from_pairs(std::iter::once(status).chain(headers))
 }
 
