@@ -14,6 +14,10 @@ use clap::{Parser, Subcommand};
 use wasmux::abi::{self, ExternType, Incompatibility, find_host_func};
 use wasmux::{Runtime, scenario};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "wasmux", version, about = "Run and inspect proxy-wasm filters on any engine")]
 struct Cli {
