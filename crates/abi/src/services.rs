@@ -114,6 +114,29 @@ pub trait LogSink: Send + Sync + fmt::Debug {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TracingLog;
 
+impl TracingLog {
+    /// The lowest level the current `tracing` subscriber takes for target `wasmux::filter`
+    /// (`Critical` when it takes none): the log level to give VMs that log here. Like Envoy,
+    /// which gives filters its `wasm` logger's level, a VM then drops lower lines before
+    /// reading them, and `proxy_get_log_level` tells the filter it may skip them.
+    pub fn level() -> LogLevel {
+        use tracing::Level;
+        if tracing::enabled!(target: "wasmux::filter", Level::TRACE) {
+            LogLevel::Trace
+        } else if tracing::enabled!(target: "wasmux::filter", Level::DEBUG) {
+            LogLevel::Debug
+        } else if tracing::enabled!(target: "wasmux::filter", Level::INFO) {
+            LogLevel::Info
+        } else if tracing::enabled!(target: "wasmux::filter", Level::WARN) {
+            LogLevel::Warn
+        } else if tracing::enabled!(target: "wasmux::filter", Level::ERROR) {
+            LogLevel::Error
+        } else {
+            LogLevel::Critical
+        }
+    }
+}
+
 impl LogSink for TracingLog {
     fn log(&self, r: &LogLine<'_>) {
         // The root id and the message (checked as UTF-8) are only looked at when the event is
@@ -1048,6 +1071,27 @@ impl Default for Services {
 #[cfg(test)]
 mod tests {
     use super::GrpcCallout;
+
+    #[test]
+    fn tracing_log_level_is_what_the_subscriber_takes_for_filter_lines() {
+        use super::{LogLevel, TracingLog};
+        for (filter, want) in [
+            ("trace", LogLevel::Trace),
+            ("warn,wasmux::filter=debug", LogLevel::Debug),
+            ("info", LogLevel::Info),
+            ("debug,wasmux::filter=warn", LogLevel::Warn),
+            ("warn,wasmux::filter=error", LogLevel::Error),
+            ("info,wasmux::filter=off", LogLevel::Critical),
+            ("wasmux::other=trace", LogLevel::Critical),
+        ] {
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::sink)
+                .finish();
+            let level = tracing::subscriber::with_default(subscriber, TracingLog::level);
+            assert_eq!(level, want, "filter `{filter}`");
+        }
+    }
 
     fn call(upstream: &[u8]) -> GrpcCallout {
         GrpcCallout {

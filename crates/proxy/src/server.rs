@@ -14,10 +14,10 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::services::Service as ServiceTrait;
 use pingora::services::listening::Service;
-use wasmux::abi::services::{InMemoryMetrics, Metrics};
+use wasmux::abi::services::{InMemoryMetrics, Metrics, TracingLog};
 
 use crate::callout::{ClusterCallouts, NotifyingQueues};
-use wasmux::{CompiledPlugin, LogLevel, PluginOptions, RootOptions, Runtime, Services};
+use wasmux::{CompiledPlugin, PluginOptions, RootOptions, Runtime, Services};
 
 use crate::chain::FilterChains;
 use crate::config::{Config, addr, config_bytes};
@@ -110,7 +110,8 @@ pub fn build(config: &Config, base: &Path) -> Result<Built, ServeError> {
             vm_configuration: vm_config,
             plugin_configuration: root.plugin_configuration,
             environment: env,
-            log_level: LogLevel::Info,
+            // Filter lines go to `tracing`: the level its subscriber takes for them.
+            log_level: TracingLog::level(),
             limits: p.limits.to_limits(),
             failure_policy: root.failure_policy,
             services: services.clone(),
