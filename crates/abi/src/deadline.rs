@@ -49,7 +49,12 @@ impl ClockShared {
     /// Publishes the wall clock's tick count (never backwards); returns it.
     fn publish(&self) -> u64 {
         let ticks = self.elapsed();
-        self.now.fetch_max(ticks, Ordering::AcqRel);
+        // Written only when behind: every call start publishes, and the workers' instances
+        // share the clock, so an unconditional read-modify-write would bounce its cache line
+        // between cores on every call.
+        if self.now.load(Ordering::Acquire) < ticks {
+            self.now.fetch_max(ticks, Ordering::AcqRel);
+        }
         ticks
     }
 }
