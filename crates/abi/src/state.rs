@@ -218,7 +218,7 @@ impl HeaderMap {
     }
 
     /// The entries in order.
-    fn spans(&self) -> impl Iterator<Item = Span> + '_ {
+    fn spans(&self) -> impl Iterator<Item = Span> + Clone + '_ {
         let table = self.table();
         let mut at = data_at(table.len());
         table.iter().enumerate().map(move |(index, slot)| {
@@ -235,7 +235,7 @@ impl HeaderMap {
     }
 
     /// The entries in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
         self.spans().map(|s| (&self.buf[s.name()], &self.buf[s.value()]))
     }
 

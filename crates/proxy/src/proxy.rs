@@ -223,40 +223,58 @@ impl EditHeaders for ResponseHeader {
 }
 
 /// Past this many headers the edit is a rewrite of every header: the per-name comparison is
-/// quadratic in the count.
+/// quadratic in the count. Also the width of the mask of headers kept in place.
 const EDIT_IN_PLACE_MAX: usize = 64;
 
 /// Makes Pingora's headers hold `want` (name, value pairs in order): names whose values the
 /// filters left as they were are not touched (they keep their case, position and storage); a
 /// name whose values changed is written again with the new values, in the filters' order.
-fn sync_headers(h: &mut impl EditHeaders, want: &[(&[u8], &[u8])]) -> pingora::Result<()> {
+///
+/// Runs on every request a filter saw, so it allocates nothing of its own: `want` is walked
+/// again rather than collected, and which of its pairs stay in place is a bit mask.
+fn sync_headers<'a>(
+    h: &mut impl EditHeaders,
+    want: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
+) -> pingora::Result<()> {
     let have = h.map();
-    if have.len() == want.len()
-        && have.iter().zip(want).all(|((k, v), (wk, wv))| k.as_str().as_bytes() == *wk && v.as_bytes() == *wv)
-    {
+    let mut now = have.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()));
+    let mut wanted = want.clone();
+    let unchanged = loop {
+        match (now.next(), wanted.next()) {
+            (None, None) => break true,
+            (Some(a), Some(b)) if a == b => {}
+            _ => break false,
+        }
+    };
+    if unchanged {
         return Ok(());
     }
-    let rewrite_all = want.len() > EDIT_IN_PLACE_MAX || have.keys_len() > EDIT_IN_PLACE_MAX;
-    // Names present now whose values the filters left as they were (kept as they are), and the
-    // ones they dropped or changed (removed, then written again if the filters still have them).
-    let mut kept: Vec<&[u8]> = Vec::new();
+    let rewrite_all = have.keys_len() > EDIT_IN_PLACE_MAX || want.clone().nth(EDIT_IN_PLACE_MAX).is_some();
+    // Bit i: the i-th pair of `want` belongs to a name whose values the filters left as they
+    // were (it stays as it is). Names present now and not kept are removed, then written
+    // again if the filters still have them.
+    let mut kept: u64 = 0;
     let mut drop: Vec<http::HeaderName> = Vec::new();
     for name in have.keys() {
         let key = name.as_str().as_bytes();
-        let ours = want.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v);
+        let ours = want.clone().filter(|(k, _)| *k == key).map(|(_, v)| v);
         if !rewrite_all && have.get_all(name).iter().map(http::HeaderValue::as_bytes).eq(ours) {
-            kept.push(key);
+            for (i, (k, _)) in want.clone().enumerate() {
+                if k == key {
+                    kept |= 1 << i;
+                }
+            }
         } else {
             drop.push(name.clone());
         }
     }
-    // Byte comparisons: the lists are short (at most EDIT_IN_PLACE_MAX names, else everything is
-    // rewritten and `kept` is empty).
-    let writes: Vec<(&[u8], &[u8])> = want.iter().filter(|(k, _)| !kept.contains(k)).copied().collect();
     for name in &drop {
         h.remove(name);
     }
-    for (k, v) in writes {
+    for (i, (k, v)) in want.enumerate() {
+        if i < EDIT_IN_PLACE_MAX && kept & (1 << i) != 0 {
+            continue;
+        }
         match http::HeaderName::from_bytes(k) {
             Ok(name) => h.append(name, v)?,
             Err(_) => tracing::warn!(target: "wasmux::proxy", "dropped a header with an invalid name from a filter"),
@@ -266,7 +284,7 @@ fn sync_headers(h: &mut impl EditHeaders, want: &[(&[u8], &[u8])]) -> pingora::R
 }
 
 /// The regular headers of a filter's map as name, value pairs.
-fn regular_pairs(m: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+fn regular_pairs(m: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
     m.iter().filter(|(k, _)| !k.starts_with(b":"))
 }
 
@@ -287,8 +305,7 @@ pub fn apply_request(req: &mut RequestHeader, m: &HeaderMap) -> pingora::Result<
         req.set_raw_path(path)?;
     }
     let authority = m.get(b":authority").filter(|a| !a.is_empty());
-    let want: Vec<(&[u8], &[u8])> = authority.map(|a| (&b"host"[..], a)).into_iter().chain(regular_pairs(m)).collect();
-    sync_headers(req, &want)
+    sync_headers(req, authority.map(|a| (&b"host"[..], a)).into_iter().chain(regular_pairs(m)))
 }
 
 /// Writes what the filters made of the response back into Pingora's response header:
@@ -303,8 +320,7 @@ pub fn apply_response(resp: &mut ResponseHeader, m: &HeaderMap) -> pingora::Resu
             None => tracing::warn!(target: "wasmux::proxy", "a filter set an invalid :status; kept the upstream's"),
         }
     }
-    let want: Vec<(&[u8], &[u8])> = regular_pairs(m).collect();
-    sync_headers(resp, &want)
+    sync_headers(resp, regular_pairs(m))
 }
 
 /// The response header of a local reply, and its body.
