@@ -123,6 +123,13 @@ impl Clone for HeaderMap {
         buf.extend_from_slice(&self.buf);
         Self { buf }
     }
+
+    /// Reuses this map's buffer when it is large enough (the proxy copies a filter's headers
+    /// back into its own map after every callback).
+    fn clone_from(&mut self, source: &Self) {
+        self.buf.clear();
+        self.buf.extend_from_slice(&source.buf);
+    }
 }
 
 impl std::fmt::Debug for HeaderMap {
@@ -837,6 +844,21 @@ mod tests {
 
     fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn clone_from_copies_into_the_buffer_it_has() {
+        let mut into = HeaderMap::from_pairs([("host", "a"), ("accept", "*/*"), ("user-agent", "x")]);
+        let at = into.buf.as_ptr();
+        let mut source = into.clone();
+        source.add(b"x-added", b"1");
+        source.remove(b"accept");
+        into.clone_from(&source);
+        assert_eq!(into, source);
+        assert_eq!(names_values(&into), owned(&[("host", "a"), ("user-agent", "x"), ("x-added", "1")]));
+        assert_eq!(into.buf.as_ptr(), at, "the buffer was reallocated");
+        into.clone_from(&HeaderMap::default());
+        assert!(into.is_empty());
     }
 
     #[test]

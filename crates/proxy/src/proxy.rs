@@ -231,7 +231,7 @@ const EDIT_IN_PLACE_MAX: usize = 64;
 /// name whose values changed is written again with the new values, in the filters' order.
 ///
 /// Runs on every request a filter saw, so it allocates nothing of its own: `want` is walked
-/// again rather than collected, and which of its pairs stay in place is a bit mask.
+/// again rather than collected, and which pairs stay and which names go are bit masks.
 fn sync_headers<'a>(
     h: &mut impl EditHeaders,
     want: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
@@ -250,26 +250,41 @@ fn sync_headers<'a>(
         return Ok(());
     }
     let rewrite_all = have.keys_len() > EDIT_IN_PLACE_MAX || want.clone().nth(EDIT_IN_PLACE_MAX).is_some();
-    // Bit i: the i-th pair of `want` belongs to a name whose values the filters left as they
-    // were (it stays as it is). Names present now and not kept are removed, then written
-    // again if the filters still have them.
+    // Bit i of `kept`: the i-th pair of `want` belongs to a name whose values the filters left
+    // as they were (it stays as it is). Bit j of `dropped`: the j-th name present now is not
+    // kept; it is removed, then written again if the filters still have it.
     let mut kept: u64 = 0;
-    let mut drop: Vec<http::HeaderName> = Vec::new();
-    for name in have.keys() {
-        let key = name.as_str().as_bytes();
-        let ours = want.clone().filter(|(k, _)| *k == key).map(|(_, v)| v);
-        if !rewrite_all && have.get_all(name).iter().map(http::HeaderValue::as_bytes).eq(ours) {
-            for (i, (k, _)) in want.clone().enumerate() {
-                if k == key {
-                    kept |= 1 << i;
+    let mut dropped: u64 = 0;
+    let names = have.keys_len();
+    if !rewrite_all {
+        for (j, name) in have.keys().enumerate() {
+            let key = name.as_str().as_bytes();
+            let ours = want.clone().filter(|(k, _)| *k == key).map(|(_, v)| v);
+            if have.get_all(name).iter().map(http::HeaderValue::as_bytes).eq(ours) {
+                for (i, (k, _)) in want.clone().enumerate() {
+                    if k == key {
+                        kept |= 1 << i;
+                    }
                 }
+            } else {
+                dropped |= 1 << j;
             }
-        } else {
-            drop.push(name.clone());
         }
     }
-    for name in &drop {
-        h.remove(name);
+    if rewrite_all {
+        for _ in 0..names {
+            let Some(name) = h.map().keys().next().cloned() else { break };
+            h.remove(&name);
+        }
+    } else {
+        // From the last to the first: removing a name moves only names that come after it.
+        for j in (0..names).rev() {
+            if dropped & (1 << j) != 0
+                && let Some(name) = h.map().keys().nth(j).cloned()
+            {
+                h.remove(&name);
+            }
+        }
     }
     for (i, (k, v)) in want.enumerate() {
         if i < EDIT_IN_PLACE_MAX && kept & (1 << i) != 0 {
