@@ -17,34 +17,12 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use pingora::http::{RequestHeader, ResponseHeader};
 use wasmux::{PluginOptions, Runtime};
 use wasmux_proxy::proxy::{apply_request, apply_response, request_map, response_map};
 use wasmux_proxy::{FilterChains, Verdict};
 
-const HEADERS: &[u8] = include_bytes!("../../../conformance/fixtures/wasm/headers.wasip1.wasm");
-
-/// The request wrk sends.
-fn request() -> RequestHeader {
-    let mut req = RequestHeader::build("GET", b"/", None).expect("request");
-    req.append_header("host", "127.0.0.1:18081").expect("host");
-    req
-}
-
-/// nginx's answer to it.
-fn response() -> ResponseHeader {
-    let mut resp = ResponseHeader::build(200, None).expect("response");
-    for (k, v) in [
-        ("server", "nginx/1.22.1"),
-        ("date", "Fri, 04 Dec 2026 14:31:06 GMT"),
-        ("content-type", "text/plain"),
-        ("content-length", "2"),
-        ("connection", "keep-alive"),
-    ] {
-        resp.append_header(k, v).expect("header");
-    }
-    resp
-}
+mod common;
+use common::{HEADERS, request, response};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
