@@ -256,8 +256,9 @@ def markdown(report, json_path, svg_name):
         f"{s.get('workers', '?')}`, Pingora baseline `threads: {s.get('workers', '?')}`, the upstream nginx "
         f"`worker_processes {s.get('upstream_workers', 1)}`. The client, the proxy and the upstream share "
         "the machine's cores."
-        + (f" The proxies take turns for {s['rounds']} rounds (the upstream is measured in the first); every "
-           "figure is the median of its rounds (RSS: the highest), with the spread in the notes."
+        + (f" The proxies take turns for {s['rounds']} rounds (the upstream is measured in the first)"
+           + (", the even rounds in reverse order" if s.get("rounds_alternate") else "")
+           + "; every figure is the median of its rounds (RSS: the highest), with the spread in the notes."
            if s.get("rounds", 1) > 1 else "")
     )
     fr = s.get("fixed_rate") or {}
