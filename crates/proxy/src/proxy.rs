@@ -249,23 +249,19 @@ fn sync_headers<'a>(
     if unchanged {
         return Ok(());
     }
-    let rewrite_all = have.keys_len() > EDIT_IN_PLACE_MAX || want.clone().nth(EDIT_IN_PLACE_MAX).is_some();
+    let names = have.keys_len();
+    let rewrite_all = names > EDIT_IN_PLACE_MAX || want.clone().nth(EDIT_IN_PLACE_MAX).is_some();
     // Bit i of `kept`: the i-th pair of `want` belongs to a name whose values the filters left
     // as they were (it stays as it is). Bit j of `dropped`: the j-th name present now is not
     // kept; it is removed, then written again if the filters still have it.
     let mut kept: u64 = 0;
     let mut dropped: u64 = 0;
-    let names = have.keys_len();
     if !rewrite_all {
         for (j, name) in have.keys().enumerate() {
             let key = name.as_str().as_bytes();
             let ours = want.clone().filter(|(k, _)| *k == key).map(|(_, v)| v);
             if have.get_all(name).iter().map(http::HeaderValue::as_bytes).eq(ours) {
-                for (i, (k, _)) in want.clone().enumerate() {
-                    if k == key {
-                        kept |= 1 << i;
-                    }
-                }
+                kept |= want.clone().enumerate().filter(|(_, (k, _))| *k == key).fold(0, |bits, (i, _)| bits | 1 << i);
             } else {
                 dropped |= 1 << j;
             }
