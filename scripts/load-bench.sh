@@ -31,10 +31,10 @@
 #      rate (kept ÷ RATE_SECONDS) and p50/p90/p99/p99.9 (nearest rank, 2xx responses) are
 #      computed from them.
 # then it is stopped. The proxies take turns, WASMUX_BENCH_ROUNDS times, the even rounds in
-# reverse order; the report gives each
-# figure's median over the rounds and their spread. At saturation, latency is about connections ÷ throughput, so a p99
-# difference there mostly mirrors a req/s difference; the added latency of a filter is the p99
-# difference at the fixed rate.
+# reverse order; the report gives each figure's median over the rounds and their spread. At
+# saturation, latency is about connections ÷ throughput, so a p99 difference there mostly
+# mirrors a req/s difference; the added latency of a filter is the p99 difference at the fixed
+# rate.
 # Writes docs/load.json, then runs scripts/load-report.py (docs/LOAD.md, docs/load.svg), and
 # prints a summary. Everything it started is stopped on exit, by PID; the directory is removed.
 #
@@ -67,11 +67,11 @@
 #                          bursts, each waiting for the previous response)
 #   WASMUX_BENCH_RATE_SECONDS  measured length of each h2load run, after its first second
 #                          (default: WASMUX_BENCH_SECONDS)
-#   WASMUX_BENCH_ROUNDS    rounds (default: 3): every proxy target is started and measured once per
-#                          round, the targets taking turns (the even rounds in reverse order),
-#                          and the report gives the median of
-#                          the rounds (and their spread): one run of each on a shared 2-core
-#                          machine swings by 10-30 %. The upstream is measured in the first round.
+#   WASMUX_BENCH_ROUNDS    rounds (default: 3): every proxy target is started and measured
+#                          once per round, the targets taking turns (the even rounds in reverse
+#                          order), and the report gives the median of the rounds (and their
+#                          spread): one run of each on a shared 2-core machine swings by
+#                          10-30 %. The upstream is measured in the first round.
 #   WASMUX_BENCH_LOG       WASMUX_LOG of the wasmux processes (default: warn,wasmux::filter=error:
 #                          the headers fixture logs a warning for every request, and nginx's
 #                          access log is off; set `warn` to pay for those lines too)
@@ -728,6 +728,11 @@ def median(values):
     mid = len(values) // 2
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
+def spread(values):
+    """The lowest and the highest of the values that are there, or (None, None)."""
+    values = [v for v in values if v is not None]
+    return (min(values), max(values)) if values else (None, None)
+
 # One target per id, in the order of the first round: each figure is the median of its rounds
 # (the highest RSS), every round is kept under "rounds", and a round's error is the target's.
 for id_ in dict.fromkeys(r["id"] for r in runs):
@@ -735,8 +740,7 @@ for id_ in dict.fromkeys(r["id"] for r in runs):
     t = {k: rs[0][k] for k in ("id", "name", "kind", "engine", "command", "wrk", "config")}
     for key in ("req_s", "p50_us", "p99_us"):
         t[key] = median(r.get(key) for r in rs)
-    t["req_s_min"] = min((r["req_s"] for r in rs if r.get("req_s") is not None), default=None)
-    t["req_s_max"] = max((r["req_s"] for r in rs if r.get("req_s") is not None), default=None)
+    t["req_s_min"], t["req_s_max"] = spread(r.get("req_s") for r in rs)
     t["requests"] = sum(r.get("requests") or 0 for r in rs)
     t["non_2xx"] = sum(r.get("non_2xx") or 0 for r in rs)
     errs = [r.get("socket_errors") for r in rs if r.get("socket_errors")]
@@ -752,8 +756,7 @@ for id_ in dict.fromkeys(r["id"] for r in runs):
                                      "settle_seconds") if k in frs[0]}
         for key in ("achieved_rps", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us"):
             fr[key] = median(f.get(key) for f in frs)
-        fr["p99_us_min"] = min((f["p99_us"] for f in frs if f.get("p99_us") is not None), default=None)
-        fr["p99_us_max"] = max((f["p99_us"] for f in frs if f.get("p99_us") is not None), default=None)
+        fr["p99_us_min"], fr["p99_us_max"] = spread(f.get("p99_us") for f in frs)
         if all("errors" in f for f in frs):
             fr["errors"] = sum(f["errors"] for f in frs)
         fr["measured_requests"] = sum(f.get("measured_requests") or 0 for f in frs)
