@@ -81,6 +81,8 @@ pub fn build(config: &Config, base: &Path) -> Result<Built, ServeError> {
     type Key = (String, String, String, Vec<u8>, Vec<(String, String)>);
     let mut keys: Vec<Key> = Vec::new();
     let mut groups: Vec<Vec<Arc<CompiledPlugin>>> = Vec::new();
+    // Filter lines go to `tracing`: every VM gets the level its subscriber takes for them.
+    let log_level = TracingLog::level();
     for p in &config.plugins {
         let name = p.name.as_str().to_string();
         let err = |message: String| ServeError::Plugin { plugin: name.clone(), message };
@@ -110,8 +112,7 @@ pub fn build(config: &Config, base: &Path) -> Result<Built, ServeError> {
             vm_configuration: vm_config,
             plugin_configuration: root.plugin_configuration,
             environment: env,
-            // Filter lines go to `tracing`: the level its subscriber takes for them.
-            log_level: TracingLog::level(),
+            log_level,
             limits: p.limits.to_limits(),
             failure_policy: root.failure_policy,
             services: services.clone(),
