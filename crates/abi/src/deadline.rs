@@ -3,7 +3,11 @@
 //! bookkeeping of one top-level call.
 //!
 //! Reading the clock is one atomic load, far cheaper than `Instant::now`, so an engine can
-//! afford to look at it on every check. Deadlines are thus precise to about one tick.
+//! afford to look at it on every check. The thread wakes every tick while a call with a short
+//! deadline runs, and at the [`COARSE_PACE`] while the calls in flight all have long ones
+//! ([`FINE_DEADLINES`]): a deadline is thus kept to about a tick, or to 1 % of it when it is
+//! long, and an engine with the default one-second deadline wakes its thread 100 times a
+//! second under load instead of 1,000.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -11,12 +15,22 @@ use std::time::{Duration, Instant};
 
 use crate::StopReason;
 
+/// The thread's period while no call in flight has a short deadline: at least a tick. Also
+/// about the longest an interrupt request waits to be seen.
+pub const COARSE_PACE: Duration = Duration::from_millis(10);
+
+/// Deadlines shorter than this many [`COARSE_PACE`]s are short: while a call with one runs, the
+/// clock thread wakes every tick (the coarse pace would be more than 1 % of the deadline).
+pub const FINE_DEADLINES: u32 = 100;
+
 /// A wall clock counting ticks since it started, advanced by a background thread.
 ///
 /// The thread ticks only while calls may need it: each top-level call asks it to go on for the
 /// span of its deadline ([`Self::keep_ticking`]); past the last such span it parks, so an idle
-/// engine costs no wake-ups, and the next call wakes it. Cheap to clone; the thread stops once
-/// every clone is dropped.
+/// engine costs no wake-ups, and the next call wakes it. While it runs it wakes every tick if a
+/// call asked for fine ticks ([`Self::keep_ticking_finely`], the calls with a short deadline),
+/// otherwise at the [`COARSE_PACE`]; its count follows the wall clock either way. Cheap to
+/// clone; the thread stops once every clone is dropped.
 #[derive(Debug, Clone)]
 pub struct CoarseClock {
     shared: Arc<ClockShared>,
@@ -28,11 +42,18 @@ struct ClockShared {
     now: AtomicU64,
     /// The thread ticks at least until this tick.
     busy_until: AtomicU64,
+    /// The thread wakes every tick (not at the coarse pace) at least until this tick.
+    fine_until: AtomicU64,
+    /// The thread sleeps at the coarse pace (or is about to): a call that needs fine ticks
+    /// wakes it.
+    coarse: AtomicBool,
     /// The thread is parked (or about to): `now` may be stale.
     parked: AtomicBool,
     start: Instant,
     /// The tick in nanoseconds, at least 100,000.
     tick_nanos: u64,
+    /// The coarse pace in ticks, at least one.
+    coarse_ticks: u64,
     thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
@@ -57,14 +78,31 @@ impl ClockShared {
         }
         ticks
     }
+
+    /// Whether the thread may sleep at the coarse pace now: no call asked for fine ticks up to
+    /// this tick. When it may, `coarse` is set, so that such a call wakes it.
+    fn may_coarsen(&self) -> bool {
+        let now = self.elapsed();
+        if now <= self.fine_until.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.coarse.store(true, Ordering::SeqCst);
+        // A call that extended `fine_until` before seeing `coarse` set is seen here.
+        if now <= self.fine_until.load(Ordering::SeqCst) {
+            self.coarse.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
 }
 
 /// How long a parked clock thread sleeps before it looks whether the clock is gone.
 const PARKED_CHECK: Duration = Duration::from_secs(1);
 
 impl CoarseClock {
-    /// Starts the clock thread (named `name`): every `tick` (at least 100 µs) while calls need
-    /// it, it publishes the ticks elapsed since the start, then calls `on_tick`; it stops when
+    /// Starts the clock thread (named `name`): every `tick` (at least 100 µs), or every
+    /// [`COARSE_PACE`], while calls need it, it publishes the ticks elapsed since the start,
+    /// then calls `on_tick`; it stops when
     /// `on_tick` returns `false` or the clock is dropped. The count follows the wall clock, so
     /// an oversleeping (or parked) thread does not slow it down.
     ///
@@ -72,18 +110,33 @@ impl CoarseClock {
     /// When the thread cannot be spawned.
     pub fn start(name: &str, tick: Duration, on_tick: impl Fn() -> bool + Send + 'static) -> std::io::Result<Self> {
         let tick = tick.max(Duration::from_micros(100));
+        let coarse = COARSE_PACE.max(tick);
+        let tick_nanos = u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX);
         let shared = Arc::new(ClockShared {
             now: AtomicU64::new(0),
             busy_until: AtomicU64::new(0),
+            fine_until: AtomicU64::new(0),
+            coarse: AtomicBool::new(false),
             parked: AtomicBool::new(false),
             start: Instant::now(),
-            tick_nanos: u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX),
+            tick_nanos,
+            coarse_ticks: u64::try_from(coarse.as_nanos() / u128::from(tick_nanos)).unwrap_or(u64::MAX).max(1),
             thread: std::sync::OnceLock::new(),
         });
         let weak: Weak<ClockShared> = Arc::downgrade(&shared);
         let handle = std::thread::Builder::new().name(name.into()).spawn(move || {
             loop {
-                std::thread::sleep(tick);
+                let Some(s) = weak.upgrade() else { break };
+                if s.may_coarsen() {
+                    drop(s);
+                    // Unparked early by a call that needs fine ticks.
+                    std::thread::park_timeout(coarse);
+                    let Some(s) = weak.upgrade() else { break };
+                    s.coarse.store(false, Ordering::SeqCst);
+                } else {
+                    drop(s);
+                    std::thread::sleep(tick);
+                }
                 let Some(s) = weak.upgrade() else { break };
                 let ticks = s.publish();
                 drop(s);
@@ -134,6 +187,22 @@ impl CoarseClock {
     /// parked), and returns the current tick. Call it when a call starts, with the span of its
     /// deadline: the clock then runs until the deadline can have passed.
     pub fn keep_ticking(&self, span: u64) -> u64 {
+        self.keep(span, false)
+    }
+
+    /// As [`Self::keep_ticking`], and the thread wakes every tick (not at the coarse pace) for
+    /// that span: for a call whose deadline is short ([`Self::is_short`]).
+    pub fn keep_ticking_finely(&self, span: u64) -> u64 {
+        self.keep(span, true)
+    }
+
+    /// Whether a deadline of `ticks` is short: the coarse pace would be more than
+    /// 1/[`FINE_DEADLINES`] of it.
+    pub fn is_short(&self, ticks: u64) -> bool {
+        ticks < self.shared.coarse_ticks.saturating_mul(u64::from(FINE_DEADLINES))
+    }
+
+    fn keep(&self, span: u64, fine: bool) -> u64 {
         let s = &self.shared;
         // The time now, not the last published tick: a thread that just woke from a park may not
         // have published yet, and a span counted from a stale tick could end before the thread's
@@ -143,13 +212,24 @@ impl CoarseClock {
         if s.busy_until.load(Ordering::Relaxed) < until {
             s.busy_until.fetch_max(until, Ordering::SeqCst);
         }
+        let mut wake = false;
+        if fine && s.fine_until.load(Ordering::Relaxed) < until {
+            s.fine_until.fetch_max(until, Ordering::SeqCst);
+            // A thread sleeping at the coarse pace would see this call late.
+            wake = s.coarse.load(Ordering::SeqCst);
+        }
         if s.parked.load(Ordering::SeqCst) {
             // The thread sleeps: the published count is stale.
             now = s.publish();
-            s.busy_until.fetch_max(now.saturating_add(span).saturating_add(2), Ordering::SeqCst);
-            if let Some(t) = s.thread.get() {
-                t.unpark();
+            let until = now.saturating_add(span).saturating_add(2);
+            s.busy_until.fetch_max(until, Ordering::SeqCst);
+            if fine {
+                s.fine_until.fetch_max(until, Ordering::SeqCst);
             }
+            wake = true;
+        }
+        if wake && let Some(t) = s.thread.get() {
+            t.unpark();
         }
         now
     }
@@ -157,6 +237,12 @@ impl CoarseClock {
     /// Whether the clock thread is parked (no call has needed it for a while).
     pub fn is_parked(&self) -> bool {
         self.shared.parked.load(Ordering::SeqCst)
+    }
+
+    /// Whether the clock thread sleeps at the coarse pace (no call in flight asked for fine
+    /// ticks), or is about to.
+    pub fn is_coarse(&self) -> bool {
+        self.shared.coarse.load(Ordering::SeqCst)
     }
 }
 
@@ -192,8 +278,11 @@ impl CallDeadline {
     /// are dropped (the handle stops the running call only).
     pub fn start(&mut self) {
         // The clock ticks through the deadline (or one check interval without one).
-        let span = self.deadline.map_or(self.check, |(ticks, _)| ticks.max(self.check));
-        self.started = self.clock.keep_ticking(span);
+        self.started = match self.deadline {
+            Some((ticks, _)) if self.clock.is_short(ticks) => self.clock.keep_ticking_finely(ticks.max(self.check)),
+            Some((ticks, _)) => self.clock.keep_ticking(ticks.max(self.check)),
+            None => self.clock.keep_ticking(self.check),
+        };
         self.interrupt.store(false, Ordering::Release);
     }
 
@@ -313,12 +402,50 @@ mod tests {
     }
 
     #[test]
+    fn long_deadlines_tick_at_the_coarse_pace_and_a_short_one_ticks_finely() {
+        let wakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = wakes.clone();
+        let clock = CoarseClock::start("test-clock", Duration::from_millis(1), move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            true
+        })
+        .unwrap();
+        assert!(!clock.is_short(clock.ticks(Duration::from_secs(1))));
+        assert!(clock.is_short(clock.ticks(Duration::from_millis(999))));
+        // A call with a long deadline: the thread runs, at the coarse pace.
+        let long = |d| CallDeadline::new(clock.clone(), Some(d), COARSE_PACE, Arc::new(AtomicBool::new(false)));
+        let mut call = long(Duration::from_secs(30));
+        call.start();
+        assert!(eventually(|| clock.is_coarse()));
+        let (before, at) = (wakes.load(Ordering::SeqCst), Instant::now());
+        std::thread::sleep(Duration::from_millis(300));
+        let woke = wakes.load(Ordering::SeqCst) - before;
+        let paces = at.elapsed().as_millis() / COARSE_PACE.as_millis();
+        // At most one wake per pace (and one early wake); a thread waking every tick would
+        // have woken about ten times as often.
+        assert!(woke as u128 <= paces + 2, "{woke} wakes in {paces} paces");
+        assert!(!clock.is_parked());
+        // A call with a short deadline: every tick until its span is over, and it stops on time
+        // as on a clock that never slowed down.
+        let mut short = long(Duration::from_millis(40));
+        short.start();
+        assert!(eventually(|| !clock.is_coarse()), "a short deadline left the clock at the coarse pace");
+        assert!(eventually(|| short.check().is_err()), "the short deadline never passed");
+        assert_eq!(short.check(), Err(StopReason::Deadline(Duration::from_millis(40))));
+        // Past its span the long call alone keeps the thread, at the coarse pace again.
+        assert!(eventually(|| clock.is_coarse()));
+        assert!(call.check().is_ok());
+    }
+
+    #[test]
     fn clock_thread_stops_when_told() {
         let clock = CoarseClock::start("test-clock", Duration::from_micros(10), || false).unwrap();
         assert_eq!(clock.tick(), Duration::from_micros(100));
-        std::thread::sleep(Duration::from_millis(5));
+        // The first wake publishes, then `on_tick` stops the thread: nothing moves the count
+        // after it.
+        assert!(eventually(|| clock.now() > 0));
         let stopped = clock.now();
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(COARSE_PACE * 2);
         assert_eq!(clock.now(), stopped);
     }
 }

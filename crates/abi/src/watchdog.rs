@@ -5,7 +5,8 @@
 //! A watch is one atomic word that says whether a top-level call is running, since which tick,
 //! and whether its termination was requested; starting and finishing a call are one atomic
 //! store and one atomic swap, with no lock. The watchdog ticks only while a call's deadline may
-//! pass (it parks when the engine is idle) and terminates a call past its deadline.
+//! pass (it parks when the engine is idle; every tick for a short deadline, at the coarse pace
+//! of [`CoarseClock`] otherwise) and terminates a call past its deadline.
 //!
 //! The race that matters is a termination landing after the call it was meant for has
 //! finished, which would stop the next call. A termination is requested only under the watch's
@@ -67,8 +68,13 @@ impl<T: Terminate> Watch<T> {
 
     /// A top-level call starts: its deadline runs from now.
     pub fn start(&self) {
-        // The watchdog ticks through the deadline; without one it is not needed.
-        let now = self.clock.keep_ticking(self.deadline.map_or(0, |(ticks, _)| ticks));
+        // The watchdog ticks through the deadline (every tick for a short one); without one it
+        // is not needed.
+        let now = match self.deadline {
+            Some((ticks, _)) if self.clock.is_short(ticks) => self.clock.keep_ticking_finely(ticks),
+            Some((ticks, _)) => self.clock.keep_ticking(ticks),
+            None => self.clock.keep_ticking(0),
+        };
         self.state.store((now << SHIFT) | RUNNING, Ordering::Release);
     }
 

@@ -83,8 +83,9 @@
 //!   sized from the instance's table limit and the module's functions, imports, exports and
 //!   globals, so a guest within its limits cannot exhaust it (a 10-million-element table, or
 //!   `ref.func` on every function, used to).
-//! - **Deadlines and interrupts.** A watchdog thread per engine ticks (1 ms by default, while a
-//!   call's deadline may pass; parked when the engine is idle), keeps a coarse clock and calls `Isolate::TerminateExecution` on a top-level call that ran past
+//! - **Deadlines and interrupts.** A watchdog thread per engine ticks (every 1 ms by default
+//!   while a call with a short deadline runs, every 10 ms while the calls in flight have
+//!   deadlines of a second or more; parked when the engine is idle), keeps a coarse clock and calls `Isolate::TerminateExecution` on a top-level call that ran past
 //!   its deadline; [`WasmInstance::interrupt_handle`](wasmux_abi::WasmInstance) uses the same
 //!   path. V8 honours a termination at its interrupt checks: function entries and, because
 //!   the bridge turns off dynamic tiering (`--no-wasm-dynamic-tiering`), every loop header

@@ -62,11 +62,12 @@
 //!   `br_table`) and after each host call. The flag exists only when WAMR is built with its
 //!   thread manager, which is why this crate enables `wamrx-sys`'s `thread-mgr` feature. Each
 //!   engine runs a watchdog thread that ticks every [`WamrConfig::clock_tick`] (1 ms by
-//!   default) and terminates calls past their deadline; an
+//!   default; every 10 ms while the calls in flight have deadlines of a second or more) and
+//!   terminates calls past their deadline; an
 //!   [`interrupt_handle`](wasmux_abi::WasmInstance::interrupt_handle) terminates the running
 //!   call at once. Host functions look at the same state before they run. Deadlines cover the
 //!   whole top-level call in wall time, host functions and re-entrant calls included, and are
-//!   precise to about one tick. A stopped call is
+//!   precise to about one tick (1 % of a deadline of a second or more). A stopped call is
 //!   [`TrapKind::Deadline`](wasmux_abi::TrapKind); the instance stays usable.
 //! - **The thread manager's stack split, undone.** With the thread manager, WAMR divides a
 //!   module's auxiliary (shadow) stack, the region its `__stack_pointer` global walks, between

@@ -32,7 +32,8 @@
 //!   end), but when the points run out it calls a hidden host import, `refuel`, instead of
 //!   trapping. `refuel` checks the interrupt flag and the callback deadline against a coarse
 //!   wall clock (a thread per engine ticks every millisecond while a call's deadline may pass,
-//!   and parks when the engine is idle, as in the wasmtime backend) and
+//!   every 10 ms while the calls in flight all have deadlines of a second or more, and parks
+//!   when the engine is idle, as in the wasmtime backend) and
 //!   either stops the call with [`TrapKind::Deadline`](wasmux_abi::TrapKind) or grants the
 //!   next slice: the points worth the rest of the deadline, at most [`INTERRUPT_CHECK`]. Every
 //!   host function checks the same flag and clock first, so time spent in the host counts.

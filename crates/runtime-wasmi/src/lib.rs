@@ -29,10 +29,11 @@
 //!   and the translation of functions on their first call all count. Time is read from a
 //!   coarse clock ([`wasmux_abi::deadline::CoarseClock`], one thread per engine advancing a
 //!   tick count every [`WasmiConfig::clock_tick`], 1 ms by default, while a call's deadline
-//!   may pass; parked when the engine is idle), so checking it is one
+//!   may pass, or every 10 ms while the calls in flight all have deadlines of a second or
+//!   more; parked when the engine is idle), so checking it is one
 //!   atomic load, cheap enough for every host call; the bookkeeping of a call is a
 //!   [`CallDeadline`](wasmux_abi::deadline::CallDeadline), as on the wasmtime backend.
-//!   Deadlines are precise to about one tick: a call is never stopped before its deadline has
+//!   Deadlines are precise to about one tick (1 % of a deadline of a second or more): a call is never stopped before its deadline has
 //!   passed (to within a tick), and never at all when the deadline is `None`. Stopping is
 //!   [`TrapKind::Deadline`](wasmux_abi::TrapKind).
 //! - **Fuel only pauses.** wasmi cannot be stopped from another thread, so fuel metering is

@@ -43,10 +43,15 @@ struct Slot {
 }
 
 /// The epoch callback: trap when interrupted or past the deadline, otherwise re-arm for the
-/// next check.
+/// clock thread's next wake.
+///
+/// The thread advances the epoch once per wake, and wakes every tick or at the coarse pace
+/// (`wasmux_abi::deadline::COARSE_PACE`) depending on the calls in flight: an epoch is not a
+/// fixed number of ticks, so every epoch is a check (a few loads; at most one per tick of a
+/// running call).
 fn on_epoch(clock: &CallDeadline) -> wasmtime::Result<UpdateDeadline> {
     clock.check().map_err(wasmtime::Error::new)?;
-    Ok(UpdateDeadline::Continue(clock.next_check()))
+    Ok(UpdateDeadline::Continue(1))
 }
 
 /// Refuses memory growth beyond the configured limit (and remembers that it did), and table
@@ -131,7 +136,7 @@ impl WasmtimeInstance {
         store.epoch_deadline_callback(|cx| on_epoch(&cx.data().clock));
         // Start-up (data segments, a `start` function) runs under the callback deadline too.
         store.data_mut().clock.start();
-        store.set_epoch_deadline(store.data().clock.next_check());
+        store.set_epoch_deadline(1);
         let instance = pre.instantiate(&mut store).map_err(|e| {
             let denied = store.data().limiter.denied;
             error::from_instantiate(e, denied)
@@ -161,8 +166,7 @@ impl WasmInstance for WasmtimeInstance {
         let data = self.store.data_mut();
         data.limiter.denied = false;
         data.clock.start();
-        let check = data.clock.next_check();
-        self.store.set_epoch_deadline(check);
+        self.store.set_epoch_deadline(1);
         call(&mut self.store, func, args)
     }
 

@@ -26,15 +26,18 @@
 //!   wasmtime's dynamic `Val` path (`Linker::func_new`, `Func::call`), converted in one small
 //!   function per direction.
 //! - **Deadlines and interrupts.** The engine runs with epoch interruption. One background
-//!   thread per engine advances the epoch every tick (1 ms by default), publishes a coarse
-//!   wall clock in ticks (one atomic load to read, much cheaper than `Instant::now`), and stops
-//!   when the engine is dropped. It ticks only while a call's deadline may pass (or an
-//!   interrupt handle asks): an idle engine's thread parks, with no wake-ups, and the next call
-//!   wakes it. A top-level call notes the coarse time and arms the store's
-//!   epoch deadline; the epoch callback checks the callback deadline against the coarse clock
-//!   and an "interrupt requested" flag, then either traps or re-arms for at most
-//!   [`INTERRUPT_CHECK`] more. Deadlines are thus precise to about one tick. Re-entrant calls from
-//!   host functions (the guest allocator) run under the deadline of the outer call.
+//!   thread per engine publishes a coarse wall clock in ticks (1 ms by default; one atomic
+//!   load to read, much cheaper than `Instant::now`), advances the epoch each time it wakes,
+//!   and stops when the engine is dropped. It runs only while a call's deadline may pass (or
+//!   an interrupt handle asks): an idle engine's thread parks, with no wake-ups, and the next
+//!   call wakes it. It wakes every tick while a call with a short deadline (under a second)
+//!   runs, otherwise every 10 ms ([`wasmux_abi::deadline::COARSE_PACE`]). A top-level call
+//!   notes the coarse time and arms the store's epoch deadline for the next wake; the epoch
+//!   callback checks the callback deadline against the coarse clock and an "interrupt
+//!   requested" flag, then either traps or re-arms. Deadlines are thus precise to about one
+//!   tick, or 1 % of a long one; interrupts are seen within about [`INTERRUPT_CHECK`].
+//!   Re-entrant calls from host functions (the guest allocator) run under the deadline of the
+//!   outer call.
 //! - **Memory limit.** A store resource limiter refuses growth beyond
 //!   [`Limits::max_memory_bytes`](wasmux_abi::Limits): `memory.grow` returns -1. A trap that
 //!   follows a refused growth within the same call is reported as
@@ -117,8 +120,8 @@ impl WasmtimeConfig {
         self
     }
 
-    /// Sets the epoch tick: the granularity of callback deadlines (default 1 ms, at least
-    /// 100 µs).
+    /// Sets the epoch tick: the granularity of short callback deadlines (default 1 ms, at least
+    /// 100 µs); long ones are checked every 10 ms or every tick if that is longer.
     #[must_use]
     pub fn epoch_tick(mut self, tick: Duration) -> Self {
         self.tick = tick.max(Duration::from_micros(100));
