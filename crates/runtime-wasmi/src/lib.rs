@@ -33,8 +33,9 @@
 //!   more; parked when the engine is idle), so checking it is one
 //!   atomic load, cheap enough for every host call; the bookkeeping of a call is a
 //!   [`CallDeadline`](wasmux_abi::deadline::CallDeadline), as on the wasmtime backend.
-//!   Deadlines are precise to about one tick (1 % of a deadline of a second or more): a call is never stopped before its deadline has
-//!   passed (to within a tick), and never at all when the deadline is `None`. Stopping is
+//!   Deadlines are precise to about one tick (1 % of a deadline of a second or more): a
+//!   call is never stopped before its deadline has passed (to within a tick), and never at
+//!   all when the deadline is `None`. Stopping is
 //!   [`TrapKind::Deadline`](wasmux_abi::TrapKind).
 //! - **Fuel only pauses.** wasmi cannot be stopped from another thread, so fuel metering is
 //!   on, but only as a pause mechanism: a call gets [`WasmiConfig::fuel_slice`] fuel at a
