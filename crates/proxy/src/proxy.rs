@@ -196,8 +196,6 @@ trait EditHeaders {
     fn map(&self) -> &http::HeaderMap;
     fn remove(&mut self, name: &http::HeaderName);
     fn append(&mut self, name: http::HeaderName, value: &[u8]) -> pingora::Result<()>;
-    /// Replaces the name's values with one, where its first value is.
-    fn insert(&mut self, name: http::HeaderName, value: &[u8]) -> pingora::Result<()>;
 }
 
 impl EditHeaders for RequestHeader {
@@ -209,9 +207,6 @@ impl EditHeaders for RequestHeader {
     }
     fn append(&mut self, name: http::HeaderName, value: &[u8]) -> pingora::Result<()> {
         self.append_header(name, value).map(|_| ())
-    }
-    fn insert(&mut self, name: http::HeaderName, value: &[u8]) -> pingora::Result<()> {
-        self.insert_header(name, value)
     }
 }
 
@@ -225,9 +220,6 @@ impl EditHeaders for ResponseHeader {
     fn append(&mut self, name: http::HeaderName, value: &[u8]) -> pingora::Result<()> {
         self.append_header(name, value).map(|_| ())
     }
-    fn insert(&mut self, name: http::HeaderName, value: &[u8]) -> pingora::Result<()> {
-        self.insert_header(name, value)
-    }
 }
 
 /// Past this many headers the edit is a rewrite of every header: the per-name comparison is
@@ -236,9 +228,7 @@ const EDIT_IN_PLACE_MAX: usize = 64;
 
 /// Makes Pingora's headers hold `want` (name, value pairs in order): names whose values the
 /// filters left as they were are not touched (they keep their case, position and storage); a
-/// name with one value before and after whose value changed is replaced where it is (as Envoy's
-/// `replace_header_map_value` keeps its place); any other name whose values changed is written
-/// again with the new values, in the filters' order.
+/// name whose values changed is written again with the new values, in the filters' order.
 ///
 /// Runs on every request a filter saw, so it allocates nothing of its own: `want` is walked
 /// again rather than collected, and which pairs stay and which names go are bit masks.
@@ -262,24 +252,16 @@ fn sync_headers<'a>(
     let names = have.keys_len();
     let rewrite_all = names > EDIT_IN_PLACE_MAX || want.clone().nth(EDIT_IN_PLACE_MAX).is_some();
     // Bit i of `kept`: the i-th pair of `want` belongs to a name whose values the filters left
-    // as they were (it stays as it is), or is the one new value of a name replaced in place.
-    // Bit j of `replaced`: the j-th name present now gets that new value where it is. Bit j of
-    // `dropped`: the j-th name present now is removed, then written again if the filters still
-    // have it.
+    // as they were (it stays as it is). Bit j of `dropped`: the j-th name present now is not
+    // kept; it is removed, then written again if the filters still have it.
     let mut kept: u64 = 0;
-    let mut replaced: u64 = 0;
     let mut dropped: u64 = 0;
     if !rewrite_all {
         for (j, name) in have.keys().enumerate() {
             let key = name.as_str().as_bytes();
             let ours = want.clone().filter(|(k, _)| *k == key).map(|(_, v)| v);
-            let pairs = want.clone().enumerate().filter(|(_, (k, _))| *k == key).fold(0, |bits, (i, _)| bits | 1 << i);
-            let theirs = have.get_all(name);
-            if theirs.iter().map(http::HeaderValue::as_bytes).eq(ours) {
-                kept |= pairs;
-            } else if pairs.count_ones() == 1 && theirs.iter().nth(1).is_none() {
-                kept |= pairs;
-                replaced |= 1 << j;
+            if have.get_all(name).iter().map(http::HeaderValue::as_bytes).eq(ours) {
+                kept |= want.clone().enumerate().filter(|(_, (k, _))| *k == key).fold(0, |bits, (i, _)| bits | 1 << i);
             } else {
                 dropped |= 1 << j;
             }
@@ -291,14 +273,6 @@ fn sync_headers<'a>(
             h.remove(&name);
         }
     } else {
-        // In place first: replacing a value moves no name.
-        for j in (0..names).filter(|j| replaced & (1 << j) != 0) {
-            let Some(name) = h.map().keys().nth(j).cloned() else { continue };
-            let key = name.as_str().as_bytes();
-            if let Some((_, v)) = want.clone().find(|(k, _)| *k == key) {
-                h.insert(name, v)?;
-            }
-        }
         // From the last to the first: removing a name moves only names that come after it.
         for j in (0..names).rev() {
             if dropped & (1 << j) != 0
