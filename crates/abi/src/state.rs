@@ -322,6 +322,21 @@ impl HeaderMap {
         self.push_bytes(name, value);
     }
 
+    /// Sets `name` to one value as Envoy's `proxy_replace_header_map_value` does (its header
+    /// map's `setCopy`: every entry of the name removed, then one added): the entry ends up last.
+    /// A pseudo-header (`:path`, ...) is overwritten where it is instead ([`Self::replace`]): in
+    /// Envoy pseudo-headers stay ahead of the regular ones.
+    pub fn set(&mut self, name: &[u8], value: &[u8]) {
+        if !Self::fits(name, value) {
+            return;
+        }
+        if name.starts_with(b":") {
+            return self.replace(name, value);
+        }
+        self.remove(name);
+        self.add(name, value);
+    }
+
     /// Sets `name` to one value: the first entry is overwritten in place, later ones removed;
     /// absent names are appended.
     pub fn replace(&mut self, name: &[u8], value: &[u8]) {
@@ -880,6 +895,24 @@ mod tests {
         assert_eq!(m.get(b"Z"), Some(&b"7"[..]));
         assert_eq!(m.position(b"b"), Some(2));
         assert_eq!(m.get(b"bb"), None);
+
+        // Envoy's replace: the name's entries go, one comes back last; pseudo-headers stay put.
+        let mut m = HeaderMap::from_pairs([(":path", "/"), (":method", "GET")].into_iter().chain(base));
+        m.set(b"X-d", b"new");
+        m.set(b":path", b"/b");
+        m.set(b"z", b"7");
+        assert_eq!(
+            names_values(&m),
+            owned(&[
+                (":path", "/b"),
+                (":method", "GET"),
+                ("a", "1"),
+                ("b", "3"),
+                ("c", "5"),
+                ("x-d", "new"),
+                ("z", "7")
+            ])
+        );
     }
 
     /// The buffer is always the pairs encoding of the entries, through every kind of edit.

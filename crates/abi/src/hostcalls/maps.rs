@@ -114,8 +114,8 @@ pub(super) fn add_value(
     })
 }
 
-/// `proxy_replace_header_map_value(type, key, key_len, value, value_len)`: sets one value,
-/// within the map quotas.
+/// `proxy_replace_header_map_value(type, key, key_len, value, value_len)`: sets one value, last
+/// in the map as in Envoy ([`HeaderMap::set`]), within the map quotas.
 pub(super) fn replace_value(
     cx: &mut (impl Guest + ?Sized),
     ty: u64,
@@ -128,10 +128,11 @@ pub(super) fn replace_value(
         // What an add would grow the map to bounds what a replace can: only when that is over
         // a quota is the map searched for what the replace takes out.
         if m.len() < q.count && m.byte_size().saturating_add(key.len() + val.len()) <= q.bytes {
-            m.replace(key, val);
+            m.set(key, val);
             return Ok(());
         }
-        // Replacing can only remove entries besides the first; count the first's bytes out.
+        // Setting removes every entry of the name; only the first's bytes are counted out (a
+        // bound, exact when the name is there once).
         let grown = match m.locate(key) {
             Some((_, old)) => m.byte_size() - old + val.len(),
             None if m.len() >= q.count => return Err(Quota::HeaderCount),
@@ -140,7 +141,7 @@ pub(super) fn replace_value(
         if grown > q.bytes {
             return Err(Quota::HeaderBytes);
         }
-        m.replace(key, val);
+        m.set(key, val);
         Ok(())
     })
 }
