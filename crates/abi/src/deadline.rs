@@ -102,9 +102,9 @@ const PARKED_CHECK: Duration = Duration::from_secs(1);
 impl CoarseClock {
     /// Starts the clock thread (named `name`): every `tick` (at least 100 µs), or every
     /// [`COARSE_PACE`], while calls need it, it publishes the ticks elapsed since the start,
-    /// then calls `on_tick`; it stops when
-    /// `on_tick` returns `false` or the clock is dropped. The count follows the wall clock, so
-    /// an oversleeping (or parked) thread does not slow it down.
+    /// then calls `on_tick`; it stops when `on_tick` returns `false` or the clock is dropped.
+    /// The count follows the wall clock, so an oversleeping (or parked) thread does not slow it
+    /// down.
     ///
     /// # Errors
     /// When the thread cannot be spawned.
