@@ -102,13 +102,14 @@ const PARKED_CHECK: Duration = Duration::from_secs(1);
 impl CoarseClock {
     /// Starts the clock thread (named `name`): every `tick` (at least 100 µs), or every
     /// [`COARSE_PACE`], while calls need it, it publishes the ticks elapsed since the start,
-    /// then calls `on_tick`; it stops when `on_tick` returns `false` or the clock is dropped.
+    /// then calls `on_tick` with that count; it stops when `on_tick` returns `false` or the
+    /// clock is dropped.
     /// The count follows the wall clock, so an oversleeping (or parked) thread does not slow it
     /// down.
     ///
     /// # Errors
     /// When the thread cannot be spawned.
-    pub fn start(name: &str, tick: Duration, on_tick: impl Fn() -> bool + Send + 'static) -> std::io::Result<Self> {
+    pub fn start(name: &str, tick: Duration, on_tick: impl Fn(u64) -> bool + Send + 'static) -> std::io::Result<Self> {
         let tick = tick.max(Duration::from_micros(100));
         let coarse = COARSE_PACE.max(tick);
         let tick_nanos = u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX);
@@ -140,7 +141,7 @@ impl CoarseClock {
                 let Some(s) = weak.upgrade() else { break };
                 let ticks = s.publish();
                 drop(s);
-                if !on_tick() {
+                if !on_tick(ticks) {
                     break;
                 }
                 let Some(s) = weak.upgrade() else { break };
@@ -336,7 +337,7 @@ mod tests {
 
     #[test]
     fn deadline_passes_with_the_clock() {
-        let clock = CoarseClock::start("test-clock", Duration::from_millis(1), || true).unwrap();
+        let clock = CoarseClock::start("test-clock", Duration::from_millis(1), |_| true).unwrap();
         let interrupt = Arc::new(AtomicBool::new(false));
         let mut call = CallDeadline::new(
             clock.clone(),
@@ -374,7 +375,7 @@ mod tests {
 
     #[test]
     fn an_idle_clock_parks_and_a_call_wakes_it() {
-        let clock = CoarseClock::start("test-clock", Duration::from_millis(1), || true).unwrap();
+        let clock = CoarseClock::start("test-clock", Duration::from_millis(1), |_| true).unwrap();
         // No call has asked for ticks: the thread parks after its first tick.
         assert!(eventually(|| clock.is_parked()));
         let parked_at = clock.now();
@@ -405,7 +406,7 @@ mod tests {
     fn long_deadlines_tick_at_the_coarse_pace_and_a_short_one_ticks_finely() {
         let wakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = wakes.clone();
-        let clock = CoarseClock::start("test-clock", Duration::from_millis(1), move || {
+        let clock = CoarseClock::start("test-clock", Duration::from_millis(1), move |_| {
             counted.fetch_add(1, Ordering::SeqCst);
             true
         })
@@ -439,7 +440,7 @@ mod tests {
 
     #[test]
     fn clock_thread_stops_when_told() {
-        let clock = CoarseClock::start("test-clock", Duration::from_micros(10), || false).unwrap();
+        let clock = CoarseClock::start("test-clock", Duration::from_micros(10), |_| false).unwrap();
         assert_eq!(clock.tick(), Duration::from_micros(100));
         // The first wake publishes, then `on_tick` stops the thread: nothing moves the count
         // after it.

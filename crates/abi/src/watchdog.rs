@@ -167,7 +167,7 @@ impl<T: Terminate> Watchdog<T> {
     pub fn start(name: &str, tick: Duration) -> std::io::Result<Self> {
         let watches: Arc<Mutex<Vec<Weak<Watch<T>>>>> = Arc::default();
         let list = Arc::downgrade(&watches);
-        let clock = CoarseClock::start(name, tick, move || {
+        let clock = CoarseClock::start(name, tick, move |_| {
             let Some(watches) = list.upgrade() else { return false };
             let mut watches = watches.lock().unwrap_or_else(PoisonError::into_inner);
             watches.retain(|w| w.upgrade().map(|watch| watch.check()).is_some());

@@ -322,7 +322,7 @@ impl WasmerEngine {
     /// [`Error::Engine`] when the clock thread cannot start.
     pub fn new(config: WasmerConfig) -> Result<Self> {
         let name = config.compiler.engine_name();
-        let clock = CoarseClock::start("wasmux-wasmer-clock", TICK, || true)
+        let clock = CoarseClock::start("wasmux-wasmer-clock", TICK, |_| true)
             .map_err(|e| Error::Engine { engine: name, message: format!("cannot start the clock thread: {e}") })?;
         Ok(Self { shared: Arc::new(Shared { config, name, clock }) })
     }

@@ -299,7 +299,7 @@ impl WasmiEngine {
         let engine = wasmi::Engine::new(&wc);
         let linker = imports::linker(&engine)?;
         // The thread stops one tick after the last clone of the clock is dropped.
-        let clock = CoarseClock::start("wasmux-wasmi-clock", config.tick, || true).map_err(|e| Error::Engine {
+        let clock = CoarseClock::start("wasmux-wasmi-clock", config.tick, |_| true).map_err(|e| Error::Engine {
             engine: ENGINE_NAME,
             message: format!("cannot start the clock thread: {e}"),
         })?;

@@ -43,15 +43,14 @@ struct Slot {
 }
 
 /// The epoch callback: trap when interrupted or past the deadline, otherwise re-arm for the
-/// clock thread's next wake.
+/// next check (the clock thread advances the epoch by one per tick).
 ///
-/// The thread advances the epoch once per wake, and wakes every tick or at the coarse pace
-/// (`wasmux_abi::deadline::COARSE_PACE`) depending on the calls in flight: an epoch is not a
-/// fixed number of ticks, so every epoch is a check (a few loads; at most one per tick of a
-/// running call).
+/// The first check of a call comes only after [`CallDeadline::next_check`] ticks (up to
+/// [`INTERRUPT_CHECK`](crate::INTERRUPT_CHECK)), not at the clock's next wake: a host callback
+/// runs on the guest's stack, and a short call seldom needs one at all.
 fn on_epoch(clock: &CallDeadline) -> wasmtime::Result<UpdateDeadline> {
     clock.check().map_err(wasmtime::Error::new)?;
-    Ok(UpdateDeadline::Continue(1))
+    Ok(UpdateDeadline::Continue(clock.next_check()))
 }
 
 /// Refuses memory growth beyond the configured limit (and remembers that it did), and table
@@ -96,9 +95,27 @@ impl ResourceLimiter for Limiter {
     }
 }
 
+/// Native stack a top-level call needs besides the wasm stack limit: wasmtime's entry and
+/// the host functions a guest calls from its deepest frame (debug builds included).
+const HOST_STACK: usize = 512 << 10;
+
 /// A [`WasmInstance`] on wasmtime.
 pub struct WasmtimeInstance {
     store: Store<StoreData>,
+    /// The native stack a top-level call needs: the engine's wasm stack limit and
+    /// [`HOST_STACK`].
+    stack_needed: usize,
+}
+
+/// Runs `f` (a top-level call into the guest) with at least `needed` bytes of native stack
+/// left: on this thread's stack when it has them, else on a fresh stack segment.
+///
+/// wasmtime stops a guest at its own stack limit (`max_wasm_stack`, counted from where the
+/// call entered), and only there: on a thread whose stack is smaller than that limit, a
+/// recursing guest would run into the thread's guard page, an overflow wasmtime does not catch,
+/// and the process would abort.
+fn with_stack<R>(needed: usize, f: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(needed, needed + HOST_STACK, f)
 }
 
 impl std::fmt::Debug for WasmtimeInstance {
@@ -136,8 +153,9 @@ impl WasmtimeInstance {
         store.epoch_deadline_callback(|cx| on_epoch(&cx.data().clock));
         // Start-up (data segments, a `start` function) runs under the callback deadline too.
         store.data_mut().clock.start();
-        store.set_epoch_deadline(1);
-        let instance = pre.instantiate(&mut store).map_err(|e| {
+        store.set_epoch_deadline(store.data().clock.next_check());
+        let stack_needed = shared.config.max_stack_bytes.saturating_add(HOST_STACK);
+        let instance = with_stack(stack_needed, || pre.instantiate(&mut store)).map_err(|e| {
             let denied = store.data().limiter.denied;
             error::from_instantiate(e, denied)
         })?;
@@ -145,7 +163,7 @@ impl WasmtimeInstance {
         let data = store.data_mut();
         data.instance = Some(instance);
         data.memory = memory;
-        Ok(Self { store })
+        Ok(Self { store, stack_needed })
     }
 }
 
@@ -166,8 +184,9 @@ impl WasmInstance for WasmtimeInstance {
         let data = self.store.data_mut();
         data.limiter.denied = false;
         data.clock.start();
-        self.store.set_epoch_deadline(1);
-        call(&mut self.store, func, args)
+        let check = data.clock.next_check();
+        self.store.set_epoch_deadline(check);
+        with_stack(self.stack_needed, || call(&mut self.store, func, args))
     }
 
     fn memory_size(&mut self) -> u64 {

@@ -27,17 +27,17 @@
 //!   function per direction.
 //! - **Deadlines and interrupts.** The engine runs with epoch interruption. One background
 //!   thread per engine publishes a coarse wall clock in ticks (1 ms by default; one atomic
-//!   load to read, much cheaper than `Instant::now`), advances the epoch each time it wakes,
-//!   and stops when the engine is dropped. It runs only while a call's deadline may pass (or
-//!   an interrupt handle asks): an idle engine's thread parks, with no wake-ups, and the next
-//!   call wakes it. It wakes every tick while a call with a short deadline (under a second)
-//!   runs, otherwise every 10 ms ([`wasmux_abi::deadline::COARSE_PACE`]). A top-level call
-//!   notes the coarse time and arms the store's epoch deadline for the next wake; the epoch
-//!   callback checks the callback deadline against the coarse clock and an "interrupt
-//!   requested" flag, then either traps or re-arms. Deadlines are thus precise to about one
-//!   tick, or 1 % of a long one; interrupts are seen within about [`INTERRUPT_CHECK`].
-//!   Re-entrant calls from host functions (the guest allocator) run under the deadline of the
-//!   outer call.
+//!   load to read, much cheaper than `Instant::now`), advances the epoch by the ticks elapsed
+//!   each time it wakes, and stops when the engine is dropped. It runs only while a call's
+//!   deadline may pass (or an interrupt handle asks): an idle engine's thread parks, with no
+//!   wake-ups, and the next call wakes it. It wakes every tick while a call with a short
+//!   deadline (under a second) runs, otherwise every 10 ms
+//!   ([`wasmux_abi::deadline::COARSE_PACE`]). A top-level call notes the coarse time and arms
+//!   the store's epoch deadline; the epoch callback checks the callback deadline against the
+//!   coarse clock and an "interrupt requested" flag, then either traps or re-arms for at most
+//!   [`INTERRUPT_CHECK`] more. Deadlines are thus precise to about one tick, or 1 % of a long
+//!   one. Re-entrant calls from host functions (the guest allocator) run under the deadline of
+//!   the outer call.
 //! - **Memory limit.** A store resource limiter refuses growth beyond
 //!   [`Limits::max_memory_bytes`](wasmux_abi::Limits): `memory.grow` returns -1. A trap that
 //!   follows a refused growth within the same call is reported as
@@ -47,7 +47,12 @@
 //!   wasmtime untouched and comes back out unchanged.
 //!
 //! The stack limit is an engine setting in wasmtime ([`WasmtimeConfig::max_stack_bytes`]);
-//! `Limits::max_stack_bytes` given to `instantiate` is not applied per instance.
+//! `Limits::max_stack_bytes` given to `instantiate` is not applied per instance. wasmtime
+//! stops a recursing guest at that limit only: on a thread with less native stack, the guest
+//! would reach the thread's guard page first, which aborts the process. A top-level call (and
+//! instantiation) therefore runs where the native stack has room for the limit plus 512 KiB for
+//! wasmtime and the host functions: on the caller's stack when it has that much left, else on a
+//! fresh stack segment (the `stacker` crate; the check is a thread-local read and a compare).
 //!
 //! # Serialized modules and `unsafe`
 //!
@@ -173,10 +178,21 @@ impl WasmtimeEngine {
             .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(BACKTRACE_FRAMES));
         let engine = wasmtime::Engine::new(&wt).map_err(error::engine)?;
         let linker = imports::linker(&engine)?;
-        // The clock thread also advances the engine's epoch, until the engine is dropped.
+        // The clock thread also advances the engine's epoch, until the engine is dropped: one
+        // epoch per tick elapsed since its last wake (it wakes every tick or at the coarse pace),
+        // so that an epoch deadline armed `n` epochs ahead passes `n` ticks later either way. No
+        // deadline is armed further than one interrupt check ahead: more epochs per wake than
+        // that change nothing.
         let weak = engine.weak();
-        let clock = CoarseClock::start("wasmux-wasmtime-epoch", config.tick, move || {
-            weak.upgrade().map(|engine| engine.increment_epoch()).is_some()
+        let most = u64::try_from(INTERRUPT_CHECK.as_nanos() / config.tick.as_nanos().max(1)).unwrap_or(u64::MAX) + 1;
+        let last = std::sync::atomic::AtomicU64::new(0);
+        let clock = CoarseClock::start("wasmux-wasmtime-epoch", config.tick, move |now| {
+            let Some(engine) = weak.upgrade() else { return false };
+            let elapsed = now.saturating_sub(last.swap(now, std::sync::atomic::Ordering::Relaxed));
+            for _ in 0..elapsed.clamp(1, most) {
+                engine.increment_epoch();
+            }
+            true
         })
         .map_err(|e| Error::Engine { engine: ENGINE_NAME, message: format!("cannot start the epoch thread: {e}") })?;
         Ok(Self { shared: Arc::new(Shared { engine, clock, linker, config }) })
