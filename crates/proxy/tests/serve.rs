@@ -237,12 +237,21 @@ fn header_edits_reach_the_upstream_and_the_client() {
     let up = upstream();
     for engine in engines() {
         let proxy = start(HEADERS, engine, up.addr);
-        let r = proxy.send("GET", "/hello?q=1", &[("x-remove-me", "1"), ("x-keep", "2")], "");
+        let sent = [("user-agent", "client"), ("x-remove-me", "1"), ("x-keep", "2")];
+        let r = proxy.send("GET", "/hello?q=1", &sent, "");
         assert_eq!(r.status, 200, "{engine}: {r:?}");
         assert!(r.upstream_saw("GET /hello?q=1"), "{engine}: {}", r.body);
         assert!(r.upstream_saw("x-wasmux-request: seen"), "{engine}: {}", r.body);
         assert!(r.upstream_saw("user-agent: wasmux-fixture"), "{engine}: {}", r.body);
         assert!(r.upstream_saw("x-keep: 2"), "{engine}: {}", r.body);
+        // As in Envoy, the replaced `user-agent` goes last, after the header the filter added
+        // before replacing it; untouched headers keep their place.
+        let at = |s: &str| r.body.find(s).unwrap_or(usize::MAX);
+        assert!(
+            at("x-keep: 2") < at("x-wasmux-request: seen") && at("x-wasmux-request: seen") < at("user-agent: wasmux"),
+            "{engine}: {}",
+            r.body
+        );
         assert!(r.upstream_saw("host: example.com"), "{engine}: {}", r.body);
         assert!(!r.body.contains("x-remove-me"), "{engine}: {}", r.body);
         assert_eq!(r.header("x-wasmux-response"), Some("seen"), "{engine}");
