@@ -28,7 +28,7 @@ pub const FINE_DEADLINES: u32 = 100;
 /// The thread ticks only while calls may need it: each top-level call asks it to go on for the
 /// span of its deadline ([`Self::keep_ticking`]); past the last such span it parks, so an idle
 /// engine costs no wake-ups, and the next call wakes it. While it runs it wakes every tick if a
-/// call asked for fine ticks ([`Self::keep_ticking_finely`], the calls with a short deadline),
+/// call asked for fine ticks ([`Self::keep_ticking_through`] a short deadline),
 /// otherwise at the [`COARSE_PACE`]; its count follows the wall clock either way. Cheap to
 /// clone; the thread stops once every clone is dropped.
 #[derive(Debug, Clone)]
@@ -191,42 +191,41 @@ impl CoarseClock {
         self.keep(span, false)
     }
 
-    /// As [`Self::keep_ticking`], and the thread wakes every tick (not at the coarse pace) for
-    /// that span: for a call whose deadline is short ([`Self::is_short`]).
-    pub fn keep_ticking_finely(&self, span: u64) -> u64 {
-        self.keep(span, true)
+    /// Keeps the clock ticking through a call's deadline of `deadline` ticks (and at least
+    /// `span` ticks), as [`Self::keep_ticking`]; while the deadline is short (the coarse pace
+    /// would be more than 1/[`FINE_DEADLINES`] of it) the thread wakes every tick, not at the
+    /// coarse pace.
+    pub fn keep_ticking_through(&self, deadline: u64, span: u64) -> u64 {
+        self.keep(deadline.max(span), self.is_short(deadline))
     }
 
-    /// Whether a deadline of `ticks` is short: the coarse pace would be more than
-    /// 1/[`FINE_DEADLINES`] of it.
-    pub fn is_short(&self, ticks: u64) -> bool {
+    fn is_short(&self, ticks: u64) -> bool {
         ticks < self.shared.coarse_ticks.saturating_mul(u64::from(FINE_DEADLINES))
     }
 
     fn keep(&self, span: u64, fine: bool) -> u64 {
         let s = &self.shared;
+        // Extends the thread's spans from `now`; returns whether a thread sleeping at the coarse
+        // pace must wake (it would see this call late).
+        let extend = |now: u64| {
+            let until = now.saturating_add(span).saturating_add(2);
+            if s.busy_until.load(Ordering::Relaxed) < until {
+                s.busy_until.fetch_max(until, Ordering::SeqCst);
+            }
+            fine && s.fine_until.load(Ordering::Relaxed) < until && {
+                s.fine_until.fetch_max(until, Ordering::SeqCst);
+                s.coarse.load(Ordering::SeqCst)
+            }
+        };
         // The time now, not the last published tick: a thread that just woke from a park may not
         // have published yet, and a span counted from a stale tick could end before the thread's
         // next look at `busy_until`, which would park it again while this call runs.
         let mut now = s.publish();
-        let until = now.saturating_add(span).saturating_add(2);
-        if s.busy_until.load(Ordering::Relaxed) < until {
-            s.busy_until.fetch_max(until, Ordering::SeqCst);
-        }
-        let mut wake = false;
-        if fine && s.fine_until.load(Ordering::Relaxed) < until {
-            s.fine_until.fetch_max(until, Ordering::SeqCst);
-            // A thread sleeping at the coarse pace would see this call late.
-            wake = s.coarse.load(Ordering::SeqCst);
-        }
+        let mut wake = extend(now);
         if s.parked.load(Ordering::SeqCst) {
             // The thread sleeps: the published count is stale.
             now = s.publish();
-            let until = now.saturating_add(span).saturating_add(2);
-            s.busy_until.fetch_max(until, Ordering::SeqCst);
-            if fine {
-                s.fine_until.fetch_max(until, Ordering::SeqCst);
-            }
+            extend(now);
             wake = true;
         }
         if wake && let Some(t) = s.thread.get() {
@@ -280,8 +279,7 @@ impl CallDeadline {
     pub fn start(&mut self) {
         // The clock ticks through the deadline (or one check interval without one).
         self.started = match self.deadline {
-            Some((ticks, _)) if self.clock.is_short(ticks) => self.clock.keep_ticking_finely(ticks.max(self.check)),
-            Some((ticks, _)) => self.clock.keep_ticking(ticks.max(self.check)),
+            Some((ticks, _)) => self.clock.keep_ticking_through(ticks, self.check),
             None => self.clock.keep_ticking(self.check),
         };
         self.interrupt.store(false, Ordering::Release);

@@ -71,8 +71,7 @@ impl<T: Terminate> Watch<T> {
         // The watchdog ticks through the deadline (every tick for a short one); without one it
         // is not needed.
         let now = match self.deadline {
-            Some((ticks, _)) if self.clock.is_short(ticks) => self.clock.keep_ticking_finely(ticks),
-            Some((ticks, _)) => self.clock.keep_ticking(ticks),
+            Some((ticks, _)) => self.clock.keep_ticking_through(ticks, 0),
             None => self.clock.keep_ticking(0),
         };
         self.state.store((now << SHIFT) | RUNNING, Ordering::Release);
